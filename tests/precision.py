@@ -1,0 +1,26 @@
+"""One tolerance table and one dtype parametrisation for every precision test (STYLE.md 14-15).
+
+Three-way comparison: a float64 reference is the truth `gt`; plain PyTorch in the tested dtype is `pt`;
+the fast path `out` may be at most about twice as far from the truth as plain PyTorch, plus a small
+absolute slack per dtype:  |out - gt| <= 2 |pt - gt| + ATOL[dtype].
+"""
+import torch
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def assert_three_way(out, pt, gt, dtype, *, name="output", factor=2.0, atol=None):
+    """Assert |out - gt| <= factor * |pt - gt| + atol elementwise (all compared in float64)."""
+    out, pt, gt = (t.detach().to(torch.float64).cpu() for t in (out, pt, gt))
+    slack = ATOL[dtype] if atol is None else atol
+    err = (out - gt).abs()
+    bound = factor * (pt - gt).abs() + slack * (1 + gt.abs())
+    bad = err > bound
+    if bad.any():
+        i = int(torch.nonzero(bad.flatten())[0])
+        raise AssertionError(
+            f"{name} ({dtype}): {int(bad.sum())}/{bad.numel()} elements off; first at flat index {i}: "
+            f"out={out.flatten()[i]:.6g} torch={pt.flatten()[i]:.6g} truth={gt.flatten()[i]:.6g} "
+            f"max err={err.max():.3g}")
