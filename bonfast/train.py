@@ -265,10 +265,14 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 def _atomic_save_file(tensors: dict, path: str, save_file, metadata: dict | None = None) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
-    save_file(tensors, tmp, metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX: a reader sees the old or the new file, never half of one
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: a reader sees the old or the new file, never half of one
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def save_checkpoint(out_dir: str, model, opt, step: int) -> None:

@@ -1,0 +1,342 @@
+"""Public loss-head ops: fused log-probs, the BoN-weighted loss, and both fused into one head.
+
+Each function validates once, then dispatches on `impl`:
+
+* "triton": the kernels in `bonfast.kernels` (on CPU only under TRITON_INTERPRET=1, for tests);
+* "torch":  a chunked PyTorch path with identical semantics and bounded memory: tokens are processed in
+  chunks of about `_TORCH_CHUNK_ELEMENTS / V` rows, and the backward recomputes each chunk's logits, so the
+  extra memory is O(chunk * V + V * D), independent of T;
+* "auto":   "triton" for CUDA tensors, "torch" otherwise.
+
+No function here synchronises the host with the device (no `.item()`, no data-dependent Python branches);
+checks that would need the data (targets in [0, V)) are left to the device, like `torch.gather` does.
+"""
+import math
+import numbers
+
+import torch
+
+from bonfast.reference import resolve_clip_eps
+
+__all__ = ["linear_logprobs", "bon_loss", "fused_bon_loss"]
+
+# About 8M fp32 logits (32 MB) per chunk on the torch path; the backward holds ~4 such temporaries.
+_TORCH_CHUNK_ELEMENTS = 1 << 23
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation
+
+
+def _shape(t):
+    return tuple(t.shape)
+
+
+def _check_impl(impl, *tensors):
+    if impl not in ("auto", "triton", "torch"):
+        raise ValueError(f"impl must be one of 'auto', 'triton', 'torch'; got {impl!r}")
+    if impl == "auto":
+        return "triton" if tensors[0].is_cuda else "torch"
+    return impl
+
+
+def _check_same_device(**named):
+    devices = {name: t.device for name, t in named.items() if t is not None}
+    first_name, first = next(iter(devices.items()))
+    for name, dev in devices.items():
+        if dev != first:
+            raise ValueError(f"{name} must be on the same device as {first_name} ({first}); got {dev}")
+
+
+def _check_head_inputs(hidden, weight, targets, temperature):
+    """Validate (hidden [..., D], weight [V, D], targets [...]) and return (hidden [T, D], targets [T])."""
+    for name, t in (("hidden", hidden), ("weight", weight), ("targets", targets)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must have shape [V, D]; got shape {_shape(weight)}")
+    V, D = weight.shape
+    if hidden.dim() < 1 or hidden.shape[-1] != D:
+        raise ValueError(f"hidden must have shape [..., D] with D = weight.shape[1] = {D}; "
+                         f"got shape {_shape(hidden)}")
+    if _shape(targets) != _shape(hidden)[:-1]:
+        raise ValueError(f"targets must have shape {_shape(hidden)[:-1]} (hidden.shape[:-1]); "
+                         f"got shape {_shape(targets)}")
+    if hidden.dtype not in _FLOATS:
+        raise ValueError(f"hidden must be float16, bfloat16, float32 or float64; got {hidden.dtype}")
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"weight must have the dtype of hidden ({hidden.dtype}); got {weight.dtype}")
+    if targets.dtype != torch.int64:
+        raise ValueError(f"targets must be int64; got {targets.dtype}")
+    if V == 0 or D == 0:
+        raise ValueError(f"weight must have V > 0 and D > 0; got shape {_shape(weight)}")
+    _check_same_device(hidden=hidden, weight=weight, targets=targets)
+    if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+            or not math.isfinite(temperature) or temperature <= 0):
+        raise ValueError(f"temperature must be a finite number > 0; got {temperature!r}")
+    return hidden.reshape(-1, D), targets.reshape(-1)
+
+
+def _check_loss_inputs(T, device, sample_index, weights, normaliser, old_logp, ref_logp, clip_eps, kl_coef):
+    """Validate the BoN-loss arguments against T tokens on `device`."""
+    for name, t in (("sample_index", sample_index), ("weights", weights)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor; got {type(t).__name__}")
+    if _shape(sample_index) != (T,):
+        raise ValueError(f"sample_index must have shape ({T},) (one entry per token); got {_shape(sample_index)}")
+    if sample_index.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"sample_index must be int64 or int32; got {sample_index.dtype}")
+    if weights.dim() < 1 or weights.numel() == 0 or not weights.dtype.is_floating_point:
+        raise ValueError(f"weights must be a non-empty float tensor of shape [S] (or [G, n], flattened); "
+                         f"got shape {_shape(weights)} and dtype {weights.dtype}")
+    for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp)):
+        if t is not None and (not isinstance(t, torch.Tensor) or _shape(t) != (T,)
+                              or not t.dtype.is_floating_point):
+            got = f"shape {_shape(t)}, dtype {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a float tensor of shape ({T},); got {got}")
+    if sample_index.device != device or weights.device != device:
+        _check_same_device(logp=torch.empty(0, device=device), sample_index=sample_index, weights=weights)
+    _check_same_device(sample_index=sample_index, old_logp=old_logp, ref_logp=ref_logp)
+    if isinstance(normaliser, torch.Tensor):
+        if normaliser.dim() != 0:
+            raise ValueError(f"normaliser must be a python number or a 0-d tensor; got shape {_shape(normaliser)}")
+    elif (isinstance(normaliser, bool) or not isinstance(normaliser, numbers.Real)
+          or not math.isfinite(normaliser) or normaliser <= 0):
+        raise ValueError(f"normaliser must be a finite number > 0 (e.g. G * max_len); got {normaliser!r}")
+    if clip_eps is not None and old_logp is None:
+        raise ValueError("clip_eps needs old_logp (the clipped surrogate compares logp with old_logp); "
+                         "got old_logp=None")
+    eps = resolve_clip_eps(clip_eps, old_logp)
+    if eps is not None and not (0.0 <= eps[0] < 1.0 and eps[1] >= 0.0):
+        raise ValueError(f"clip_eps must be a float (or pair) with 0 <= eps_low < 1 and eps_high >= 0; "
+                         f"got {clip_eps!r}")
+    if not isinstance(kl_coef, numbers.Real) or not math.isfinite(kl_coef):
+        raise ValueError(f"kl_coef must be a finite number; got {kl_coef!r}")
+    if kl_coef != 0.0 and ref_logp is None:
+        raise ValueError(f"kl_coef = {kl_coef} needs ref_logp of shape ({T},); got ref_logp=None")
+    return eps
+
+
+# ----------------------------------------------------------------------------------------------------------
+# chunked torch path for linear_logprobs
+
+
+def _chunk_rows(T, V, chunk_size):
+    if chunk_size is None:
+        chunk_size = max(1, _TORCH_CHUNK_ELEMENTS // V)
+    return max(1, min(T, chunk_size))
+
+
+def _chunk_logits(x, w, temperature):
+    """Scaled logits z = x @ w.T / temperature in the compute dtype of `w`.  # (C, V)"""
+    return (x.to(w.dtype) @ w.T) / temperature
+
+
+class _LinearLogprobsTorch(torch.autograd.Function):
+    """Chunked forward (logp, entropy, lse) and chunked recomputing backward (dX, dW)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, ignore_index, want_entropy, chunk):
+        T = hidden.shape[0]
+        compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        w = weight.to(compute)  # (V, D); a no-op for fp32 / fp64 weights
+        logp = torch.zeros(T, dtype=compute, device=hidden.device)
+        lse = torch.zeros_like(logp)
+        entropy = torch.zeros_like(logp)
+        valid = targets != ignore_index
+        safe = torch.where(valid, targets, 0)
+        for s in range(0, T, chunk):
+            z = _chunk_logits(hidden[s:s + chunk], w, temperature)  # (C, V)
+            m = z.amax(-1, keepdim=True)
+            e = torch.exp(z - m)
+            sum_e = e.sum(-1)
+            lse_c = m[:, 0] + torch.log(sum_e)
+            v = valid[s:s + chunk]
+            lse[s:s + chunk] = torch.where(v, lse_c, 0.0)
+            logp[s:s + chunk] = torch.where(v, z.gather(-1, safe[s:s + chunk, None])[:, 0] - lse_c, 0.0)
+            if want_entropy:
+                mean_z = (e * z).sum(-1) / sum_e
+                entropy[s:s + chunk] = torch.where(v, lse_c - mean_z, 0.0)
+        ctx.save_for_backward(hidden, weight, targets, lse, entropy)
+        ctx.temperature, ctx.ignore_index, ctx.chunk = temperature, ignore_index, chunk
+        ctx.set_materialize_grads(False)  # unused outputs arrive as None: no entropy work unless needed
+        if not want_entropy:
+            ctx.mark_non_differentiable(entropy)
+        return logp, entropy, lse
+
+    @staticmethod
+    def backward(ctx, g_logp, g_entropy, g_lse):
+        hidden, weight, targets, lse, entropy = ctx.saved_tensors
+        tau, chunk = ctx.temperature, ctx.chunk
+        T = hidden.shape[0]
+        compute = lse.dtype
+        w = weight.to(compute)
+        valid = targets != ctx.ignore_index
+        # ignored rows get no gradient from any output
+        g_logp = torch.where(valid, g_logp, 0.0) if g_logp is not None else torch.zeros_like(lse)
+        g_entropy = torch.where(valid, g_entropy, 0.0) if g_entropy is not None else None
+        g_lse = torch.where(valid, g_lse, 0.0) if g_lse is not None else None
+        safe = torch.where(valid, targets, 0)
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dx = torch.empty(hidden.shape, dtype=compute, device=hidden.device) if need_x else None
+        dw = torch.zeros(w.shape, dtype=compute, device=hidden.device) if need_w else None  # fp32 accumulator
+        for s in range(0, T, chunk):
+            x = hidden[s:s + chunk].to(compute)  # (C, D)
+            z = _chunk_logits(x, w, tau)  # (C, V)
+            p = torch.exp(z - lse[s:s + chunk, None])
+            # dL/dz = g_logp (onehot - p) + g_H * (-p (z - E_p[z])) + g_lse * p, E_p[z] = lse - H
+            coef = -g_logp[s:s + chunk]
+            if g_lse is not None:
+                coef = coef + g_lse[s:s + chunk]
+            dz = p * coef[:, None]
+            if g_entropy is not None:
+                mean_z = lse[s:s + chunk] - entropy[s:s + chunk]
+                dz -= g_entropy[s:s + chunk, None] * p * (z - mean_z[:, None])
+            dz.scatter_add_(-1, safe[s:s + chunk, None], g_logp[s:s + chunk, None])
+            dz /= tau  # z = x w^T / tau
+            if need_x:
+                dx[s:s + chunk] = dz @ w
+            if need_w:
+                dw.addmm_(dz.T, x)
+        dx = dx.to(hidden.dtype) if need_x else None
+        dw = dw.to(weight.dtype) if need_w else None
+        return dx, dw, None, None, None, None, None
+
+
+def _linear_logprobs_torch(hidden, weight, targets, temperature, ignore_index, want_entropy, chunk_size=None):
+    """Chunked torch path on validated 2-d inputs; returns (logp, entropy, lse)."""
+    chunk = _chunk_rows(hidden.shape[0], weight.shape[0], chunk_size)
+    return _LinearLogprobsTorch.apply(hidden, weight, targets, float(temperature), int(ignore_index),
+                                      bool(want_entropy), chunk)
+
+
+def linear_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-100, return_entropy=False,
+                    return_lse=False, impl="auto"):
+    r"""Per-token log-probabilities of `targets` under the LM head `weight`, without forming the logits.
+
+    .. math::
+        \log p_t = x_t \cdot w_{y_t} / \tau - \log \sum_v e^{x_t \cdot w_v / \tau},\qquad
+        H_t = \mathrm{lse}_t - \sum_v \mathrm{softmax}(x_t W^\top / \tau)_v \, x_t \cdot w_v / \tau.
+
+    Naive equivalent: `torch.log_softmax(hidden.double() @ weight.double().T / temperature, dim=-1).gather(-1, targets[..., None])[..., 0]`
+    on rows whose target is not `ignore_index`; those rows give 0 (logp, entropy and lse) and no gradient.
+    Logits are accumulated in float32 (float64 for float64 inputs); the [T, V] logits are never stored.
+    Differentiable with respect to `hidden` and `weight` through every returned output.
+
+    Args:
+        temperature: the sampling temperature (> 0), applied as logits / temperature.
+        return_entropy, return_lse: also return the softmax entropy H_t and the log-normaliser lse_t.
+        impl: "auto" | "triton" | "torch" (see module docstring).
+
+    Shapes:
+        hidden [..., D], weight [V, D], targets [...] int64 ->
+        logp [...] float32 (float64 for float64 inputs), or (logp, entropy?, lse?) in that order.
+    """
+    lead = _shape(hidden)[:-1] if isinstance(hidden, torch.Tensor) else None
+    x, y = _check_head_inputs(hidden, weight, targets, temperature)
+    impl = _check_impl(impl, x)
+    if impl == "torch":
+        logp, entropy, lse = _linear_logprobs_torch(x, weight, y, temperature, ignore_index, return_entropy)
+    else:
+        from bonfast.kernels.linear_logprobs import linear_logprobs as _triton_linear_logprobs
+        logp, entropy, lse = _triton_linear_logprobs(x, weight, y, temperature=temperature,
+                                                     ignore_index=ignore_index, return_entropy=return_entropy)
+    out = [logp.reshape(lead)]
+    if return_entropy:
+        out.append(entropy.reshape(lead))
+    if return_lse:
+        out.append(lse.reshape(lead))
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# BoN-weighted loss
+
+
+def _token_loss_torch(logp, sample_index, weights, old_logp, ref_logp, eps, kl_coef):
+    """Unnormalised sum over tokens of -f_t + kl_coef * k3_t (plain torch ops, O(T) memory)."""
+    dtype = torch.float64 if logp.dtype == torch.float64 else torch.float32
+    valid = sample_index >= 0
+    lp = torch.where(valid, logp.to(dtype), 0.0)
+    w = torch.where(valid, weights.reshape(-1).to(dtype)[sample_index.clamp(min=0).long()], 0.0)
+    if eps is None:
+        f = w * lp
+    else:
+        ratio = torch.exp(lp - torch.where(valid, old_logp.to(dtype), 0.0))
+        f = torch.minimum(ratio * w, ratio.clamp(1.0 - eps[0], 1.0 + eps[1]) * w)
+    total = -f.sum()
+    if ref_logp is not None and kl_coef != 0.0:
+        d = torch.where(valid, ref_logp.to(dtype), 0.0) - lp
+        total = total + kl_coef * torch.where(valid, torch.exp(d) - d - 1.0, 0.0).sum()
+    return total
+
+
+def bon_loss(logp, sample_index, weights, *, normaliser, old_logp=None, ref_logp=None, clip_eps=None,
+             kl_coef=0.0, impl="auto"):
+    r"""BoN-weighted policy-gradient loss of packed token log-probs (see `bonfast.reference.bon_loss_ref`).
+
+    .. math::
+        \mathcal{L} = -\frac{1}{N}\sum_{t:\,s(t) \ge 0} f_t + \frac{\beta}{N}\sum_{t:\,s(t) \ge 0} k3_t,\quad
+        f_t = w_{s(t)} \log p_t \ \text{or}\ \min(r_t w_{s(t)}, \mathrm{clip}(r_t, 1-\epsilon, 1+\epsilon) w_{s(t)}),
+
+    with r_t = exp(logp_t - old_logp_t) (clipped form when `old_logp` is given; `clip_eps` defaults to 0.2
+    then, and may be an (eps_low, eps_high) pair), k3_t = e^{d_t} - d_t - 1, d_t = ref_logp_t - logp_t,
+    beta = `kl_coef`, N = `normaliser` (a python number or 0-d tensor: a constant such as G * max_len).
+
+    Naive equivalent: `-(torch.where(sample_index >= 0, weights.reshape(-1)[sample_index.clamp(min=0)], 0) * logp).sum() / normaliser`
+    for the plain form (no old_logp, kl_coef = 0). Padding tokens (sample_index < 0) contribute nothing.
+
+    Shapes:
+        logp [T] float, sample_index [T] int64 (< 0 = padding), weights [S] or [G, n] (flattened; float64 is
+        fine), old_logp / ref_logp [T] -> scalar float32 (float64 for float64 logp).
+    """
+    if not isinstance(logp, torch.Tensor) or logp.dim() != 1 or not logp.dtype.is_floating_point:
+        got = f"shape {_shape(logp)}, dtype {logp.dtype}" if isinstance(logp, torch.Tensor) else type(logp).__name__
+        raise ValueError(f"logp must be a float tensor of shape [T]; got {got}")
+    eps = _check_loss_inputs(logp.shape[0], logp.device, sample_index, weights, normaliser, old_logp, ref_logp,
+                             clip_eps, kl_coef)
+    impl = _check_impl(impl, logp)
+    if impl == "torch":
+        total = _token_loss_torch(logp, sample_index, weights, old_logp, ref_logp, eps, kl_coef)
+    else:
+        from bonfast.kernels.bon_loss import bon_loss_sum
+        total = bon_loss_sum(logp, sample_index, weights, old_logp=old_logp, ref_logp=ref_logp, clip_eps=eps,
+                             kl_coef=float(kl_coef))
+    return total / normaliser
+
+
+def fused_bon_loss(hidden, weight, targets, sample_index, weights, *, normaliser, temperature=1.0,
+                   ignore_index=-100, old_logp=None, ref_logp=None, clip_eps=None, kl_coef=0.0, impl="auto"):
+    r"""The whole loss head in one op: hidden states + LM head + targets + per-sample weights -> BoN loss.
+
+    Naive equivalent: `bon_loss(linear_logprobs(hidden, weight, targets, temperature=temperature), torch.where(targets == ignore_index, -1, sample_index), weights, normaliser=normaliser)`
+    (plus the same old_logp / ref_logp / clip_eps / kl_coef): a token whose target is `ignore_index` is
+    treated as padding. Neither the [T, V] logits nor per-token log-prob gradients are kept; the backward
+    recomputes logit tiles and returns dX and dW directly. The per-token gradient scale dL/dlogp_t is known
+    after the forward reduction and is the only [T] vector kept besides logp / lse.
+
+    Shapes:
+        hidden [..., D], weight [V, D], targets [...] int64, sample_index [...] (< 0 = padding),
+        weights [S] or [G, n] (flattened), old_logp / ref_logp [...] -> scalar float32.
+    """
+    x, y = _check_head_inputs(hidden, weight, targets, temperature)
+    T = y.shape[0]
+    si = sample_index.reshape(-1) if isinstance(sample_index, torch.Tensor) else sample_index
+    old = old_logp.reshape(-1) if isinstance(old_logp, torch.Tensor) else old_logp
+    ref = ref_logp.reshape(-1) if isinstance(ref_logp, torch.Tensor) else ref_logp
+    if isinstance(sample_index, torch.Tensor) and _shape(sample_index) != _shape(targets):
+        raise ValueError(f"sample_index must have the shape of targets {_shape(targets)}; "
+                         f"got {_shape(sample_index)}")
+    eps = _check_loss_inputs(T, x.device, si, weights, normaliser, old, ref, clip_eps, kl_coef)
+    impl = _check_impl(impl, x)
+    si = torch.where(y == ignore_index, -1, si)
+    if impl == "torch":
+        logp = _linear_logprobs_torch(x, weight, y, temperature, ignore_index, False)[0]
+        total = _token_loss_torch(logp, si, weights, old, ref, eps, kl_coef)
+    else:
+        from bonfast.kernels.bon_loss import fused_bon_loss_sum
+        total = fused_bon_loss_sum(x, weight, y, si, weights, temperature=float(temperature),
+                                   ignore_index=int(ignore_index), old_logp=old, ref_logp=ref, clip_eps=eps,
+                                   kl_coef=float(kl_coef))
+    return total / normaliser
