@@ -13,6 +13,7 @@ checks that would need the data (targets in [0, V)) are left to the device, like
 """
 import math
 import numbers
+import os
 
 import torch
 
@@ -33,11 +34,18 @@ def _shape(t):
     return tuple(t.shape)
 
 
-def _check_impl(impl, *tensors):
+def _check_impl(impl, x, head=False):
+    """Resolve impl for tensor x; the Triton loss head takes 16/32-bit floats only (float64 -> torch)."""
     if impl not in ("auto", "triton", "torch"):
         raise ValueError(f"impl must be one of 'auto', 'triton', 'torch'; got {impl!r}")
     if impl == "auto":
-        return "triton" if tensors[0].is_cuda else "torch"
+        return "triton" if x.is_cuda and not (head and x.dtype == torch.float64) else "torch"
+    if impl == "triton" and head and x.dtype == torch.float64:
+        raise ValueError("impl='triton' needs hidden in float16, bfloat16 or float32; got float64 "
+                         "(use impl='torch' or 'auto' for float64)")
+    if impl == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before bonfast.kernels "
+                         f"is imported); got tensors on {x.device}")
     return impl
 
 
@@ -134,7 +142,12 @@ def _chunk_logits(x, w, temperature):
 
 
 class _LinearLogprobsTorch(torch.autograd.Function):
-    """Chunked forward (logp, entropy, lse) and chunked recomputing backward (dX, dW)."""
+    """Chunked forward (logp, entropy, lse) and chunked recomputing backward (dX, dW).
+
+    The backward rebuilds softmax as exp((z - m) - log s) from the saved row max m and log-sum log s, not
+    as exp(z - lse): lse = m + log s is rounded at the magnitude of the logits, which would cost a relative
+    error of ulp(|lse|) in every probability (visible with large negative logits).
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, ignore_index, want_entropy, chunk):
@@ -142,8 +155,8 @@ class _LinearLogprobsTorch(torch.autograd.Function):
         compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         w = weight.to(compute)  # (V, D); a no-op for fp32 / fp64 weights
         logp = torch.zeros(T, dtype=compute, device=hidden.device)
-        lse = torch.zeros_like(logp)
-        entropy = torch.zeros_like(logp)
+        lse, entropy = torch.zeros_like(logp), torch.zeros_like(logp)
+        row_max, log_sum = torch.zeros_like(logp), torch.zeros_like(logp)
         valid = targets != ignore_index
         safe = torch.where(valid, targets, 0)
         for s in range(0, T, chunk):
@@ -151,14 +164,14 @@ class _LinearLogprobsTorch(torch.autograd.Function):
             m = z.amax(-1, keepdim=True)
             e = torch.exp(z - m)
             sum_e = e.sum(-1)
-            lse_c = m[:, 0] + torch.log(sum_e)
+            row_max[s:s + chunk], log_sum[s:s + chunk] = m[:, 0], torch.log(sum_e)
             v = valid[s:s + chunk]
-            lse[s:s + chunk] = torch.where(v, lse_c, 0.0)
-            logp[s:s + chunk] = torch.where(v, z.gather(-1, safe[s:s + chunk, None])[:, 0] - lse_c, 0.0)
-            if want_entropy:
-                mean_z = (e * z).sum(-1) / sum_e
-                entropy[s:s + chunk] = torch.where(v, lse_c - mean_z, 0.0)
-        ctx.save_for_backward(hidden, weight, targets, lse, entropy)
+            lse[s:s + chunk] = torch.where(v, m[:, 0] + log_sum[s:s + chunk], 0.0)
+            z_y = z.gather(-1, safe[s:s + chunk, None])[:, 0]
+            logp[s:s + chunk] = torch.where(v, (z_y - m[:, 0]) - log_sum[s:s + chunk], 0.0)
+            if want_entropy:  # H = log s - sum_v e_v (z_v - m) / s
+                entropy[s:s + chunk] = torch.where(v, log_sum[s:s + chunk] - (e * (z - m)).sum(-1) / sum_e, 0.0)
+        ctx.save_for_backward(hidden, weight, targets, row_max, log_sum, entropy)
         ctx.temperature, ctx.ignore_index, ctx.chunk = temperature, ignore_index, chunk
         ctx.set_materialize_grads(False)  # unused outputs arrive as None: no entropy work unless needed
         if not want_entropy:
@@ -167,14 +180,14 @@ class _LinearLogprobsTorch(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_logp, g_entropy, g_lse):
-        hidden, weight, targets, lse, entropy = ctx.saved_tensors
+        hidden, weight, targets, row_max, log_sum, entropy = ctx.saved_tensors
         tau, chunk = ctx.temperature, ctx.chunk
         T = hidden.shape[0]
-        compute = lse.dtype
+        compute = row_max.dtype
         w = weight.to(compute)
         valid = targets != ctx.ignore_index
         # ignored rows get no gradient from any output
-        g_logp = torch.where(valid, g_logp, 0.0) if g_logp is not None else torch.zeros_like(lse)
+        g_logp = torch.where(valid, g_logp, 0.0) if g_logp is not None else torch.zeros_like(row_max)
         g_entropy = torch.where(valid, g_entropy, 0.0) if g_entropy is not None else None
         g_lse = torch.where(valid, g_lse, 0.0) if g_lse is not None else None
         safe = torch.where(valid, targets, 0)
@@ -184,15 +197,15 @@ class _LinearLogprobsTorch(torch.autograd.Function):
         for s in range(0, T, chunk):
             x = hidden[s:s + chunk].to(compute)  # (C, D)
             z = _chunk_logits(x, w, tau)  # (C, V)
-            p = torch.exp(z - lse[s:s + chunk, None])
-            # dL/dz = g_logp (onehot - p) + g_H * (-p (z - E_p[z])) + g_lse * p, E_p[z] = lse - H
+            logq = (z - row_max[s:s + chunk, None]) - log_sum[s:s + chunk, None]
+            p = torch.exp(logq)
+            # dL/dz = g_logp (onehot - p) - g_H p (log p + H) + g_lse p
             coef = -g_logp[s:s + chunk]
             if g_lse is not None:
                 coef = coef + g_lse[s:s + chunk]
             dz = p * coef[:, None]
             if g_entropy is not None:
-                mean_z = lse[s:s + chunk] - entropy[s:s + chunk]
-                dz -= g_entropy[s:s + chunk, None] * p * (z - mean_z[:, None])
+                dz -= g_entropy[s:s + chunk, None] * p * (logq + entropy[s:s + chunk, None])
             dz.scatter_add_(-1, safe[s:s + chunk, None], g_logp[s:s + chunk, None])
             dz /= tau  # z = x w^T / tau
             if need_x:
@@ -235,7 +248,7 @@ def linear_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-1
     """
     lead = _shape(hidden)[:-1] if isinstance(hidden, torch.Tensor) else None
     x, y = _check_head_inputs(hidden, weight, targets, temperature)
-    impl = _check_impl(impl, x)
+    impl = _check_impl(impl, x, head=True)
     if impl == "torch":
         logp, entropy, lse = _linear_logprobs_torch(x, weight, y, temperature, ignore_index, return_entropy)
     else:
@@ -289,11 +302,17 @@ def bon_loss(logp, sample_index, weights, *, normaliser, old_logp=None, ref_logp
 
     Shapes:
         logp [T] float, sample_index [T] int64 (< 0 = padding), weights [S] or [G, n] (flattened; float64 is
-        fine), old_logp / ref_logp [T] -> scalar float32 (float64 for float64 logp).
+        fine), old_logp / ref_logp [T] -> scalar float32 (float64 for float64 logp). Token tensors may also
+        share any shape [...] (flattened together).
     """
-    if not isinstance(logp, torch.Tensor) or logp.dim() != 1 or not logp.dtype.is_floating_point:
+    if not isinstance(logp, torch.Tensor) or logp.dim() < 1 or not logp.dtype.is_floating_point:
         got = f"shape {_shape(logp)}, dtype {logp.dtype}" if isinstance(logp, torch.Tensor) else type(logp).__name__
-        raise ValueError(f"logp must be a float tensor of shape [T]; got {got}")
+        raise ValueError(f"logp must be a float tensor of shape [T] (or [...], flattened); got {got}")
+    for name, t in (("sample_index", sample_index), ("old_logp", old_logp), ("ref_logp", ref_logp)):
+        if isinstance(t, torch.Tensor) and _shape(t) != _shape(logp):
+            raise ValueError(f"{name} must have the shape of logp {_shape(logp)}; got {_shape(t)}")
+    flat = [t.reshape(-1) if isinstance(t, torch.Tensor) else t for t in (logp, sample_index, old_logp, ref_logp)]
+    logp, sample_index, old_logp, ref_logp = flat
     eps = _check_loss_inputs(logp.shape[0], logp.device, sample_index, weights, normaliser, old_logp, ref_logp,
                              clip_eps, kl_coef)
     impl = _check_impl(impl, logp)
@@ -329,7 +348,7 @@ def fused_bon_loss(hidden, weight, targets, sample_index, weights, *, normaliser
         raise ValueError(f"sample_index must have the shape of targets {_shape(targets)}; "
                          f"got {_shape(sample_index)}")
     eps = _check_loss_inputs(T, x.device, si, weights, normaliser, old, ref, clip_eps, kl_coef)
-    impl = _check_impl(impl, x)
+    impl = _check_impl(impl, x, head=True)
     si = torch.where(y == ignore_index, -1, si)
     if impl == "torch":
         logp = _linear_logprobs_torch(x, weight, y, temperature, ignore_index, False)[0]

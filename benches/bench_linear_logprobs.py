@@ -1,0 +1,212 @@
+"""Benchmark: per-token log-probs of a linear LM head, logp = log_softmax(x @ W.T)[y].
+
+Providers (a parameter, so one run prints their ratios side by side, grouped by shape and mode):
+    naive          logits = x @ W.T -> float -> log_softmax -> gather (materialises [T, V] several times)
+    torch_lce      -F.linear_cross_entropy(x, W, y, reduction="none", options=LinearCrossEntropyOptions())
+                   (PyTorch 2.13's chunked path; the in-the-box baseline)
+    bonfast_torch  bonfast.ops.linear_logprobs(impl="torch"): chunked, recomputing backward
+    compile        torch.compile(naive)
+    triton         bonfast.ops.linear_logprobs(impl="triton")        (CUDA only)
+    liger, cce     Liger FLCE (reduction="none") / Cut Cross-Entropy  (CUDA only, when importable)
+Modes: fwd (forward with grad-enabled inputs, as in a training step), bwd (backward only, the forward is
+untimed setup), full (forward + backward). Temperature is 1 for every provider (bonfast's temperature costs
+one multiply per logit tile; the others would need a scaled weight copy).
+
+Reported in benchmark.extra_info: flops (2TDV fwd, 6TDV bwd, 8TDV full), tflops (at the median time),
+peak_extra_mb and how it was measured:
+    CUDA: torch.cuda.max_memory_allocated() during the op minus memory_allocated() before it (inputs excluded).
+    CPU:  a fresh subprocess per case builds the inputs, then runs the op once; peak_extra = ru_maxrss after the
+          op - RSS just before it. An honest upper bound on the op's extra memory (it includes allocator slack);
+          not measured for bwd on CPU (ru_maxrss cannot separate the forward's peak from the backward's).
+"""
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bonfast.ops import linear_logprobs
+
+PROVIDERS = ["naive", "torch_lce", "bonfast_torch", "compile", "triton", "liger", "cce"]
+FLOPS_PER_TDV = {"fwd": 2, "bwd": 6, "full": 8}
+
+
+def _naive(x, w, y):
+    return torch.log_softmax((x @ w.T).float(), dim=-1).gather(-1, y[:, None])[:, 0]
+
+
+def make_fn(provider, device):
+    """(x, w, y) -> logp [T] for `provider`; raises pytest.skip.Exception when it is unavailable here."""
+    if provider == "naive":
+        return _naive
+    if provider == "torch_lce":
+        opts = torch.nn.LinearCrossEntropyOptions()
+        return lambda x, w, y: -F.linear_cross_entropy(x, w, y, reduction="none", ignore_index=-100, options=opts)
+    if provider == "bonfast_torch":
+        return lambda x, w, y: linear_logprobs(x, w, y, impl="torch")
+    if provider == "compile":
+        return torch.compile(_naive)
+    if device != "cuda":
+        pytest.skip(f"{provider} needs CUDA")
+    if provider == "triton":
+        return lambda x, w, y: linear_logprobs(x, w, y, impl="triton")
+    if provider == "liger":
+        liger = pytest.importorskip("liger_kernel.transformers")
+        loss = liger.LigerFusedLinearCrossEntropyLoss(reduction="none")
+        return lambda x, w, y: -loss(w, x, y)
+    if provider == "cce":
+        cce = pytest.importorskip("cut_cross_entropy")
+        return lambda x, w, y: -cce.linear_cross_entropy(x, w, y, reduction="none")
+    raise ValueError(f"unknown provider {provider!r}; expected one of {PROVIDERS}")
+
+
+def make_inputs(T, D, V, dtype, device, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(T, D, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    w = (torch.randn(V, D, generator=g) / D ** 0.5).to(device=device, dtype=dtype).requires_grad_()
+    y = torch.randint(0, V, (T,), generator=g).to(device)
+    upstream = torch.randn(T, generator=g).to(device)
+    return x, w, y, upstream
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def make_case(fn, mode, inputs, device):
+    """(target, setup) for benchmark.pedantic: setup returns the target's args; target runs the mode."""
+    x, w, y, upstream = inputs
+
+    def forward():
+        x.grad = w.grad = None
+        return (fn(x, w, y).float() * upstream).sum()
+
+    if mode == "fwd":
+        def run():
+            out = forward()
+            _sync(device)
+            return out
+        return run, None
+    if mode == "full":
+        def run():
+            forward().backward()
+            _sync(device)
+        return run, None
+
+    def setup():  # bwd: the forward is untimed setup
+        loss = forward()
+        _sync(device)
+        return (loss,), {}
+
+    def run(loss):
+        loss.backward()
+        _sync(device)
+    return run, setup
+
+
+def check_agrees(fn, inputs, rows=64):
+    """Sanity before timing: the provider's log-probs equal the naive ones on a slice of rows."""
+    x, w, y, _ = inputs
+    with torch.no_grad():
+        got = fn(x[:rows], w, y[:rows]).float()
+        ref = torch.log_softmax((x[:rows].float() @ w.float().T), -1).gather(-1, y[:rows, None])[:, 0]
+    tol = 1e-3 if x.dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+
+
+def _measure_here(fn, mode, inputs, device):
+    """Peak extra bytes of one run of the case in this process (see module docstring)."""
+    run, setup = make_case(fn, mode, inputs, device)
+    args = setup()[0] if setup else ()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = run(*args)
+        peak = torch.cuda.max_memory_allocated() - base
+        del out
+        return peak
+    import psutil
+    before = psutil.Process().memory_info().rss
+    out = run(*args)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # Linux: ru_maxrss in KiB
+    del out
+    return max(peak, 0)
+
+
+def peak_extra_bytes(script, case, device):
+    """Run the memory measurement: in-process on CUDA, in a fresh subprocess of `script` on CPU."""
+    if device == "cuda":
+        return None  # measured in-process by the caller, which holds the inputs
+    res = subprocess.run([sys.executable, script, "--memory-case", json.dumps(case)], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": os.path.dirname(script)})
+    if res.returncode != 0:
+        raise RuntimeError(f"memory subprocess failed for {case}:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])["peak_extra_bytes"]
+
+
+def record(benchmark, *, flops, peak, device, **info):
+    """Fill benchmark.extra_info with the physics of the case."""
+    benchmark.extra_info.update(info)
+    benchmark.extra_info["flops"] = flops
+    benchmark.extra_info["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    benchmark.extra_info["threads"] = torch.get_num_threads()
+    if peak is not None:
+        benchmark.extra_info["peak_extra_mb"] = round(peak / 2 ** 20, 1)
+        benchmark.extra_info["memory_method"] = "cuda max_memory_allocated delta" if device == "cuda" \
+            else "subprocess ru_maxrss - rss before the op"
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and getattr(stats, "stats", None) is not None and stats.stats.median > 0:
+        benchmark.extra_info["tflops"] = float(f"{flops / stats.stats.median / 1e12:.4g}")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_linear_logprobs(benchmark, bench_opts, provider, shape, mode):
+    if bench_opts["providers"] is not None and provider not in bench_opts["providers"]:
+        pytest.skip("provider not selected")
+    T, D, V, dtype_name = shape
+    device = bench_opts["device"]
+    fn = make_fn(provider, device)
+    inputs = make_inputs(T, D, V, getattr(torch, dtype_name), device)
+    if provider != "compile":
+        check_agrees(fn, inputs)
+    benchmark.group = f"linear_logprobs T{T}-D{D}-V{V}-{dtype_name} {mode}"
+    run, setup = make_case(fn, mode, inputs, device)
+    benchmark.pedantic(run, setup=setup, rounds=bench_opts["rounds"], warmup_rounds=1, iterations=1)
+    peak = None
+    if bench_opts["memory"] and not (device == "cpu" and mode == "bwd"):
+        if device == "cuda":
+            peak = _measure_here(fn, mode, inputs, device)
+        else:
+            del inputs
+            peak = peak_extra_bytes(__file__, dict(provider=provider, mode=mode, T=T, D=D, V=V, dtype=dtype_name),
+                                    device)
+    record(benchmark, flops=FLOPS_PER_TDV[mode] * T * D * V, peak=peak, device=device, provider=provider,
+           mode=mode, T=T, D=D, V=V, dtype=dtype_name)
+
+
+def _memory_main(case):
+    device = "cpu"
+    fn = make_fn(case["provider"], device)
+    inputs = make_inputs(case["T"], case["D"], case["V"], getattr(torch, case["dtype"]), device)
+    # warm up lazy library state (thread pools, autograd engine, compilation) outside the measured run
+    warm = inputs if case["provider"] == "compile" else make_inputs(8, case["D"], 64, inputs[0].dtype, device)
+    make_case(fn, "full", warm, device)[0]()
+    del warm
+    t0 = time.perf_counter()
+    peak = _measure_here(fn, case["mode"], inputs, device)
+    print(json.dumps({"peak_extra_bytes": peak, "seconds": time.perf_counter() - t0}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory-case":
+        _memory_main(json.loads(sys.argv[2]))
+    else:
+        sys.exit("usage: pytest benches/bench_linear_logprobs.py [--shapes ...]  "
+                 "(or, internally: --memory-case JSON)")

@@ -1,0 +1,690 @@
+"""Per-sample weights for every BoN-aware objective of PAPER.md (arXiv 2412.15287): exact forms and published forms.
+
+Contract
+--------
+For each prompt, n responses y_1..y_n are drawn i.i.d. from the (tempered) policy π. ``rewards[g, i] = R(y_i)`` is
+the task reward and ``scores[g, i] = r(y_i)`` is the verifier score that Best-of-N (BoN) selection uses. Every method
+returns float64 weights ``w [G, n]`` on the input's device. The trainer's loss is ``-(Σ_i w_i log π(y_i)) / normaliser``,
+so the weights must satisfy, for each prompt,
+
+    E_{y_1..y_n ~ π} [ Σ_i w_i ∇log π(y_i) ] = ∇J(π)
+
+for the objective J named by the method (the *exact* forms), or a documented multiple of ∇J (the *published* forms).
+``tests/test_objectives.py`` checks each claim by exact enumeration of all n-tuples on small categorical policies,
+against autograd of the closed-form objective. N' (``n_bon``) is the training-time BoN size. It is a separate setting
+from n, the number of samples per prompt.
+
+Tie rule (one rule for selection, training and evaluation)
+----------------------------------------------------------
+Ties in verifier scores are broken uniformly at random. No estimator or metric draws that random tie-break; each
+averages over it exactly, in closed form. All of them rest on one count (``pick_probability``). Take a sample with
+``a`` of the other samples strictly below it and ``e`` equal to it. Then, by Vandermonde's identity,
+
+    Σ_{k-subsets S ∋ i} P(i is picked | S) = Σ_t C(e, t) C(a, k−1−t) / (t+1) = [C(a+e+1, k) − C(a, k)] / (e+1),
+
+and the probability that i is the pick of a uniformly random k-subset containing it is that count divided by
+C(n−1, k−1). The population version is PAPER 1.1: π_bon(y) = π(y) [F(y)^N − F⁻(y)^N] / P_π(r = r(y)), where
+F(y) = P_π(r ≤ r(y)) and F⁻(y) = P_π(r < r(y)).
+
+Methods (``weights(name, ...)`` dispatches on these names; docs/objectives.md has the full table)
+---------------------------------------------------------------------------------------------------
+    rl          J = E[R] (N' = 1, inference-unaware); ``target="scores"`` gives RL-V, J = E[r].        exact
+    pass_at_k   J = 1 − p^k, binary R, k = n_bon (PKPO-style subset-averaged weights).                    exact
+    bon_rl_s    J = E[R of the BoN pick], selection by R itself (max@k for real R).                       exact
+    bon_rl_v    J = E[R(y_i*)], i* = argmax of the verifier r over N' draws. ``credit="exact"``: exact;
+                ``credit="winner"``: the published selected-only BoN-max-mean form, biased.
+    bon_rlb     published g⁺/g⁻ weights. +g⁻ on BoN picks with the true p: exact; other choices give
+                ``bon_rlb_scale(...)`` × ∇J for each prompt.
+    bon_rlb_p   positive-only ḡ⁺ (bounded). Exact with the true p.
+    bon_sft     ∇log π_bon(y*) for an expert y*; returns (w_expert [G], w_samples [G, n]).
+    sft         the N' = 1 case of bon_sft: w_expert = 1, w_samples = 0.
+
+Numerics (PAPER 6.2): everything is float64. p^(N−1) is computed as exp((N−1) log p) and 1 − p^N as −expm1(N log p).
+Subset counts come from exact integer tables C(x, k) / C(n, k), built once per (n, k, device) and cached.
+Baselines depend only on the *other* samples, so they never add bias. Estimated failure rates are clamped to
+[eps, 1 − eps]. Degenerate groups (all correct, all wrong, n = 1, N' = 1, p at 0 or 1) give finite weights. The
+function docstrings say what each one gives.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from fractions import Fraction
+
+import torch
+from torch import Tensor
+
+__all__ = ["METHODS", "weights", "rl", "pass_at_k", "bon_rl_s", "bon_rl_v", "bon_rlb", "bon_rlb_p",
+           "bon_rlb_scale", "bon_sft", "sft", "pick_probability", "subset_credit"]
+
+METHODS = ("sft", "bon_sft", "rl", "bon_rl_v", "bon_rl_s", "bon_rlb", "bon_rlb_p", "pass_at_k")
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation: shape / dtype checks are free; value checks (finite, binary, ranges) cost ONE host sync in total.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _matrix(name: str, x, shape=None, device=None) -> Tensor:
+    """`x` as a float64 [G, n] tensor (bool / int / float accepted), or a ValueError naming `name`."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape [G, n], got {type(x).__name__}")
+    if x.is_complex():
+        raise ValueError(f"{name} must have a real (bool, integer or floating) dtype, got {x.dtype}")
+    expected = "[G, n]" if shape is None else f"[G, n] = {list(shape)}"
+    if x.dim() != 2 or (shape is not None and tuple(x.shape) != tuple(shape)):
+        raise ValueError(f"{name} must have shape {expected}, got {list(x.shape)}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} must have n >= 1 samples per prompt (shape [G, n]), got {list(x.shape)}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} must be on {device} (the device of rewards), got {x.device}")
+    return x.detach().to(torch.float64)
+
+
+def _int_arg(name: str, value, lo: int, hi: int | None = None, hi_name: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        bound = f"in [{lo}, {hi}] ({hi_name})" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _choice(name: str, value, allowed) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _check_values(checks) -> None:
+    """Raise for the first failed check. `checks` holds (bad: bool Tensor, message) pairs; this is the ONE sync."""
+    if not checks:
+        return
+    flags = torch.stack([bad.any() for bad, _ in checks]).tolist()  # host sync, only when check_values=True
+    for flag, (_, message) in zip(flags, checks):
+        if flag:
+            raise ValueError(message)
+
+
+def _validate(rewards, scores=None, *, n_bon, need_scores=False, allow_scores=True, binary=False,
+              n_bon_le_n=True, check_values=True, method=""):
+    """Validate the common arguments. Returns (R float64 [G, n], s float64 [G, n] or None, n_bon)."""
+    R = _matrix("rewards", rewards)
+    n = R.shape[1]
+    n_bon = _int_arg("n_bon", n_bon, 1, n if n_bon_le_n else None, "n_bon <= n, the samples per prompt")
+    if scores is None and need_scores:
+        raise ValueError(f"scores must be given for {method}: a [G, n] tensor of verifier scores")
+    if scores is not None and not allow_scores:
+        raise ValueError(f"scores must be None for {method}: it selects by the reward itself "
+                         "(use bon_rl_v for selection by a separate verifier)")
+    s = None if scores is None else _matrix("scores", scores, R.shape, rewards.device)
+    if check_values:
+        checks = [(~torch.isfinite(R), "rewards must be finite (no NaN or inf)")]
+        if s is not None:
+            checks.append((~torch.isfinite(s), "scores must be finite (no NaN or inf)"))
+        if binary:
+            checks.append(((R != 0) & (R != 1), f"rewards must be binary (0 or 1) for {method}"))
+        _check_values(checks)
+    return R, s, n_bon
+
+
+def _prompt_vector(name: str, x, G: int, device, lo: float | None, hi: float | None, checks) -> Tensor:
+    """A per-prompt [G] parameter as float64. Its range check (finiteness if lo is None) is appended to `checks`."""
+    if not isinstance(x, Tensor) or x.shape != (G,) or x.is_complex():
+        got = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a real tensor of shape [G] = [{G}], got {got}")
+    if x.device != device:
+        raise ValueError(f"{name} must be on {device} (the device of rewards), got {x.device}")
+    x = x.detach().to(torch.float64)
+    if lo is None:
+        checks.append((~torch.isfinite(x), f"{name} must be finite (no NaN or inf)"))
+    else:
+        checks.append((~((x >= lo) & (x <= hi)), f"{name} must lie in [{lo}, {hi}] (and not be NaN)"))
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Combinatorics of BoN selection with exact tie averaging
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _comb_table(n: int, k: int, device: torch.device) -> Tensor:
+    """T[x + 1] = C(x, k) / C(n, k) for x = -1..n, exact rationals rounded once to float64 (C(-1, k) = 0)."""
+    denom = math.comb(n, k)
+    values = [0.0] + [float(Fraction(math.comb(x, k), denom)) for x in range(n + 1)]
+    return torch.tensor(values, dtype=torch.float64, device=device)
+
+
+def _pick_mass(a: Tensor, e: Tensor, k: int, n: int) -> Tensor:
+    """(1 / C(n, k)) Σ_{k-subsets S ∋ i} P(i picked | S) = [C(a+e+1, k) − C(a, k)] / ((e+1) C(n, k)).
+
+    Defined for a >= -1 and e >= -1; e = -1 ("no such sample") gives 0. Only differences of this function at
+    shifted (a, e) are ever used with a = -1 or e = -1, and those are finite by construction.
+    """
+    table = _comb_table(n, k, a.device)
+    top = table[(a + e + 2).clamp(min=0)]
+    mass = (top - table[a + 1]) / (e + 1).clamp(min=1).to(torch.float64)
+    return torch.where(e >= 0, mass, torch.zeros_like(mass))
+
+
+def pick_probability(a: Tensor, e: Tensor, *, k: int, n: int) -> Tensor:
+    """Probability that a sample is the BoN pick of a uniformly random k-subset of n samples that contains it.
+
+    The sample has ``a`` others strictly below it and ``e`` others tied with it (ties broken uniformly at random):
+
+        P = [C(a+e+1, k) − C(a, k)] / ((e+1) C(n−1, k−1)).
+
+    This is the single tie-rule helper. ``subset_credit`` and ``metrics.bo_k`` both use it.
+
+    Shapes:
+        a, e: any (same shape, integer); returns float64 of that shape.
+    """
+    n = _int_arg("n", n, 1)
+    k = _int_arg("k", k, 1, n, "k <= n")
+    if not isinstance(a, Tensor) or not isinstance(e, Tensor) or a.shape != e.shape:
+        raise ValueError("a and e must be integer tensors of the same shape")
+    a, e = a.long(), e.long()
+    _check_values([(a < 0, "a must be >= 0"), (e < 0, "e must be >= 0"),
+                   (a + e + 1 > n, f"a + e + 1 must be <= n = {n}")])
+    return _pick_mass(a, e, k, n) * (n / k)
+
+
+def _rank_counts(s: Tensor):
+    """a[g, i] = #{j: s_j < s_i}, e[g, i] = #{j != i: s_j = s_i}, and the ascending sort order of s."""
+    s = s.contiguous()
+    sorted_s, order = s.sort(dim=-1)
+    a = torch.searchsorted(sorted_s, s, right=False)
+    le = torch.searchsorted(sorted_s, s, right=True)  # = a + e + 1
+    return a, le - a - 1, order
+
+
+def subset_credit(rewards: Tensor, scores: Tensor, k: int) -> Tensor:
+    """Subset-averaged BoN credit c_i = (1 / C(n, k)) Σ_{k-subsets S ∋ i} E_tie[R_{pick(S)}] (PAPER 2.2).
+
+    The pick of S is the verifier argmax, with ties broken uniformly at random and averaged exactly. Without ties,
+    with samples sorted by score ascending (positions 1..n), this is
+    c_i = [C(i−1, k−1) R_i + Σ_{j>i} C(j−2, k−2) R_j] / C(n, k). With ties, sample j above i contributes
+    R_j h_j, where h_j = m(a_j, e_j) − m(a_j − 1, e_j). A tie partner contributes R_j u_i, where
+    u_i = m(a_i, e_i) − m(a_i, e_i − 1). Here m is the normalised pick count of ``pick_probability``. Two
+    identities follow: Σ_i c_i / k = E[R_pick of a random k-subset] (bo_k), and
+    Σ_i c_i ∇log π(y_i) is unbiased for ∇ E[R_pick of k i.i.d. draws].
+    Cost O(n log n) per prompt, no host sync.
+
+    Shapes:
+        rewards, scores: [G, n] float64; returns [G, n] float64.
+    """
+    G, n = rewards.shape
+    a, e, order = _rank_counts(scores)
+    own = _pick_mass(a, e, k, n)
+    h = own - _pick_mass(a - 1, e, k, n)  # credit weight of j for each i strictly below it
+    u = own - _pick_mass(a, e - 1, k, n)  # credit weight of each tie partner of i
+    x = (rewards * h).gather(-1, order)  # (G, n) in ascending score order
+    suffix = torch.cat([x.flip(-1).cumsum(-1).flip(-1), x.new_zeros(G, 1)], dim=-1)  # suffix[t] = Σ_{pos >= t}
+    above = suffix.gather(-1, a + e + 1)  # Σ over strictly higher scores
+    block = torch.zeros_like(rewards).scatter_add_(-1, a, rewards)  # tie blocks are keyed by a
+    tie = block.gather(-1, a) - rewards  # Σ_{j tied with i, j != i} R_j
+    return rewards * own + above + u * tie
+
+
+def _apply_baseline(credit_fn, n: int, k: int, baseline: str) -> Tensor:
+    """Subtract a leave-one-out baseline from the subset credit. The baseline depends only on the other samples.
+
+    ``credit_fn(j)`` returns the credit c^(j) for subset size j. Each baseline is (k/n) × an unbiased U-statistic
+    of E[f] from the other n−1 samples. It uses Σ_{S ∌ i} f(S) = Σ_S f(S) − Σ_{S ∋ i} f(S):
+      "loo"            k-subsets of the others (n > k):  w_i = (n c_i − Σ_j c_j) / (n − k);
+                       when n == k it falls back to "loo_k_minus_1".
+      "loo_k_minus_1"  (k−1)-subsets of the others (PKPO-style):
+                       b_i = k/(n−k+1) (Σ_j c^(k−1)_j / (k−1) − c^(k−1)_i); b = 0 for k = 1.
+      "none"           w = c.
+    """
+    c = credit_fn(k)
+    if baseline == "none":
+        return c
+    if baseline == "loo" and n > k:
+        return (n * c - c.sum(-1, keepdim=True)) / (n - k)
+    if k == 1:  # no (k-1)-subset carries information: the baseline is 0
+        return c
+    cp = credit_fn(k - 1)
+    return c - k / (n - k + 1) * (cp.sum(-1, keepdim=True) / (k - 1) - cp)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Methods: RL, pass@k, BoN-RL-S, BoN-RL-V
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def rl(rewards: Tensor, *, n_bon: int = 1, scores: Tensor | None = None, baseline: str = "loo",
+       target: str = "rewards", check_values: bool = True) -> Tensor:
+    """Inference-unaware RL (N' = 1): J = E[R], or with ``target="scores"``, RL-V: J = E[r].
+
+        w_i = (X_i − b_i) / n,   X = rewards (or scores),   b_i = mean_{j != i} X_j  ("loo") or 0 ("none").
+
+    Exact for every n. With n = 1 the "loo" baseline has no other samples and is 0. ``n_bon`` must be 1: use
+    bon_rl_s / bon_rl_v / pass_at_k for N' > 1.
+
+    Shapes:
+        rewards, scores: [G, n]; returns w [G, n] float64.
+    """
+    target = _choice("target", target, ("rewards", "scores"))
+    _choice("baseline", baseline, ("loo", "none"))
+    R, s, n_bon = _validate(rewards, scores, n_bon=n_bon, need_scores=target == "scores",
+                            allow_scores=target == "scores", check_values=check_values, method="rl")
+    if n_bon != 1:
+        raise ValueError(f"n_bon must be 1 for rl (the N' = 1 baseline), got {n_bon}")
+    x = s if target == "scores" else R
+    n = x.shape[1]
+    if baseline == "none" or n == 1:
+        return x / n
+    return (x - (x.sum(-1, keepdim=True) - x) / (n - 1)) / n
+
+
+@functools.lru_cache(maxsize=256)
+def _rho_table(m: int, j: int, device: torch.device) -> Tensor:
+    """ρ(m, c, j) = 1 − C(m−c, j)/C(m, j) (unbiased pass@j from m samples with c correct), c = 0..m, exact."""
+    if j == 0:
+        return torch.zeros(m + 1, dtype=torch.float64, device=device)
+    values = [float(1 - Fraction(math.comb(m - c, j), math.comb(m, j))) for c in range(m + 1)]
+    return torch.tensor(values, dtype=torch.float64, device=device)
+
+
+def pass_at_k(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, baseline: str = "loo",
+              check_values: bool = True) -> Tensor:
+    """PKPO-style unbiased weights for pass@k, k = n_bon <= n, binary rewards: J = 1 − p^k.
+
+    Subset credit (see ``subset_credit``; here in closed form from the count C of correct samples):
+
+        c_i = k/n                         if R_i = 1,
+        c_i = (k/n) ρ(n−1, C, k−1)        if R_i = 0,     ρ(m, c, j) = 1 − C(m−c, j)/C(m, j).
+
+    Then a leave-one-out baseline is subtracted (``baseline`` as in bon_rl_s; "loo" is the default). Exact for
+    every n >= k. All-correct and all-wrong groups get w = 0 under both baselines.
+    Equals ``bon_rl_s`` on binary rewards.
+
+    Shapes:
+        rewards: [G, n] in {0, 1}; returns w [G, n] float64.
+    """
+    _choice("baseline", baseline, ("loo", "loo_k_minus_1", "none"))
+    R, _, k = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True,
+                        check_values=check_values, method="pass_at_k")
+    n = R.shape[1]
+    correct = R.sum(-1, keepdim=True).round().long()
+
+    def credit(j: int) -> Tensor:
+        rho = _rho_table(n - 1, j - 1, R.device)[correct.clamp(max=n - 1)]  # (G, 1); used only where R_i = 0
+        return (j / n) * (R + (1 - R) * rho)
+
+    return _apply_baseline(credit, n, k, baseline)
+
+
+def bon_rl_v(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, credit: str = "exact",
+             baseline: str | None = None, check_values: bool = True) -> Tensor:
+    """BoN-RL-V: J = E[R(y_i*)], where i* = argmax of the verifier ``scores`` over N' = n_bon i.i.d. draws.
+
+    ``credit="exact"`` (default; PAPER 2.2 "Recommended estimator"): w = the subset-averaged credit
+    c_i = (1/C(n, N')) Σ_{N'-subsets S ∋ i} E_tie[R_pick(S)] (``subset_credit``, exact tie averaging), minus a
+    leave-one-out baseline: ``baseline`` in {"loo" (default), "loo_k_minus_1", "none"}. Exact for every n >= N'.
+
+    ``credit="winner"``: the published selected-only reading (BoN-max-mean, PAPER 2.2). The samples form
+    floor(n/N') disjoint groups in sample order (leftovers get 0). The verifier winner of each group (ties averaged)
+    gets (R_win − b) / #groups. The default b is the group's mean reward (``baseline="mean"``); "none" gives b = 0.
+    This estimator is **biased**: it drops the (N'−1)∇F/F part of ∇log π_bon, and its baseline includes the
+    winner's own reward. With scores == rewards and binary rewards, its expectation is parallel to ∇J, scaled by
+    (Σ_{t<N'−1} p^t) / (N' p^(N'−2)) (e.g. 1/2 at N' = 2). With real rewards or a separate verifier it is not even
+    parallel. It is identically 0 at N' = 1 with the mean baseline.
+
+    Shapes:
+        rewards, scores: [G, n]; returns w [G, n] float64.
+    """
+    credit = _choice("credit", credit, ("exact", "winner"))
+    if baseline is None:
+        baseline = "loo" if credit == "exact" else "mean"
+    _choice("baseline", baseline, ("loo", "loo_k_minus_1", "none") if credit == "exact" else ("mean", "none"))
+    R, s, k = _validate(rewards, scores, n_bon=n_bon, need_scores=True, check_values=check_values,
+                        method="bon_rl_v")
+    if credit == "exact":
+        return _apply_baseline(lambda j: subset_credit(R, s, j), R.shape[1], k, baseline)
+    pick, mean_r, groups = _group_picks(s, R, k)
+    b = mean_r if baseline == "mean" else 0.0
+    return pick * (R - b) / groups
+
+
+def bon_rl_s(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, baseline: str = "loo",
+             check_values: bool = True) -> Tensor:
+    """BoN-RL-S: J = E[max reward of N' = n_bon i.i.d. draws] (selection by the reward itself, any real reward).
+
+    This is bon_rl_v with scores = rewards. Ties in R do not change the picked reward. For binary R, J = pass@N'
+    = 1 − p^N' and the weights equal ``pass_at_k``. Exact for every n >= N'. ``baseline`` as in bon_rl_v.
+
+    Shapes:
+        rewards: [G, n]; returns w [G, n] float64.
+    """
+    _choice("baseline", baseline, ("loo", "loo_k_minus_1", "none"))
+    R, _, k = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, check_values=check_values,
+                        method="bon_rl_s")
+    return _apply_baseline(lambda j: subset_credit(R, R, j), R.shape[1], k, baseline)
+
+
+def _group_picks(s: Tensor, R: Tensor, N: int):
+    """Disjoint BoN groups of N samples in sample order. Returns the pick probability of each sample (argmax of s,
+    ties averaged; 0 for the n mod N leftovers), each sample's group-mean reward, and the number of groups."""
+    G, n = s.shape
+    m = n // N
+    sg = s[:, : m * N].reshape(G, m, N)  # (G, groups, N)
+    is_max = (sg == sg.amax(-1, keepdim=True)).to(torch.float64)
+    pick = torch.zeros_like(R)
+    pick[:, : m * N] = (is_max / is_max.sum(-1, keepdim=True)).reshape(G, m * N)
+    mean_r = torch.zeros_like(R)
+    mean_r[:, : m * N] = R[:, : m * N].reshape(G, m, N).mean(-1, keepdim=True).expand(G, m, N).reshape(G, m * N)
+    return pick, mean_r, m
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Methods: BoN-RLB and BoN-RLB(P) (binary reward, r = R, closed-form weights in the failure probability p)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _fail_rate(R: Tensor, N: int, p, source: str, eps: float, checks) -> Tensor:
+    """Per-sample failure-probability estimate p̂ [G, n], clamped to [eps, 1 − eps].
+
+    Tensor [G]: the given (true) p. "group": 1 − mean(R) over all n samples (plug-in).
+    "loo": for source "bon", the failure rate among the samples outside the pick's group. It falls back to the
+    other samples of the group when n == N', and to the sample itself when n == 1. For the other sources it is
+    the failure rate among the other n − 1 samples (the sample itself when n == 1).
+    """
+    G, n = R.shape
+    fail = 1 - R
+    if isinstance(p, str):
+        _choice("p", p, ("loo", "group"))
+        total = fail.sum(-1, keepdim=True)
+        if p == "group":
+            p_hat = (total / n).expand(G, n)
+        elif source == "bon" and n > N:
+            m = n // N
+            own = fail.clone()  # leftovers (outside every group) leave out only themselves
+            own[:, : m * N] = fail[:, : m * N].reshape(G, m, N).sum(-1, keepdim=True).expand(G, m, N).reshape(G, -1)
+            count = torch.full_like(R, n - 1.0)
+            count[:, : m * N] = n - N
+            p_hat = (total - own) / count
+        elif n > 1:
+            p_hat = (total - fail) / (n - 1)
+        else:
+            p_hat = fail
+    else:
+        p_hat = _prompt_vector("p", p, G, R.device, 0.0, 1.0, checks)[:, None].expand(G, n)
+    return p_hat.clamp(eps, 1 - eps)
+
+
+def _g_terms(p: Tensor, N: int):
+    """(N p^(N−1), 1 − p^N) computed stably: exp((N−1) log p) and −expm1(N log p); p in (0, 1)."""
+    log_p = torch.log(p)
+    lead = N * torch.exp((N - 1) * log_p) if N > 1 else torch.ones_like(p)
+    return lead, -torch.expm1(N * log_p)
+
+
+def _rlb_options(eps, clip, negative_sign=-1):
+    if not isinstance(eps, numbers.Real) or not 0 < eps < 0.5:
+        raise ValueError(f"eps must be a float in (0, 0.5), got {eps!r}")
+    if negative_sign not in (1, -1):
+        raise ValueError(f"negative_sign must be +1 (exact identity) or -1 (published), got {negative_sign!r}")
+    if clip is not None and not (isinstance(clip, (tuple, list)) and len(clip) == 2
+                                 and all(isinstance(c, numbers.Real) and c > 0 for c in clip)):
+        raise ValueError(f"clip must be None or a pair (C_pos, C_neg) of positive floats, got {clip!r}")
+
+
+def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negative_sign: int = -1,
+            source: str = "bon", p="loo", clip=None, eps: float = 1e-3, check_values: bool = True) -> Tensor:
+    """BoN-RLB: the published g⁺/g⁻ weights for binary rewards (PAPER 2.3). N = N' = n_bon, p = failure probability.
+
+        g⁺(p) = N p^(N−1) / (1 − p^N)  on correct samples,   negative_sign · g⁻(p),  g⁻(p) = N p / (1 − p)  on failures.
+
+    ``source="bon"`` (paper style): floor(n/N') disjoint groups in sample order. Each group's BoN pick (a uniformly
+    random correct sample if there is one, else a uniformly random sample; the tie rule, averaged exactly) carries the
+    weight, divided by the number of groups. ``source="policy_group"`` (re-implementation): every one of the n samples
+    carries its weight, divided by n.
+    ``p``: a tensor [G] (the true p), "loo" (default; leave-out plug-in, see ``_fail_rate``) or "group" (1 − mean R).
+    p̂ is clamped to [eps, 1 − eps]. ``clip=(C_pos, C_neg)`` caps |w| per sample before averaging
+    (the re-implementation uses (3, 3)).
+
+    With the true p, no clip and a non-binding eps, the expected update is ``bon_rlb_scale(p, ...)`` × ∇(1 − p^N):
+    bon with +g⁻ gives exactly ∇J; bon with −g⁻ (the default, as published) gives (1+p)/(1−p) × ∇J; policy_group
+    gives (g⁺ − sign·g⁻)/(N p^(N−1)) × ∇J. With a plug-in p̂ no choice is exactly unbiased.
+    Degenerate groups: all correct gives p̂ = eps, so g⁺ ≈ N eps^(N−1) and the weights are ≈ 0. All wrong gives
+    p̂ = 1 − eps and a large push (up to N/eps): use clip. At N' = 1, g⁺ = 1/(1−p) and g⁻ = p/(1−p).
+
+    Shapes:
+        rewards: [G, n] in {0, 1}; p: [G] if a tensor; returns w [G, n] float64.
+    """
+    _choice("source", source, ("bon", "policy_group"))
+    _rlb_options(eps, clip, negative_sign)
+    R, _, N = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True,
+                        check_values=check_values, method="bon_rlb")
+    checks = []
+    p_hat = _fail_rate(R, N, p, source, eps, checks)
+    _check_values(checks if check_values else [])
+    lead, one_m_pn = _g_terms(p_hat, N)
+    g_pos, g_neg = lead / one_m_pn, N * p_hat / (1 - p_hat)
+    if clip is not None:
+        g_pos, g_neg = g_pos.clamp(max=float(clip[0])), g_neg.clamp(max=float(clip[1]))
+    w = R * g_pos + (1 - R) * negative_sign * g_neg
+    if source == "policy_group":
+        return w / R.shape[1]
+    pick, _, groups = _group_picks(R, R, N)
+    return pick * w / groups
+
+
+def bon_rlb_p(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, source: str = "bon", p="loo",
+              eps: float = 1e-3, check_values: bool = True) -> Tensor:
+    """BoN-RLB(P): positive-only weights for binary rewards (PAPER 2.4). N = N' = n_bon.
+
+        ḡ⁺(p) = N p^(N−1) (1 − p) / (1 − p^N) = N p^(N−1) / Σ_{t<N} p^t  ∈ [0, 1]   on correct BoN picks,
+
+    with ``source="bon"`` (default): disjoint groups as in bon_rlb, weight on correct picks, divided by the number of
+    groups. With ``source="policy_group"`` (π-sample form), every correct sample gets N p^(N−1) / n. Both are
+    exactly unbiased for ∇(1 − p^N) with the true p (a tensor [G]). ``p`` and ``eps`` work as in bon_rlb.
+    Degenerate groups: all-wrong groups get 0. All-correct groups get ≈ N eps^(N−1) ≈ 0 (p̂ = eps). At N' = 1,
+    ḡ⁺ = 1.
+
+    Shapes:
+        rewards: [G, n] in {0, 1}; p: [G] if a tensor; returns w [G, n] float64.
+    """
+    _choice("source", source, ("bon", "policy_group"))
+    _rlb_options(eps, None)
+    R, _, N = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True,
+                        check_values=check_values, method="bon_rlb_p")
+    checks = []
+    p_hat = _fail_rate(R, N, p, source, eps, checks)
+    _check_values(checks if check_values else [])
+    lead, one_m_pn = _g_terms(p_hat, N)
+    if source == "policy_group":
+        return R * lead / R.shape[1]
+    pick, _, groups = _group_picks(R, R, N)
+    return pick * R * (lead * (1 - p_hat) / one_m_pn) / groups
+
+
+def bon_rlb_scale(p: Tensor, *, n_bon: int, negative_sign: int = -1, source: str = "bon") -> Tensor:
+    """Per-prompt factor s(p) such that E[bon_rlb update] = s(p) ∇(1 − p^N), given the true p (no clip).
+
+        source "bon":           s = (1 − sign·p) / (1 − p)      (+g⁻: 1, exact;  −g⁻: (1+p)/(1−p))
+        source "policy_group":  s = (g⁺ − sign·g⁻) / (N p^(N−1)) = 1/(1 − p^N) − sign · p^(2−N) / (1 − p)
+
+    Log it next to the weights to see how the published form re-weights prompts (PAPER 6.3).
+
+    Shapes:
+        p: [G] in (0, 1); returns [G] float64.
+    """
+    _choice("source", source, ("bon", "policy_group"))
+    _rlb_options(0.1, None, negative_sign)
+    N = _int_arg("n_bon", n_bon, 1)
+    if not isinstance(p, Tensor) or p.dim() != 1:
+        raise ValueError(f"p must be a tensor of shape [G], got {getattr(p, 'shape', type(p).__name__)}")
+    p = p.detach().to(torch.float64)
+    if source == "bon":
+        return (1 - negative_sign * p) / (1 - p)
+    log_p = torch.log(p)
+    return 1 / -torch.expm1(N * log_p) - negative_sign * torch.exp((2 - N) * log_p) / (1 - p)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Methods: BoN-SFT and SFT (expert data; returns weights for the expert AND for the on-policy samples)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _bon_log_coeffs(F: Tensor, Fm: Tensor, N: int):
+    """Partial derivatives of log π_bon(y*) = log π(y*) + log(F^N − F⁻^N) − log(F − F⁻) in stable form.
+
+    With x = F⁻/F ∈ [0, 1] and S_m = Σ_{t<m} x^t:
+        α     = ∂/∂F      = (1/F) Σ_{t<N−1} (N−1−t) x^t / S_N
+        α + β = ∂/∂F + ∂/∂F⁻ = (N/F) S_{N−1} / S_N
+    Both are finite at x = 1 (the no-mass limit gives the continuous-score form (N−1)/F). Returns (α, α + β).
+    """
+    x = (Fm / F).clamp(0.0, 1.0)
+    t = torch.arange(N, dtype=torch.float64, device=F.device)
+    powers = x.unsqueeze(-1) ** t  # (..., N)
+    s_n = powers.sum(-1)
+    s_n1 = powers[..., : N - 1].sum(-1)
+    alpha = (powers[..., : N - 1] * (N - 1 - t[: N - 1])).sum(-1) / (F * s_n)
+    return alpha, N * s_n1 / (F * s_n)
+
+
+def bon_sft(expert_scores: Tensor, scores: Tensor | None = None, *, n_bon: int, form: str = "exact",
+            lam: float | None = None, rewards: Tensor | None = None, cdf="loo", p: Tensor | None = None,
+            baseline: str = "loo", eps: float = 1e-3, check_values: bool = True):
+    """BoN-SFT: maximise log π_bon(y*) for an expert response y* with verifier score s* (PAPER 2.1).
+
+    Returns (w_expert [G], w_samples [G, n]). The loss is −(w_expert log π(y*) + Σ_i w_i log π(y_i)), with
+    y_i ~ π the on-policy samples and ``scores`` their verifier scores. If ``scores`` is None, ``rewards`` is the
+    selector (r = R). n_bon = N' may exceed n: the samples only estimate expectations under π.
+
+    ``form="exact"``: ∇log π_bon(y*) = ∇log π(y*) + α ∇F + β ∇F⁻, with F = P_π(r <= s*), F⁻ = P_π(r < s*),
+    the tie-aware BoN distribution of PAPER 1.1 and ∇F = E_π[1{r <= s*} ∇log π]. Per sample,
+    w_i = (α 1{s_i = s*} + (α+β) 1{s_i < s*} − b_i) / n. It is **exactly unbiased for log π_bon(y*) when the
+    true (F, F⁻) are given**, as ``cdf=(F, F_minus)`` tensors [G], or for a binary verifier as ``p`` [G]
+    (P_π(r = 0)): (F, F⁻) = (1, p) if s* = 1 and (p, 0) if s* = 0. For a correct expert this is PAPER 2.1's
+    w_i = −c(p) R_i / n, c(p) = 1/(1−p) − N p^(N−1)/(1−p^N). ``cdf="loo"`` (default) plugs in the leave-one-out
+    empirical F̂_{−i}, F̂⁻_{−i} (F̂ clamped to >= eps; the sample itself when n = 1). α_i does not depend on y_i, so
+    the expected update is exact for the objective with α, β replaced by their expectations under the plug-in.
+    That is a positively rescaled version, consistent as n → ∞, but not log π_bon itself.
+
+    ``form="variational"``: w_i = λ (W_i − b_i) / n with W_i = 1{s_i <= s*} (ties count as wins) and
+    λ = ``lam`` (default N' − 1). It is exactly unbiased for **log π(y*) + λ Q_π(y*)**, with Q_π(y*) = F(y*), the
+    tilted log-likelihood log π + λQ − log Z without the ∇log Z term. Z = E_π[exp(λQ)] = (e^λ − 1)/λ does not
+    depend on θ only for continuous scores. With discrete or tied scores (binary verifiers) the form drops a real
+    term. λ is a config value (PAPER 1.2): N' − 1 linearises (N'−1) log F. KL or mean matching gives ≈ N' + 1:
+    λ = 2.29 / 4.92 / 9.06 / 17.03 / 33.02 (KL) or 2.15 / 4.80 / 8.99 / 17.00 / 33.00 (mean) for N' = 2/4/8/16/32.
+
+    ``baseline``: "loo" (default) subtracts the leave-one-out mean of the per-sample term (valid: it depends only
+    on the other samples), or "none". At N' = 1 both forms give w_samples = 0 (this is ``sft``).
+
+    Shapes:
+        expert_scores: [G]; scores / rewards: [G, n]; cdf: pair of [G]; p: [G]; returns ([G], [G, n]) float64.
+    """
+    form = _choice("form", form, ("exact", "variational"))
+    _choice("baseline", baseline, ("loo", "none"))
+    _rlb_options(eps, None)
+    if scores is None and rewards is None:
+        raise ValueError("scores (or rewards, when the reward itself selects) must be a [G, n] tensor for bon_sft")
+    name = "scores" if scores is not None else "rewards"
+    s = _matrix(name, scores if scores is not None else rewards)
+    if scores is not None and rewards is not None:
+        _matrix("rewards", rewards, s.shape, scores.device)
+    N = _int_arg("n_bon", n_bon, 1)
+    G, n = s.shape
+    checks = [(~torch.isfinite(s), f"{name} must be finite (no NaN or inf)")]
+    s_star = _prompt_vector("expert_scores", expert_scores, G, s.device, None, None, checks)[:, None]
+    below, equal = (s < s_star).to(torch.float64), (s == s_star).to(torch.float64)
+    if form == "variational":
+        lam = N - 1.0 if lam is None else lam
+        if not isinstance(lam, numbers.Real) or not lam >= 0:
+            raise ValueError(f"lam must be a float >= 0, got {lam!r}")
+        _check_values(checks if check_values else [])
+        win = below + equal
+        v = lam * win
+        b = lam * (win.sum(-1, keepdim=True) - win) / (n - 1) if n > 1 else torch.zeros_like(v)
+    else:
+        F, Fm = _expert_cdf(s, below, equal, s_star, cdf, p, eps, checks)
+        _check_values(checks if check_values else [])
+        alpha, gamma = _bon_log_coeffs(F, Fm, N)
+        v = alpha * equal + gamma * below
+        if n > 1:  # the same coefficients applied to the other samples' indicators
+            b = (alpha * (equal.sum(-1, keepdim=True) - equal) + gamma * (below.sum(-1, keepdim=True) - below)) / (n - 1)
+        else:
+            b = torch.zeros_like(v)
+    if baseline == "none":
+        b = torch.zeros_like(v)
+    return torch.ones(G, dtype=torch.float64, device=s.device), (v - b) / n
+
+
+def _expert_cdf(s: Tensor, below: Tensor, equal: Tensor, s_star: Tensor, cdf, p, eps: float, checks):
+    """(F, F⁻) of the expert's score as [G, 1] (given) or [G, n] (leave-one-out plug-in) float64 tensors."""
+    G, n = below.shape
+    device = below.device
+    if p is not None:
+        if not (isinstance(cdf, str) and cdf == "loo"):
+            raise ValueError("give either cdf=(F, F_minus) or p (binary verifier), not both")
+        p = _prompt_vector("p", p, G, device, 0.0, 1.0, checks)[:, None]
+        checks.append(((s_star != 0) & (s_star != 1), "expert_scores must be binary (0 or 1) when p is given"))
+        checks.append(((s != 0) & (s != 1), "scores must be binary (0 or 1) when p is given"))
+        correct = s_star == 1
+        F = torch.where(correct, torch.ones_like(p), p)
+        Fm = torch.where(correct, p, torch.zeros_like(p))
+    elif isinstance(cdf, str):
+        _choice("cdf", cdf, ("loo",))
+        le, lt = below + equal, below
+        if n > 1:
+            F = (le.sum(-1, keepdim=True) - le) / (n - 1)
+            Fm = (lt.sum(-1, keepdim=True) - lt) / (n - 1)
+        else:
+            F, Fm = le, lt
+    else:
+        if not (isinstance(cdf, (tuple, list)) and len(cdf) == 2):
+            raise ValueError("cdf must be 'loo' or a pair (F, F_minus) of [G] tensors")
+        F = _prompt_vector("cdf[0] (F)", cdf[0], G, device, 0.0, 1.0, checks)[:, None]
+        Fm = _prompt_vector("cdf[1] (F_minus)", cdf[1], G, device, 0.0, 1.0, checks)[:, None]
+        checks.append((Fm > F, "cdf must satisfy F_minus <= F"))
+    return F.clamp(min=eps), Fm.clamp(max=1.0)
+
+
+def sft(expert_scores: Tensor, scores: Tensor | None = None, *, n_bon: int = 1, rewards: Tensor | None = None,
+        **options):
+    """Standard SFT: the N' = 1 case of bon_sft. Returns (w_expert = 1 [G], w_samples = 0 [G, n]).
+
+    The on-policy samples are optional. Without them, w_samples has shape [G, 0].
+
+    Shapes:
+        expert_scores: [G]; scores / rewards: [G, n]; returns ([G], [G, n]) float64.
+    """
+    if _int_arg("n_bon", n_bon, 1) != 1:
+        raise ValueError(f"n_bon must be 1 for sft (use bon_sft for N' > 1), got {n_bon}")
+    if scores is None and rewards is None:
+        if not isinstance(expert_scores, Tensor) or expert_scores.dim() != 1:
+            raise ValueError("expert_scores must be a tensor of shape [G]")
+        G = expert_scores.shape[0]
+        dev = expert_scores.device
+        return torch.ones(G, dtype=torch.float64, device=dev), torch.zeros(G, 0, dtype=torch.float64, device=dev)
+    return bon_sft(expert_scores, scores, n_bon=1, rewards=rewards, **options)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dispatch
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def weights(method: str, rewards: Tensor | None, *, n_bon: int, scores: Tensor | None = None, **options):
+    """Weights for ``method`` (one of ``METHODS``): ``fn(rewards, n_bon=n_bon, scores=scores, **options)``.
+
+    "sft" and "bon_sft" take the expert's scores as ``expert_scores=`` in ``options`` and return a pair
+    (w_expert [G], w_samples [G, n]). Every other method returns w [G, n].
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    if method in ("sft", "bon_sft"):
+        if "expert_scores" not in options:
+            raise ValueError(f"{method} needs expert_scores=[G] tensor (the verifier scores of the expert responses)")
+        expert_scores = options.pop("expert_scores")
+        fn = sft if method == "sft" else bon_sft
+        return fn(expert_scores, scores, n_bon=n_bon, rewards=rewards, **options)
+    fn = {"rl": rl, "bon_rl_v": bon_rl_v, "bon_rl_s": bon_rl_s, "bon_rlb": bon_rlb, "bon_rlb_p": bon_rlb_p,
+          "pass_at_k": pass_at_k}[method]
+    return fn(rewards, n_bon=n_bon, scores=scores, **options)

@@ -1,0 +1,326 @@
+"""Shared-prefix decode attention: one prompt prefix, n samples, one decode step.
+
+For prompt g, sample s and query head h (kv head c = h // (Hq / Hkv)), with q = q[g, s, h] and the keys
+of the prompt prefix K1 = prefix_k[g, c, :prefix_lens[g]] and of the sample's own suffix
+K2 = suffix_k[g, s, c, :suffix_lens[g, s]] (values V1, V2 likewise), the output equals plain attention
+over the concatenated keys:
+
+    out[g, s, h] = softmax(scale * q @ [K1; K2].T) @ [V1; V2]
+
+computed as two partial attentions merged by their log-sum-exp:
+
+    s_i = logsumexp(scale * q @ K_i.T),   o_i = softmax(scale * q @ K_i.T) @ V_i        (i = 1, 2)
+    out = (e^{s_1} o_1 + e^{s_2} o_2) / (e^{s_1} + e^{s_2})
+
+The prefix part is the same keys for all n * (Hq / Hkv) queries of a (prompt, kv head), so it is one
+[n * Hq/Hkv, Dh] x [Dh, P] matrix product instead of n matrix-vector products (the Hydragen / FlashInfer
+cascade idea): the prefix K/V is stored once and read once per step, not n times.
+Empty parts (prefix_lens = 0, or no suffix yet) have s_i = -inf and drop out; if both are empty the
+output is 0.
+
+Two Triton kernels: `_prefix_attention_fwd_kernel` (the prefix GEMM, split along P into `num_splits`
+chunks for occupancy, writing fp32 partial outputs and log-sum-exps) and `_suffix_attention_merge_kernel`
+(per sample: merges the prefix partials, then continues the online softmax over the sample's suffix
+keys). `prefix_attention_torch` is the plain PyTorch path with the same semantics (CPU default).
+Inference only: neither path is meant for backward (the Triton path has none).
+
+Shapes:
+    q           [G, n, Hq, Dh]
+    prefix_k/v  [G, Hkv, P, Dh]        prefix_lens [G]       (int, 0 <= prefix_lens <= P)
+    suffix_k/v  [G, n, Hkv, t, Dh]     suffix_lens [G, n]    (int, 0 <= suffix_lens <= t) or None (all t)
+    out         [G, n, Hq, Dh]         dtype of q
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _prefix_attention_fwd_kernel(
+    Q_ptr, K_ptr, V_ptr, Lens_ptr, O_ptr, Lse_ptr,
+    stride_qg, stride_qs, stride_qh, stride_qd,
+    stride_kg, stride_kh, stride_kp, stride_kd,
+    stride_vg, stride_vh, stride_vp, stride_vd,
+    stride_ox, stride_og, stride_oh, stride_om,
+    G, HKV, M, DH, CHUNK, qk_scale,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Partial attention of the M = n * GROUP queries of one (prompt, kv head) over one chunk of the prefix."""
+    pid_gh = tl.program_id(0).to(tl.int64)
+    pid_m = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2).to(tl.int64)
+    g = pid_gh // HKV
+    c = pid_gh % HKV
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)   # row = sample * GROUP + head in group
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
+    mask_m = offs_m < M
+    mask_d = offs_d < DH
+
+    sample = offs_m // GROUP
+    head = c * GROUP + offs_m % GROUP
+    q_ptrs = (Q_ptr + g * stride_qg + sample[:, None] * stride_qs + head[:, None] * stride_qh
+              + offs_d[None, :] * stride_qd)
+    q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+    q = q * qk_scale                                     # scale * log2(e): the softmax runs in base 2
+
+    plen = tl.load(Lens_ptr + g).to(tl.int64)
+    lo = split * CHUNK
+    hi = tl.minimum(lo + CHUNK, plen)
+    k_base = K_ptr + g * stride_kg + c * stride_kh
+    v_base = V_ptr + g * stride_vg + c * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        keys = start + offs_n
+        mask_n = keys < hi
+        kv_mask = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_base + keys[:, None] * stride_kp + offs_d[None, :] * stride_kd,
+                    mask=kv_mask, other=0.0).to(tl.float32)
+        v = tl.load(v_base + keys[:, None] * stride_vp + offs_d[None, :] * stride_vd,
+                    mask=kv_mask, other=0.0).to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)          # (BLOCK_M, BLOCK_N)
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)                # rows with no key yet
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    has_keys = l_i > 0.0
+    o = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))  # base 2
+    o_off = split * stride_ox + g * stride_og + c * stride_oh + offs_m * stride_om
+    tl.store(O_ptr + o_off[:, None] + offs_d[None, :], o, mask=mask_m[:, None] & mask_d[None, :])
+    tl.store(Lse_ptr + ((split * G + g) * HKV + c) * M + offs_m, lse, mask=mask_m)
+
+
+@triton.jit
+def _suffix_attention_merge_kernel(
+    Q_ptr, K_ptr, V_ptr, Lens_ptr, Op_ptr, Lsep_ptr, Out_ptr,
+    stride_qg, stride_qs, stride_qh, stride_qd,
+    stride_kg, stride_ks, stride_kh, stride_kt, stride_kd,
+    stride_vg, stride_vs, stride_vh, stride_vt, stride_vd,
+    stride_ox, stride_og, stride_oh, stride_om,
+    stride_outg, stride_outs, stride_outh, stride_outd,
+    G, N, HKV, M, DH, T, NUM_SPLITS, qk_scale,
+    GROUP: tl.constexpr, HAS_LENS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Merge the prefix partials of one (prompt, sample, kv head), then attend to the sample's own suffix."""
+    pid_gs = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1).to(tl.int64)
+    g = pid_gs // N
+    s_idx = pid_gs % N
+    offs_j = tl.arange(0, BLOCK_M).to(tl.int64)          # head within the kv group
+    offs_d = tl.arange(0, BLOCK_D).to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
+    mask_j = offs_j < GROUP
+    mask_d = offs_d < DH
+    mask_jd = mask_j[:, None] & mask_d[None, :]
+    head = c * GROUP + offs_j
+
+    # running state (base-2 max, sum, unnormalised output) initialised from the prefix partials
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    rows = s_idx * GROUP + offs_j
+    for split in range(0, NUM_SPLITS):
+        lse_p = tl.load(Lsep_ptr + ((split * G + g) * HKV + c) * M + rows, mask=mask_j, other=float("-inf"))
+        o_off = split * stride_ox + g * stride_og + c * stride_oh + rows * stride_om
+        o_p = tl.load(Op_ptr + o_off[:, None] + offs_d[None, :], mask=mask_jd, other=0.0)
+        m_new = tl.maximum(m_i, lse_p)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        w = tl.exp2(lse_p - m_safe)
+        l_i = l_i * alpha + w
+        acc = acc * alpha[:, None] + o_p * w[:, None]
+        m_i = m_new
+
+    if HAS_LENS:
+        slen = tl.load(Lens_ptr + g * N + s_idx).to(tl.int64)
+    else:
+        slen = T
+    q_ptrs = (Q_ptr + g * stride_qg + s_idx * stride_qs + head[:, None] * stride_qh
+              + offs_d[None, :] * stride_qd)
+    q = tl.load(q_ptrs, mask=mask_jd, other=0.0).to(tl.float32) * qk_scale
+    k_base = K_ptr + g * stride_kg + s_idx * stride_ks + c * stride_kh
+    v_base = V_ptr + g * stride_vg + s_idx * stride_vs + c * stride_vh
+    for start in range(0, slen, BLOCK_N):
+        keys = start + offs_n
+        mask_n = keys < slen
+        kv_mask = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_base + keys[:, None] * stride_kt + offs_d[None, :] * stride_kd,
+                    mask=kv_mask, other=0.0).to(tl.float32)
+        v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :] * stride_vd,
+                    mask=kv_mask, other=0.0).to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    out_ptrs = (Out_ptr + g * stride_outg + s_idx * stride_outs + head[:, None] * stride_outh
+                + offs_d[None, :] * stride_outd)
+    tl.store(out_ptrs, out, mask=mask_jd)
+
+
+def _num_splits(P: int, programs: int, device: torch.device) -> int:
+    """Split the prefix along P until the GPU has ~2 programs per SM, keeping chunks >= 256 keys."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(triton.cdiv(2 * sms, max(programs, 1)), triton.cdiv(P, 256)))
+
+
+def prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens=None, *,
+                         scale=None, num_splits=None, block_n=64):
+    """Triton launcher (inputs already validated; any strides). Returns out [G, n, Hq, Dh] in q's dtype."""
+    G, n, Hq, Dh = q.shape
+    Hkv, P = prefix_k.shape[1], prefix_k.shape[2]
+    t = suffix_k.shape[3]
+    group = Hq // Hkv
+    M = n * group
+    scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
+    qk_scale = scale * _LOG2E
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"   # fp16 / bf16 values are exact in tf32
+    BLOCK_D = max(16, triton.next_power_of_2(Dh))
+    BLOCK_M = min(64, max(16, triton.next_power_of_2(M)))
+    m_blocks = triton.cdiv(M, BLOCK_M)
+    if num_splits is None:
+        num_splits = _num_splits(P, G * Hkv * m_blocks, q.device)
+    chunk = triton.cdiv(triton.cdiv(max(P, 1), num_splits), block_n) * block_n
+
+    o_part = torch.empty((num_splits, G, Hkv, M, Dh), device=q.device, dtype=torch.float32)  # (X, G, Hkv, M, Dh)
+    lse_part = torch.empty((num_splits, G, Hkv, M), device=q.device, dtype=torch.float32)
+    prefix_lens = prefix_lens.to(device=q.device, dtype=torch.int32).contiguous()
+    _prefix_attention_fwd_kernel[(G * Hkv, m_blocks, num_splits)](
+        q, prefix_k, prefix_v, prefix_lens, o_part, lse_part,
+        *q.stride(), *prefix_k.stride(), *prefix_v.stride(), *o_part.stride()[:4],
+        G, Hkv, M, Dh, chunk, qk_scale,
+        GROUP=group, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_D=BLOCK_D, DOT_PRECISION=precision,
+    )
+
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if t == 0:  # no suffix yet: point at q as a never-read dummy so no empty tensor reaches the kernel
+        suffix_k = suffix_v = q.new_empty((1, 1, 1, 1, 1))
+    has_lens = suffix_lens is not None
+    lens = suffix_lens.to(device=q.device, dtype=torch.int32).contiguous() if has_lens else prefix_lens
+    _suffix_attention_merge_kernel[(G * n, Hkv)](
+        q, suffix_k, suffix_v, lens, o_part, lse_part, out,
+        *q.stride(), *suffix_k.stride(), *suffix_v.stride(), *o_part.stride()[:4], *out.stride(),
+        G, n, Hkv, M, Dh, t, num_splits, qk_scale,
+        GROUP=group, HAS_LENS=has_lens, BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        BLOCK_D=BLOCK_D, DOT_PRECISION=precision,
+    )
+    return out
+
+
+def _partial_attention(q, k, v, valid):
+    """softmax(q @ k.T) @ v and its log-sum-exp over the keys where `valid`; (0, -inf) when none is valid."""
+    s = (q @ k.transpose(-1, -2)).masked_fill(~valid, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    m = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    return torch.exp(s - m[..., None]) @ v, lse
+
+
+def prefix_attention_torch(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens=None, *,
+                           scale=None):
+    """Plain PyTorch prefix/suffix split with a log-sum-exp merge (fp32 math, fp64 for fp64 inputs)."""
+    G, n, Hq, Dh = q.shape
+    Hkv, P = prefix_k.shape[1], prefix_k.shape[2]
+    t = suffix_k.shape[3]
+    group = Hq // Hkv
+    scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
+    cd = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qf = q.to(cd) * scale
+    # prefix: all n * group queries of a (prompt, kv head) against the same keys -> one batched GEMM
+    qp = qf.view(G, n, Hkv, group, Dh).permute(0, 2, 1, 3, 4).reshape(G, Hkv, n * group, Dh)
+    valid1 = torch.arange(P, device=q.device) < prefix_lens.to(q.device)[:, None]              # (G, P)
+    o1, lse1 = _partial_attention(qp, prefix_k.to(cd), prefix_v.to(cd), valid1[:, None, None, :])
+    o1 = o1.view(G, Hkv, n, group, Dh).permute(0, 2, 1, 3, 4)                                  # (G, n, Hkv, grp, Dh)
+    lse1 = lse1.view(G, Hkv, n, group).permute(0, 2, 1, 3)                                     # (G, n, Hkv, grp)
+    # suffix: per sample
+    qs = qf.view(G, n, Hkv, group, Dh)
+    if suffix_lens is None:
+        valid2 = torch.ones(G, n, t, dtype=torch.bool, device=q.device)
+    else:
+        valid2 = torch.arange(t, device=q.device) < suffix_lens.to(q.device)[..., None]        # (G, n, t)
+    o2, lse2 = _partial_attention(qs, suffix_k.to(cd), suffix_v.to(cd), valid2[:, :, None, None, :])
+    # merge: (e^{s1} o1 + e^{s2} o2) / (e^{s1} + e^{s2}); zero where both parts are empty
+    lse = torch.logaddexp(lse1, lse2)
+    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    out = torch.exp(lse1 - lse)[..., None] * o1 + torch.exp(lse2 - lse)[..., None] * o2
+    return out.reshape(G, n, Hq, Dh).to(q.dtype).contiguous()
+
+
+def _check(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens):
+    if q.dim() != 4:
+        raise ValueError(f"q: expected [G, n, Hq, Dh], got shape {tuple(q.shape)}")
+    G, n, Hq, Dh = q.shape
+    if prefix_k.dim() != 4 or prefix_k.shape[0] != G or prefix_k.shape[3] != Dh:
+        raise ValueError(f"prefix_k: expected [G={G}, Hkv, P, Dh={Dh}], got shape {tuple(prefix_k.shape)}")
+    Hkv, P = prefix_k.shape[1], prefix_k.shape[2]
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"prefix_k: Hkv={Hkv} kv heads must divide Hq={Hq} query heads")
+    if prefix_v.shape != prefix_k.shape:
+        raise ValueError(f"prefix_v: expected shape {tuple(prefix_k.shape)}, got {tuple(prefix_v.shape)}")
+    if prefix_lens.shape != (G,) or prefix_lens.is_floating_point():
+        raise ValueError(f"prefix_lens: expected integer [G={G}], got {prefix_lens.dtype} {tuple(prefix_lens.shape)}")
+    if suffix_k.dim() != 5 or suffix_k.shape[:3] != (G, n, Hkv) or suffix_k.shape[4] != Dh:
+        raise ValueError(f"suffix_k: expected [G={G}, n={n}, Hkv={Hkv}, t, Dh={Dh}], got {tuple(suffix_k.shape)}")
+    if suffix_v.shape != suffix_k.shape:
+        raise ValueError(f"suffix_v: expected shape {tuple(suffix_k.shape)}, got {tuple(suffix_v.shape)}")
+    if suffix_lens is not None and (suffix_lens.shape != (G, n) or suffix_lens.is_floating_point()):
+        raise ValueError(f"suffix_lens: expected integer [G={G}, n={n}] or None, got "
+                         f"{suffix_lens.dtype} {tuple(suffix_lens.shape)}")
+    for name, x in (("prefix_k", prefix_k), ("prefix_v", prefix_v), ("suffix_k", suffix_k), ("suffix_v", suffix_v)):
+        if x.dtype != q.dtype or x.device != q.device:
+            raise ValueError(f"{name}: expected dtype {q.dtype} on {q.device} like q, got {x.dtype} on {x.device}")
+
+
+def prefix_attention(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens=None, *,
+                     scale=None, impl="auto"):
+    """Decode attention of n samples per prompt over a shared prompt prefix and per-sample suffixes.
+
+    Equals `softmax(scale * q @ cat([prefix_k, suffix_k]).T) @ cat([prefix_v, suffix_v])` per (prompt,
+    sample, head), with the first prefix_lens[g] prefix keys and first suffix_lens[g, s] suffix keys valid
+    (GQA: query head h reads kv head h // (Hq / Hkv)); see the module docstring for the merge.
+
+    Args:
+        scale: softmax scale, default 1 / sqrt(Dh).
+        impl: "triton" (CUDA, or CPU tensors under TRITON_INTERPRET=1; fp16 / bf16 / fp32), "torch", or
+            "auto" (Triton for CUDA tensors of those dtypes, PyTorch otherwise).
+    Length values are not range-checked (that would sync the host): keep 0 <= prefix_lens <= P and
+    0 <= suffix_lens <= t.
+
+    Shapes:
+        q [G, n, Hq, Dh]; prefix_k, prefix_v [G, Hkv, P, Dh]; prefix_lens [G];
+        suffix_k, suffix_v [G, n, Hkv, t, Dh]; suffix_lens [G, n] or None (all t valid) -> out [G, n, Hq, Dh]
+    """
+    _check(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens)
+    if impl not in ("auto", "triton", "torch"):
+        raise ValueError(f"impl: expected 'auto', 'triton' or 'torch', got {impl!r}")
+    triton_dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    if impl == "auto":
+        impl = "triton" if q.is_cuda and q.dtype in triton_dtypes else "torch"
+    if impl == "torch":
+        return prefix_attention_torch(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens,
+                                      scale=scale)
+    if q.dtype not in triton_dtypes:
+        raise ValueError(f"q: impl='triton' supports float32 / float16 / bfloat16, got {q.dtype}")
+    return prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens, scale=scale)

@@ -1,0 +1,190 @@
+"""linear_logprobs: both fast paths (chunked torch, Triton under the interpreter on CPU) against float64.
+
+Three-way precision (tests/precision.py): float64 reference = truth, naive PyTorch in the tested dtype = the
+bar, for logp, entropy, lse, dX and dW with random upstream gradients on all three outputs.
+"""
+import re
+
+import pytest
+import torch
+
+import bonfast.ops as ops
+from bonfast.ops import linear_logprobs
+from bonfast.reference import linear_logprobs_ref
+from precision import DTYPES, assert_three_way
+
+IMPLS = ["torch", "triton"]
+# (T, D, V, temperature): T = 1, D odd, V prime and above one vocabulary tile (two vocabulary splits)
+SHAPES = [(1, 33, 521, 1.0), (40, 67, 509, 0.5), (23, 64, 300, 1.7)]
+
+
+def _naive(x, w, y, temperature, ignore_index=-100):
+    """What a user writes: logits in the input dtype, upcast, log-softmax, gather."""
+    z = (x @ w.T).float() / temperature  # (T, V)
+    logq = torch.log_softmax(z, dim=-1)
+    keep = y != ignore_index
+    logp = logq.gather(-1, torch.where(keep, y, 0)[:, None])[:, 0]
+    entropy = -(logq.exp() * logq).sum(-1)
+    lse = torch.logsumexp(z, -1)
+    return tuple(torch.where(keep, t, 0.0) for t in (logp, entropy, lse))
+
+
+def _run_all(fn, x, w, grads):
+    """Outputs of fn(x, w) and the gradients of sum_i <out_i, g_i> w.r.t. x and w."""
+    x = x.detach().clone().requires_grad_()
+    w = w.detach().clone().requires_grad_()
+    outs = fn(x, w)
+    dx, dw = torch.autograd.grad(sum((o.double() * g).sum() for o, g in zip(outs, grads)), (x, w))
+    return [o.detach() for o in outs] + [dx, dw]
+
+
+def _check_three_way(impl, x, w, y, temperature, dtype, ignore_index=-100):
+    T = y.shape[0]
+    grads = [torch.randn(T, dtype=torch.float64, device=y.device) for _ in range(3)]
+    out = _run_all(lambda a, b: linear_logprobs(a, b, y, temperature=temperature, ignore_index=ignore_index,
+                                                return_entropy=True, return_lse=True, impl=impl), x, w, grads)
+    pt = _run_all(lambda a, b: _naive(a, b, y, temperature, ignore_index), x, w, grads)
+    gt = _run_all(lambda a, b: linear_logprobs_ref(a, b, y, temperature=temperature, ignore_index=ignore_index),
+                  x.double(), w.double(), grads)
+    for name, o, p, g in zip(["logp", "entropy", "lse", "dX", "dW"], out, pt, gt):
+        assert_three_way(o, p, g, dtype, name=f"{impl} {name}")
+    return out
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("T,D,V,temperature", SHAPES)
+def test_three_way(impl, dtype, T, D, V, temperature):
+    x = torch.randn(T, D).to(dtype)
+    w = (torch.randn(V, D) / D ** 0.5).to(dtype)
+    y = torch.randint(0, V, (T,))
+    if T > 2:
+        y[torch.randperm(T)[: T // 4]] = -100  # ragged ignored rows
+    out = _check_three_way(impl, x, w, y, temperature, dtype)
+    assert out[0].dtype == torch.float32 and (out[0] <= 0).all()
+    assert (out[0][y == -100] == 0).all() and (out[1][y == -100] == 0).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_all_negative_logits(impl):
+    """Every logit far below zero (the verl #7439 case): the online max must start at -inf, not 0."""
+    T, D, V = 9, 35, 263
+    x = torch.rand(T, D) + 0.5
+    w = -(torch.rand(V, D) + 0.5)
+    y = torch.randint(0, V, (T,))
+    _check_three_way(impl, x, w, y, 0.5, torch.float32)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ignore_index_inside_vocabulary(impl):
+    """ignore_index may be a real token id: its rows are ignored, no one-hot term leaks into the gradient."""
+    T, D, V = 11, 17, 300
+    x, w = torch.randn(T, D), torch.randn(V, D) / 4
+    y = torch.randint(0, V, (T,))
+    y[::3] = 5
+    _check_three_way(impl, x, w, y, 1.0, torch.float32, ignore_index=5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_all_ignored(impl):
+    T, D, V = 6, 19, 280
+    x = torch.randn(T, D, requires_grad=True)
+    w = torch.randn(V, D, requires_grad=True)
+    y = torch.full((T,), -100)
+    logp, entropy, lse = linear_logprobs(x, w, y, return_entropy=True, return_lse=True, impl=impl)
+    assert not logp.any() and not entropy.any() and not lse.any()
+    dx, dw = torch.autograd.grad((logp + entropy + lse).sum(), (x, w))
+    assert not dx.any() and not dw.any()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_leading_dims_and_return_order(impl):
+    x = torch.randn(2, 3, 21)
+    w = torch.randn(130, 21)
+    y = torch.randint(0, 130, (2, 3))
+    logp = linear_logprobs(x, w, y, impl=impl)
+    assert logp.shape == (2, 3)
+    logp2, lse = linear_logprobs(x, w, y, return_lse=True, impl=impl)
+    ref = linear_logprobs_ref(x.reshape(6, 21), w, y.reshape(6))
+    torch.testing.assert_close(logp2.reshape(6), ref[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse.reshape(6), ref[2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logp, logp2)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_only_hidden_needs_grad(impl):
+    x = torch.randn(5, 16, requires_grad=True)
+    w = torch.randn(140, 16)
+    y = torch.randint(0, 140, (5,))
+    (dx,) = torch.autograd.grad(linear_logprobs(x, w, y, impl=impl).sum(), (x,))
+    x64 = x.detach().double().requires_grad_()
+    (ref,) = torch.autograd.grad(linear_logprobs_ref(x64, w.double(), y)[0].sum(), (x64,))
+    torch.testing.assert_close(dx.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_docstring_naive_equivalent():
+    """The sentence in the docstring is the truth: evaluate it and compare (STYLE.md 8)."""
+    expr = re.search(r"Naive equivalent: `([^`]+)`", linear_logprobs.__doc__).group(1)
+    hidden, weight = torch.randn(2, 5, 13, dtype=torch.float64), torch.randn(97, 13, dtype=torch.float64)
+    targets, temperature = torch.randint(0, 97, (2, 5)), 0.8
+    naive = eval(expr, {"torch": torch}, dict(hidden=hidden, weight=weight, targets=targets,
+                                               temperature=temperature))
+    torch.testing.assert_close(linear_logprobs(hidden, weight, targets, temperature=temperature), naive)
+
+
+def test_torch_path_memory_does_not_grow_with_T(monkeypatch):
+    """The chunked path never holds more than chunk x V logits, forward or backward, whatever T is."""
+    seen = []
+    real = ops._chunk_logits
+
+    def spy(x, w, temperature):
+        z = real(x, w, temperature)
+        seen.append(z.numel())
+        return z
+
+    monkeypatch.setattr(ops, "_chunk_logits", spy)
+    V, D, chunk = 150, 12, 4
+    w = torch.randn(V, D, requires_grad=True)
+    for T in (9, 57):
+        x = torch.randn(T, D, requires_grad=True)
+        y = torch.randint(0, V, (T,))
+        seen.clear()
+        logp, entropy, lse = ops._linear_logprobs_torch(x, w, y, 1.0, -100, True, chunk_size=chunk)
+        (logp + entropy).sum().backward()
+        assert max(seen) == chunk * V and len(seen) == 2 * -(-T // chunk)
+        ref = linear_logprobs_ref(x.detach(), w.detach(), y)
+        torch.testing.assert_close(logp, ref[0], rtol=1e-5, atol=1e-5)
+    assert ops._chunk_rows(10 ** 6, 50257, None) == ops._TORCH_CHUNK_ELEMENTS // 50257
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(hidden=torch.randn(4, 7)), r"hidden must have shape \[\.\.\., D\] with D = weight.shape\[1\] = 8"),
+    (dict(targets=torch.zeros(5, dtype=torch.int64)), r"targets must have shape \(4,\)"),
+    (dict(targets=torch.zeros(4, dtype=torch.int32)), r"targets must be int64"),
+    (dict(weight=torch.randn(10, 8, dtype=torch.float64)), r"weight must have the dtype of hidden"),
+    (dict(weight=torch.randn(10)), r"weight must have shape \[V, D\]"),
+    (dict(temperature=0.0), r"temperature must be a finite number > 0"),
+    (dict(impl="cuda"), r"impl must be one of"),
+    (dict(hidden=torch.randn(4, 8, dtype=torch.float64), weight=torch.randn(10, 8, dtype=torch.float64),
+          impl="triton"), r"impl='triton' needs hidden in float16, bfloat16 or float32"),
+])
+def test_validation(bad, match):
+    args = dict(hidden=torch.randn(4, 8), weight=torch.randn(10, 8), targets=torch.zeros(4, dtype=torch.int64))
+    kw = dict(temperature=1.0, impl="torch")
+    for k, v in bad.items():
+        (args if k in args else kw)[k] = v
+    with pytest.raises(ValueError, match=match):
+        linear_logprobs(args["hidden"], args["weight"], args["targets"], **kw)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("T,D,V", [(1024, 896, 151936), (777, 1536, 129920), (2048, 2304, 32003)])
+def test_three_way_cuda_large(dtype, T, D, V):
+    dev = "cuda"
+    x = torch.randn(T, D, device=dev).to(dtype)
+    w = (torch.randn(V, D, device=dev) / D ** 0.5).to(dtype)
+    y = torch.randint(0, V, (T,), device=dev)
+    y[::7] = -100
+    out = _check_three_way("triton", x, w, y, 0.7, dtype)
+    assert out[0].is_cuda and (out[0] <= 0).all()
