@@ -32,7 +32,10 @@ def hf_twin(model):
     """The same weights as a transformers model (lean parameter names are HF's minus `model.`)."""
     from transformers import AutoModelForCausalLM
     hf = AutoModelForCausalLM.from_config(model.config.to_hf())
-    hf.load_state_dict(model.hf_state_dict())
+    missing, unexpected = hf.load_state_dict(model.hf_state_dict(), strict=False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if model.config.tie_word_embeddings else set()):
+        raise RuntimeError(f"weight names do not match transformers': missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()  # tied embeddings: lm_head.weight is the embedding matrix
     return hf.to(device=model.lm_head_weight.device, dtype=model.lm_head_weight.dtype).eval()
 
 
@@ -131,9 +134,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--smollm2", action="store_true", help="also run SmolLM2-135M-Instruct on 2 GSM8K prompts")
     args = ap.parse_args()
     device = torch.device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     setups = {"tiny-llama": lambda: tiny_setup(device)}

@@ -15,9 +15,10 @@ one multiply per logit tile; the others would need a scaled weight copy).
 Reported in benchmark.extra_info: flops (2TDV fwd, 6TDV bwd, 8TDV full), tflops (at the median time),
 peak_extra_mb and how it was measured:
     CUDA: torch.cuda.max_memory_allocated() during the op minus memory_allocated() before it (inputs excluded).
-    CPU:  a fresh subprocess per case builds the inputs, then runs the op once; peak_extra = ru_maxrss after the
-          op - RSS just before it. An honest upper bound on the op's extra memory (it includes allocator slack);
-          not measured for bwd on CPU (ru_maxrss cannot separate the forward's peak from the backward's).
+    CPU:  a fresh subprocess per case builds the inputs and warms the provider up on a tiny shape, resets the
+          kernel's RSS high-water mark (/proc/self/clear_refs), runs the op once: peak_extra = VmHWM after the
+          op - VmRSS before it. An upper bound on the op's extra memory (it includes allocator slack and
+          library scratch); the bwd mode is measured the same way after an unmeasured forward.
 """
 import json
 import os
@@ -120,9 +121,8 @@ def check_agrees(fn, inputs, rows=64):
     torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
 
 
-def _measure_here(fn, mode, inputs, device):
-    """Peak extra bytes of one run of the case in this process (see module docstring)."""
-    run, setup = make_case(fn, mode, inputs, device)
+def measure_peak(run, setup, device):
+    """Peak extra bytes of one run of a (run, setup) case in this process (see module docstring)."""
     args = setup()[0] if setup else ()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -132,12 +132,34 @@ def _measure_here(fn, mode, inputs, device):
         peak = torch.cuda.max_memory_allocated() - base
         del out
         return peak
-    import psutil
-    before = psutil.Process().memory_info().rss
+    before = _reset_rss_peak()
     out = run(*args)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before  # Linux: ru_maxrss in KiB
+    peak = _rss_peak() - before
     del out
     return max(peak, 0)
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _reset_rss_peak():
+    """Reset the RSS high-water mark (Linux >= 4.0: write 5 to /proc/self/clear_refs); return current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _status_kib("VmRSS") * 1024
+    except OSError:  # no reset possible: ru_maxrss below may include peaks from before the op
+        import psutil
+        return psutil.Process().memory_info().rss
+
+
+def _rss_peak():
+    try:
+        return _status_kib("VmHWM") * 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def peak_extra_bytes(script, case, device):
@@ -160,7 +182,7 @@ def record(benchmark, *, flops, peak, device, **info):
     if peak is not None:
         benchmark.extra_info["peak_extra_mb"] = round(peak / 2 ** 20, 1)
         benchmark.extra_info["memory_method"] = "cuda max_memory_allocated delta" if device == "cuda" \
-            else "subprocess ru_maxrss - rss before the op"
+            else "subprocess VmHWM after - VmRSS before the op"
     stats = getattr(benchmark, "stats", None)
     if stats is not None and getattr(stats, "stats", None) is not None and stats.stats.median > 0:
         benchmark.extra_info["tflops"] = float(f"{flops / stats.stats.median / 1e12:.4g}")
@@ -180,9 +202,9 @@ def test_linear_logprobs(benchmark, bench_opts, provider, shape, mode):
     run, setup = make_case(fn, mode, inputs, device)
     benchmark.pedantic(run, setup=setup, rounds=bench_opts["rounds"], warmup_rounds=1, iterations=1)
     peak = None
-    if bench_opts["memory"] and not (device == "cpu" and mode == "bwd"):
+    if bench_opts["memory"]:
         if device == "cuda":
-            peak = _measure_here(fn, mode, inputs, device)
+            peak = measure_peak(*make_case(fn, mode, inputs, device), device)
         else:
             del inputs
             peak = peak_extra_bytes(__file__, dict(provider=provider, mode=mode, T=T, D=D, V=V, dtype=dtype_name),
@@ -200,7 +222,7 @@ def _memory_main(case):
     make_case(fn, "full", warm, device)[0]()
     del warm
     t0 = time.perf_counter()
-    peak = _measure_here(fn, case["mode"], inputs, device)
+    peak = measure_peak(*make_case(fn, case["mode"], inputs, device), device)
     print(json.dumps({"peak_extra_bytes": peak, "seconds": time.perf_counter() - t0}))
 
 

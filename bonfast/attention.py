@@ -224,13 +224,16 @@ def _sdpa(q, k, v, mask, causal, scale):
     if mask is None and (not causal or Tq == Tk):
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=scale, enable_gqa=gqa)
         return out.transpose(1, 2)
-    visible, empty = _guard_empty_rows(_visible(mask, causal, Tq, Tk, q.device))
+    if mask is None:  # bottom-right causal with Tq < Tk: every query sees at least Tk - Tq + 1 keys
+        visible, empty = causal_mask(Tq, Tk, q.device), None
+    else:
+        visible, empty = _guard_empty_rows(_visible(mask, causal, Tq, Tk, q.device))
     if gqa and q.is_cuda:
         # CUDA's masked kernels (memory-efficient) do not take GQA; repeating K/V keeps us off the math path.
         rep = q.shape[2] // k.shape[2]
         kt, vt, gqa = kt.repeat_interleave(rep, 1), vt.repeat_interleave(rep, 1), False
     out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=visible, scale=scale, enable_gqa=gqa)
-    return out.masked_fill(empty, 0.0).transpose(1, 2)
+    return (out if empty is None else out.masked_fill(empty, 0.0)).transpose(1, 2)
 
 
 @functools.cache

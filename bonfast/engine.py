@@ -28,7 +28,9 @@ engine sees through their autograd version counters (optimizer steps, `load_stat
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
+import numbers
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -139,6 +141,28 @@ def sample_uniforms(keys: torch.Tensor, steps: int) -> torch.Tensor:
     return ((hi * (1 << 26) + lo).to(torch.float64) + 0.5) / 2.0**53
 
 
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """Per row, the first token whose cumulative mass exceeds u * (total mass), in vocabulary order.
+
+    Two levels (a float64 cumsum of block sums, then a cumsum inside the one chosen block) instead of a
+    sequential cumsum over the whole vocabulary. Tokens with zero mass are never returned.
+    Shapes: probs [B, V] (unnormalised, >= 0), u float64 [B] -> Long [B]
+    """
+    B, V = probs.shape
+    nb = -(-V // block)
+    p = (probs if nb * block == V else F.pad(probs, (0, nb * block - V))).view(B, nb, block)   # (B, nb, block)
+    block_cdf = p.sum(-1).double().cumsum(-1)                               # (B, nb)
+    total = block_cdf[:, -1:]
+    x = torch.minimum(u.to(total)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+    b = torch.searchsorted(block_cdf, x, right=True).clamp_max(nb - 1)    # (B, 1): first block with cdf > x
+    base = torch.where(b > 0, block_cdf.gather(-1, (b - 1).clamp_min(0)), 0.0)
+    within = p.gather(1, b[:, :, None].expand(B, 1, block))[:, 0].double()   # (B, block)
+    j = torch.searchsorted(base + within.cumsum(-1), x, right=True)[:, 0]
+    # float64 rounding can put x past the block's last cumulative value: fall back to its last token with mass
+    last = torch.where(within > 0, torch.arange(block, device=p.device), -1).amax(-1)
+    return b[:, 0] * block + torch.minimum(j, last)
+
+
 def sample_from_logits(logits: torch.Tensor, u: torch.Tensor, *, temperature: float = 1.0, top_p: float = 1.0,
                        top_k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row by inverting the truncated tempered CDF at u; see the module docstring.
@@ -149,26 +173,25 @@ def sample_from_logits(logits: torch.Tensor, u: torch.Tensor, *, temperature: fl
 
     Shapes: logits [B, V] (any float dtype), u float64 [B]
     """
-    logits = logits.float()
+    z = logits.float()
     if temperature == 0:
-        tokens = logits.argmax(-1)
-        return tokens, torch.log_softmax(logits, -1).gather(-1, tokens[:, None])[:, 0]
-    logp = torch.log_softmax(logits / temperature, -1)     # (B, V)
-    probs = logp.exp()
+        tokens = z.argmax(-1)
+        return tokens, (z.gather(-1, tokens[:, None]) - torch.logsumexp(z, -1, keepdim=True))[:, 0]
+    if temperature != 1:
+        z = z / temperature
+    probs = full = torch.softmax(z, -1)                                     # (B, V), one fused pass
     V = probs.shape[-1]
     if 0 < top_k < V:
-        kth = torch.topk(logp, top_k, dim=-1).values[:, -1:]
-        probs = torch.where(logp >= kth, probs, 0.0)
+        kth = torch.topk(z, top_k, dim=-1).values[:, -1:]
+        probs = torch.where(z >= kth, probs, 0.0)
     if top_p < 1.0:
         sorted_p, order = torch.sort(probs, dim=-1, descending=True, stable=True)
         sorted_p = sorted_p / sorted_p.sum(-1, keepdim=True)
-        keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < top_p   # mass before the token < top_p
+        keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < top_p             # mass before the token < top_p
         probs = torch.where(torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted), probs, 0.0)
-    cdf = probs.double().cumsum(-1)                          # (B, V), nondecreasing
-    total = cdf[:, -1:]
-    x = torch.minimum(u.to(cdf)[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
-    tokens = torch.searchsorted(cdf, x, right=True)[:, 0].clamp_max(V - 1)  # first token with cdf > x
-    return tokens, logp.gather(-1, tokens[:, None])[:, 0]
+    tokens = _inverse_cdf(probs, u)
+    # log of the drawn token's untruncated probability (> 0: zero-mass tokens are never drawn)
+    return tokens, full.gather(-1, tokens[:, None])[:, 0].log()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,6 +272,31 @@ class _Prefix:
         return self.k[0].shape[1]
 
 
+class _Draws:
+    """Per-sample outputs on the device: tokens Long [N, L], logprobs float32 [N, L], lengths Long [N] and
+    finished bool [N] (a stop token was drawn), N = G * n; uniforms u float64 [N, L]."""
+
+    def __init__(self, u: torch.Tensor, stop_ids: tuple, sampling: dict, on_step=None):
+        N, L = u.shape
+        self.u, self.sampling, self.on_step = u, sampling, on_step
+        self.stop = torch.tensor(stop_ids, dtype=torch.long, device=u.device)
+        self.tokens = torch.zeros(N, L, dtype=torch.long, device=u.device)
+        self.logprobs = torch.zeros(N, L, dtype=torch.float32, device=u.device)
+        self.lengths = torch.full((N,), L, dtype=torch.long, device=u.device)
+        self.finished = torch.zeros(N, dtype=torch.bool, device=u.device)
+
+    def record(self, t: int, rows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Draw token t of the samples `rows` [B] from their logits [B, V]; returns the tokens [B]."""
+        if self.on_step is not None:
+            self.on_step(t, rows, logits)
+        tok, lp = sample_from_logits(logits, self.u[rows, t], **self.sampling)
+        self.tokens[rows, t], self.logprobs[rows, t] = tok, lp
+        hit = torch.isin(tok, self.stop) & ~self.finished[rows]      # rows already finished keep their length
+        self.lengths[rows] = torch.where(hit, t + 1, self.lengths[rows])
+        self.finished[rows] |= hit
+        return tok
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the engine
 
@@ -257,8 +305,9 @@ class Engine:
     """N-sample generation from a bonfast `Transformer` with a shared-prefix KV cache.
 
     Args:
-        model: a model with `hidden(input_ids, positions, attn)`, `lm_head_weight` and
-            `supports_prefix_sharing = True` (bonfast.model.Transformer).
+        model: a bonfast `Transformer` (`hidden(input_ids, positions, attn)`, `lm_head_weight`,
+            `supports_prefix_sharing = True`), or a `bonfast.model.HFAdapter`, which decodes without prefix
+            sharing through the wrapped model's own cache (same sampler, same random streams).
         device: where to run (the model is moved there); default the model's device.
         progress: show a tqdm bar over decode steps.
         prefix_cache_tokens: prompt tokens whose prefill results are kept between calls (LRU), valid for
@@ -269,9 +318,10 @@ class Engine:
 
     def __init__(self, model, *, device=None, progress: bool = False, prefix_cache_tokens: int = 4096,
                  prefill_tokens: int = 16384, attention_impl: str = "auto"):
-        if not getattr(model, "supports_prefix_sharing", False) or not hasattr(model, "hidden"):
+        shared = getattr(model, "supports_prefix_sharing", False) and hasattr(model, "hidden")
+        if not (shared or hasattr(model, "hf")) or not hasattr(model, "lm_head_weight"):
             raise ValueError(f"model: Engine needs a bonfast Transformer (hidden(), lm_head_weight, "
-                             f"supports_prefix_sharing=True), got {type(model).__name__}")
+                             f"supports_prefix_sharing=True) or a bonfast.model.HFAdapter, got {type(model).__name__}")
         if attention_impl not in ("auto", "triton", "torch"):
             raise ValueError(f"attention_impl: expected 'auto', 'triton' or 'torch', got {attention_impl!r}")
         if prefix_cache_tokens < 0 or prefill_tokens < 1:
@@ -313,7 +363,7 @@ class Engine:
         for g, p in enumerate(prompts):
             if not isinstance(p, (list, tuple)) or len(p) == 0:
                 raise ValueError(f"prompts[{g}]: expected a non-empty list of token ids, got {p!r}")
-            if not all(isinstance(x, int) for x in p) or min(p) < 0 or max(p) >= V:
+            if not all(isinstance(x, numbers.Integral) for x in p) or min(p) < 0 or max(p) >= V:
                 raise ValueError(f"prompts[{g}]: token ids must be ints in [0, {V}) (vocab size {V})")
         checks = [
             ("n", isinstance(n, int) and n >= 1, "an int >= 1", n),
@@ -328,7 +378,7 @@ class Engine:
         for name, ok, expected, got in checks:
             if not ok:
                 raise ValueError(f"{name}: expected {expected}, got {got!r}")
-        if not all(isinstance(x, int) and 0 <= x < V for x in stop_token_ids):
+        if not all(isinstance(x, numbers.Integral) and 0 <= x < V for x in stop_token_ids):
             raise ValueError(f"stop_token_ids: expected token ids in [0, {V}), got {list(stop_token_ids)!r}")
 
     # --- prefill --------------------------------------------------------------------------------------
@@ -401,15 +451,17 @@ class Engine:
         """
         stop_token_ids = tuple(stop_token_ids)
         self._validate(prompts, n, max_new_tokens, temperature, top_p, top_k, stop_token_ids, seed)
+        prompts = [tuple(int(x) for x in p) for p in prompts]
+        stop_token_ids = tuple(int(x) for x in stop_token_ids)
         self._check_policy()
         if seed is None:
             seed = int(torch.randint(0, 2**62, ()))
-        tokens, logps, lengths, finished, stats = self._generate(
-            [tuple(p) for p in prompts], n, max_new_tokens, dict(temperature=temperature, top_p=top_p, top_k=top_k),
+        draws, stats = self._generate(
+            prompts, n, max_new_tokens, dict(temperature=temperature, top_p=top_p, top_k=top_k),
             stop_token_ids, seed)
         G = len(prompts)
-        tokens, logps = tokens.cpu().tolist(), logps.cpu()               # the one bulk copy to the host
-        lengths, finished = lengths.cpu().view(G, n), finished.cpu().view(G, n)
+        tokens, logps = draws.tokens.cpu().tolist(), draws.logprobs.cpu()   # the one bulk copy to the host
+        lengths, finished = draws.lengths.cpu().view(G, n), draws.finished.cpu().view(G, n)
         return Rollouts(
             tokens=[[tokens[g * n + s][:int(lengths[g, s])] for s in range(n)] for g in range(G)],
             logprobs=[[logps[g * n + s, :int(lengths[g, s])].clone() for s in range(n)] for g in range(G)],
@@ -419,43 +471,28 @@ class Engine:
             stats=stats,
         )
 
+    @torch.no_grad()
     def _generate(self, prompts: list[tuple], n: int, L: int, sampling: dict, stop_ids: tuple, seed: int,
                   on_step=None):
         """The decode loop. Rows are samples (flat id g * n + s); `on_step(t, rows, logits)` sees every step.
 
-        Returns device tensors tokens Long [G*n, L], logprobs float32 [G*n, L], lengths Long [G*n],
-        finished bool [G*n] (a stop token was drawn), and a stats dict.
+        Returns a `_Draws` (device tensors tokens [G*n, L], logprobs, lengths, finished) and a stats dict.
         """
         dev = self.device
         G = len(prompts)
+        u = sample_uniforms(sample_keys(seed, [list(p) for p in prompts], n).to(dev), L).view(G * n, L)
+        draws = _Draws(u, stop_ids, sampling, on_step)
+        if not getattr(self.model, "supports_prefix_sharing", False):
+            return draws, self._generate_unshared(prompts, n, L, draws)
         prefixes, computed = self._prefill(list(dict.fromkeys(prompts)))
         entries = [prefixes[p] for p in prompts]
-        u = sample_uniforms(sample_keys(seed, [list(p) for p in prompts], n).to(dev), L).view(G * n, L)
-        stop = torch.tensor(stop_ids, dtype=torch.long, device=dev)
         W = self.model.lm_head_weight
-
-        out_tok = torch.zeros(G * n, L, dtype=torch.long, device=dev)
-        out_lp = torch.zeros(G * n, L, dtype=torch.float32, device=dev)
-        lengths = torch.full((G * n,), L, dtype=torch.long, device=dev)
-        finished = torch.zeros(G * n, dtype=torch.bool, device=dev)
         rows = torch.arange(G * n, device=dev)                        # active rows (flat sample ids)
         row_prompt = rows // n
-
-        def record(t, logits):
-            if on_step is not None:
-                on_step(t, rows, logits)
-            tok, lp = sample_from_logits(logits, u[rows, t], **sampling)
-            out_tok[rows, t], out_lp[rows, t] = tok, lp
-            hit = torch.isin(tok, stop) & ~finished[rows]
-            lengths[rows] = torch.where(hit, t + 1, lengths[rows])
-            finished[rows] |= hit
-            return tok
-
-        tok = record(0, torch.stack([e.logits for e in entries])[row_prompt])
-        stats = {"prefill_tokens": computed, "decode_steps": 0, "relayouts": 0,
-                 "kv_cache_bytes": 0}
+        tok = draws.record(0, rows, torch.stack([e.logits for e in entries])[row_prompt])
+        stats = {"prefill_tokens": computed, "decode_steps": 0, "relayouts": 0, "kv_cache_bytes": 0}
         if L == 1:
-            return out_tok, out_lp, lengths, finished, stats
+            return draws, stats
         pk, pv, prompt_lens = self._assemble(entries)
         cache = _DecodeCache(pk, pv, prompt_lens, n, L - 1)
         stats["kv_cache_bytes"] = cache.nbytes()
@@ -465,7 +502,7 @@ class Engine:
         bar = tqdm(total=L - 1, desc="decode", disable=not self.progress, leave=False)
         for t in range(L - 1):                                        # feed token t, draw token t + 1
             if t % sync_every == 0:
-                keep_dev = ~finished[rows]
+                keep_dev = ~draws.finished[rows]
                 keep = keep_dev.cpu()                                 # host sync: which rows stay active
                 if not bool(keep.any()):
                     break
@@ -478,11 +515,39 @@ class Engine:
             positions = (prompt_lens[row_prompt] + t)[:, None]                  # (B, 1)
             attn = _DecodeAttention(cache, slot, t, self.attention_impl)
             hidden = self.model.hidden(tok[:, None], positions, attn)           # (B, 1, D)
-            tok = record(t + 1, F.linear(hidden[:, 0], W).float())
+            tok = draws.record(t + 1, rows, F.linear(hidden[:, 0], W).float())
             stats["decode_steps"] += 1
             bar.update(1)
         bar.close()
-        return out_tok, out_lp, lengths, finished, stats
+        return draws, stats
+
+    def _generate_unshared(self, prompts: list[tuple], n: int, L: int, draws: "_Draws") -> dict:
+        """Fallback for models without prefix sharing (`bonfast.model.HFAdapter`): each prompt is prefilled
+        once by the wrapped transformers model, its cache is repeated n ways (KV memory n * (P + L)), and
+        its samples decode together. Same sampler and random streams as the shared-prefix path."""
+        hf = self.model.hf
+        keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(hf.forward).parameters else {}
+        stats = {"prefill_tokens": 0, "decode_steps": 0, "relayouts": 0, "kv_cache_bytes": 0}
+        for g, prompt in enumerate(prompts):
+            out = hf(input_ids=torch.tensor([prompt], device=self.device), use_cache=True, **keep_last)
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(n)
+            stats["prefill_tokens"] += len(prompt)
+            rows = torch.arange(g * n, (g + 1) * n, device=self.device)
+            tok = draws.record(0, rows, out.logits[:, -1].float().expand(n, -1))
+            for t in range(L - 1):
+                keep_dev = ~draws.finished[rows]
+                keep = keep_dev.cpu()                                 # host sync: which rows stay active
+                if not bool(keep.any()):
+                    break
+                if not bool(keep.all()):
+                    rows, tok = rows[keep_dev], tok[keep_dev]
+                    cache.batch_select_indices(keep_dev.nonzero()[:, 0])
+                out = hf(input_ids=tok[:, None], past_key_values=cache, use_cache=True)
+                tok = draws.record(t + 1, rows, out.logits[:, -1].float())
+                stats["decode_steps"] += 1
+            del cache
+        return stats
 
     @staticmethod
     def _compact(cache: _DecodeCache, row_prompt: list[int], old_slot: list[int], layout: list[int], *,

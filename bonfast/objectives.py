@@ -4,8 +4,8 @@ Contract
 --------
 For each prompt, n responses y_1..y_n are drawn i.i.d. from the (tempered) policy π. ``rewards[g, i] = R(y_i)`` is
 the task reward and ``scores[g, i] = r(y_i)`` is the verifier score that Best-of-N (BoN) selection uses. Every method
-returns float64 weights ``w [G, n]`` on the input's device. The trainer's loss is ``-(Σ_i w_i log π(y_i)) / normaliser``,
-so the weights must satisfy, for each prompt,
+returns float64 weights ``w [G, n]`` on the input's device. The trainer's loss is
+``-(Σ_i w_i log π(y_i)) / normaliser``, so the weights must satisfy, for each prompt,
 
     E_{y_1..y_n ~ π} [ Σ_i w_i ∇log π(y_i) ] = ∇J(π)
 
@@ -97,9 +97,9 @@ def _choice(name: str, value, allowed) -> str:
     return value
 
 
-def _check_values(checks) -> None:
+def _check_values(checks, enabled: bool = True) -> None:
     """Raise for the first failed check. `checks` holds (bad: bool Tensor, message) pairs; this is the ONE sync."""
-    if not checks:
+    if not checks or not enabled:
         return
     flags = torch.stack([bad.any() for bad, _ in checks]).tolist()  # host sync, only when check_values=True
     for flag, (_, message) in zip(flags, checks):
@@ -107,26 +107,28 @@ def _check_values(checks) -> None:
             raise ValueError(message)
 
 
-def _validate(rewards, scores=None, *, n_bon, need_scores=False, allow_scores=True, binary=False,
-              n_bon_le_n=True, check_values=True, method=""):
-    """Validate the common arguments. Returns (R float64 [G, n], s float64 [G, n] or None, n_bon)."""
+def _validate(rewards, scores, *, n_bon, method, need_scores=False, allow_scores=True, binary=False,
+              n_bon_name="n_bon"):
+    """Validate the common arguments: shapes, dtypes, devices and n_bon now; value checks are returned pending.
+
+    Returns (R float64 [G, n], s float64 [G, n] or None, n_bon, checks). The caller appends its own checks and runs
+    them all with ONE ``_check_values(checks, check_values)``.
+    """
     R = _matrix("rewards", rewards)
     n = R.shape[1]
-    n_bon = _int_arg("n_bon", n_bon, 1, n if n_bon_le_n else None, "n_bon <= n, the samples per prompt")
+    n_bon = _int_arg(n_bon_name, n_bon, 1, n, f"{n_bon_name} <= n, the samples per prompt")
     if scores is None and need_scores:
         raise ValueError(f"scores must be given for {method}: a [G, n] tensor of verifier scores")
     if scores is not None and not allow_scores:
         raise ValueError(f"scores must be None for {method}: it selects by the reward itself "
                          "(use bon_rl_v for selection by a separate verifier)")
     s = None if scores is None else _matrix("scores", scores, R.shape, rewards.device)
-    if check_values:
-        checks = [(~torch.isfinite(R), "rewards must be finite (no NaN or inf)")]
-        if s is not None:
-            checks.append((~torch.isfinite(s), "scores must be finite (no NaN or inf)"))
-        if binary:
-            checks.append(((R != 0) & (R != 1), f"rewards must be binary (0 or 1) for {method}"))
-        _check_values(checks)
-    return R, s, n_bon
+    checks = [(~torch.isfinite(R), "rewards must be finite (no NaN or inf)")]
+    if s is not None:
+        checks.append((~torch.isfinite(s), "scores must be finite (no NaN or inf)"))
+    if binary:
+        checks.append(((R != 0) & (R != 1), f"rewards must be binary (0 or 1) for {method}"))
+    return R, s, n_bon, checks
 
 
 def _prompt_vector(name: str, x, G: int, device, lo: float | None, hi: float | None, checks) -> Tensor:
@@ -193,14 +195,32 @@ def pick_probability(a: Tensor, e: Tensor, *, k: int, n: int) -> Tensor:
 
 def _rank_counts(s: Tensor):
     """a[g, i] = #{j: s_j < s_i}, e[g, i] = #{j != i: s_j = s_i}, and the ascending sort order of s."""
-    s = s.contiguous()
+    G, n = s.shape
     sorted_s, order = s.sort(dim=-1)
-    a = torch.searchsorted(sorted_s, s, right=False)
-    le = torch.searchsorted(sorted_s, s, right=True)  # = a + e + 1
+    pos = torch.arange(n, device=s.device).expand(G, n)
+    new_block = torch.ones_like(order, dtype=torch.bool)
+    new_block[:, 1:] = sorted_s[:, 1:] != sorted_s[:, :-1]
+    start = torch.where(new_block, pos, 0).cummax(-1).values  # first sorted position of each tie block
+    last = torch.ones_like(new_block)
+    last[:, :-1] = new_block[:, 1:]
+    end = torch.where(last, pos + 1, n).flip(-1).cummin(-1).values.flip(-1)  # one past the block's last position
+    a = torch.empty_like(order).scatter_(-1, order, start)
+    le = torch.empty_like(order).scatter_(-1, order, end)  # = a + e + 1
     return a, le - a - 1, order
 
 
 def subset_credit(rewards: Tensor, scores: Tensor, k: int) -> Tensor:
+    """Subset-averaged BoN credit c_i (see ``_subset_credit``), with input validation (one host sync).
+
+    Shapes:
+        rewards, scores: [G, n]; returns [G, n] float64.
+    """
+    R, s, k, checks = _validate(rewards, scores, n_bon=k, need_scores=True, method="subset_credit", n_bon_name="k")
+    _check_values(checks)
+    return _subset_credit(R, s, k)
+
+
+def _subset_credit(rewards: Tensor, scores: Tensor, k: int) -> Tensor:
     """Subset-averaged BoN credit c_i = (1 / C(n, k)) Σ_{k-subsets S ∋ i} E_tie[R_{pick(S)}] (PAPER 2.2).
 
     The pick of S is the verifier argmax, with ties broken uniformly at random and averaged exactly. Without ties,
@@ -269,10 +289,11 @@ def rl(rewards: Tensor, *, n_bon: int = 1, scores: Tensor | None = None, baselin
     """
     target = _choice("target", target, ("rewards", "scores"))
     _choice("baseline", baseline, ("loo", "none"))
-    R, s, n_bon = _validate(rewards, scores, n_bon=n_bon, need_scores=target == "scores",
-                            allow_scores=target == "scores", check_values=check_values, method="rl")
+    R, s, n_bon, checks = _validate(rewards, scores, n_bon=n_bon, need_scores=target == "scores",
+                                    allow_scores=target == "scores", method="rl")
     if n_bon != 1:
         raise ValueError(f"n_bon must be 1 for rl (the N' = 1 baseline), got {n_bon}")
+    _check_values(checks, check_values)
     x = s if target == "scores" else R
     n = x.shape[1]
     if baseline == "none" or n == 1:
@@ -299,15 +320,15 @@ def pass_at_k(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, base
         c_i = (k/n) ρ(n−1, C, k−1)        if R_i = 0,     ρ(m, c, j) = 1 − C(m−c, j)/C(m, j).
 
     Then a leave-one-out baseline is subtracted (``baseline`` as in bon_rl_s; "loo" is the default). Exact for
-    every n >= k. All-correct and all-wrong groups get w = 0 under both baselines.
+    every n >= k. All-correct and all-wrong groups get w = 0 under both leave-one-out baselines (n >= 2).
     Equals ``bon_rl_s`` on binary rewards.
 
     Shapes:
         rewards: [G, n] in {0, 1}; returns w [G, n] float64.
     """
     _choice("baseline", baseline, ("loo", "loo_k_minus_1", "none"))
-    R, _, k = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True,
-                        check_values=check_values, method="pass_at_k")
+    R, _, k, checks = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True, method="pass_at_k")
+    _check_values(checks, check_values)
     n = R.shape[1]
     correct = R.sum(-1, keepdim=True).round().long()
 
@@ -324,15 +345,23 @@ def bon_rl_v(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, credi
 
     ``credit="exact"`` (default; PAPER 2.2 "Recommended estimator"): w = the subset-averaged credit
     c_i = (1/C(n, N')) Σ_{N'-subsets S ∋ i} E_tie[R_pick(S)] (``subset_credit``, exact tie averaging), minus a
-    leave-one-out baseline: ``baseline`` in {"loo" (default), "loo_k_minus_1", "none"}. Exact for every n >= N'.
+    leave-one-out baseline: ``baseline`` in {"loo" (default), "loo_k_minus_1", "none"} (see ``_apply_baseline``;
+    "loo" needs n > N' and uses the k−1 form when n == N'). Exact for every n >= N'.
 
     ``credit="winner"``: the published selected-only reading (BoN-max-mean, PAPER 2.2). The samples form
     floor(n/N') disjoint groups in sample order (leftovers get 0). The verifier winner of each group (ties averaged)
     gets (R_win − b) / #groups. The default b is the group's mean reward (``baseline="mean"``); "none" gives b = 0.
-    This estimator is **biased**: it drops the (N'−1)∇F/F part of ∇log π_bon, and its baseline includes the
-    winner's own reward. With scores == rewards and binary rewards, its expectation is parallel to ∇J, scaled by
-    (Σ_{t<N'−1} p^t) / (N' p^(N'−2)) (e.g. 1/2 at N' = 2). With real rewards or a separate verifier it is not even
-    parallel. It is identically 0 at N' = 1 with the mean baseline.
+    Its expectation, all found by exact enumeration in the tests:
+      * N' = 2, mean baseline: exactly ∇J / 2 for any verifier, ties included. The credit is (R_win − R_lose)/2,
+        and ∇J/2 − E[credit · ∇log π(y_win)] = E[R_win ∇log π(y_lose) + R_lose ∇log π(y_win)] / 2
+        = E[R_1 ∇log π(y_2) + R_2 ∇log π(y_1)] / 2 = 0. The pair sum does not depend on who wins, and the draws are
+        independent.
+      * N' >= 3, or baseline "none": **biased**. It drops the (N'−1)∇F/F part of ∇log π_bon, and its baseline
+        includes the winner's own reward. With real rewards, or a verifier other than R, it is not even parallel
+        to ∇J.
+      * scores == rewards, binary: parallel to ∇J = ∇(1 − p^N'), scaled by (Σ_{t<N'−1} p^t) / (N' p^(N'−2)),
+        so it re-weights prompts.
+      * N' = 1, mean baseline: identically 0.
 
     Shapes:
         rewards, scores: [G, n]; returns w [G, n] float64.
@@ -341,10 +370,10 @@ def bon_rl_v(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, credi
     if baseline is None:
         baseline = "loo" if credit == "exact" else "mean"
     _choice("baseline", baseline, ("loo", "loo_k_minus_1", "none") if credit == "exact" else ("mean", "none"))
-    R, s, k = _validate(rewards, scores, n_bon=n_bon, need_scores=True, check_values=check_values,
-                        method="bon_rl_v")
+    R, s, k, checks = _validate(rewards, scores, n_bon=n_bon, need_scores=True, method="bon_rl_v")
+    _check_values(checks, check_values)
     if credit == "exact":
-        return _apply_baseline(lambda j: subset_credit(R, s, j), R.shape[1], k, baseline)
+        return _apply_baseline(lambda j: _subset_credit(R, s, j), R.shape[1], k, baseline)
     pick, mean_r, groups = _group_picks(s, R, k)
     b = mean_r if baseline == "mean" else 0.0
     return pick * (R - b) / groups
@@ -361,9 +390,9 @@ def bon_rl_s(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, basel
         rewards: [G, n]; returns w [G, n] float64.
     """
     _choice("baseline", baseline, ("loo", "loo_k_minus_1", "none"))
-    R, _, k = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, check_values=check_values,
-                        method="bon_rl_s")
-    return _apply_baseline(lambda j: subset_credit(R, R, j), R.shape[1], k, baseline)
+    R, _, k, checks = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, method="bon_rl_s")
+    _check_values(checks, check_values)
+    return _apply_baseline(lambda j: _subset_credit(R, R, j), R.shape[1], k, baseline)
 
 
 def _group_picks(s: Tensor, R: Tensor, N: int):
@@ -423,8 +452,8 @@ def _g_terms(p: Tensor, N: int):
     return lead, -torch.expm1(N * log_p)
 
 
-def _rlb_options(eps, clip, negative_sign=-1):
-    if not isinstance(eps, numbers.Real) or not 0 < eps < 0.5:
+def _check_options(*, eps=None, clip=None, negative_sign=-1):
+    if eps is not None and (not isinstance(eps, numbers.Real) or not 0 < eps < 0.5):
         raise ValueError(f"eps must be a float in (0, 0.5), got {eps!r}")
     if negative_sign not in (1, -1):
         raise ValueError(f"negative_sign must be +1 (exact identity) or -1 (published), got {negative_sign!r}")
@@ -434,15 +463,15 @@ def _rlb_options(eps, clip, negative_sign=-1):
 
 
 def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negative_sign: int = -1,
-            source: str = "bon", p="loo", clip=None, eps: float = 1e-3, check_values: bool = True) -> Tensor:
+            sample_source: str = "bon", p="loo", clip=None, eps: float = 1e-3, check_values: bool = True) -> Tensor:
     """BoN-RLB: the published g⁺/g⁻ weights for binary rewards (PAPER 2.3). N = N' = n_bon, p = failure probability.
 
         g⁺(p) = N p^(N−1) / (1 − p^N)  on correct samples,   negative_sign · g⁻(p),  g⁻(p) = N p / (1 − p)  on failures.
 
-    ``source="bon"`` (paper style): floor(n/N') disjoint groups in sample order. Each group's BoN pick (a uniformly
-    random correct sample if there is one, else a uniformly random sample; the tie rule, averaged exactly) carries the
-    weight, divided by the number of groups. ``source="policy_group"`` (re-implementation): every one of the n samples
-    carries its weight, divided by n.
+    ``sample_source="bon"`` (paper style): floor(n/N') disjoint groups in sample order. Each group's BoN pick (a
+    uniformly random correct sample if there is one, else a uniformly random sample; the tie rule, averaged exactly)
+    carries the weight, divided by the number of groups. ``sample_source="policy_group"`` (re-implementation):
+    every one of the n samples carries its weight, divided by n.
     ``p``: a tensor [G] (the true p), "loo" (default; leave-out plug-in, see ``_fail_rate``) or "group" (1 − mean R).
     p̂ is clamped to [eps, 1 − eps]. ``clip=(C_pos, C_neg)`` caps |w| per sample before averaging
     (the re-implementation uses (3, 3)).
@@ -456,71 +485,67 @@ def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negati
     Shapes:
         rewards: [G, n] in {0, 1}; p: [G] if a tensor; returns w [G, n] float64.
     """
-    _choice("source", source, ("bon", "policy_group"))
-    _rlb_options(eps, clip, negative_sign)
-    R, _, N = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True,
-                        check_values=check_values, method="bon_rlb")
-    checks = []
-    p_hat = _fail_rate(R, N, p, source, eps, checks)
-    _check_values(checks if check_values else [])
+    _choice("sample_source", sample_source, ("bon", "policy_group"))
+    _check_options(eps=eps, clip=clip, negative_sign=negative_sign)
+    R, _, N, checks = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True, method="bon_rlb")
+    p_hat = _fail_rate(R, N, p, sample_source, eps, checks)
+    _check_values(checks, check_values)
     lead, one_m_pn = _g_terms(p_hat, N)
     g_pos, g_neg = lead / one_m_pn, N * p_hat / (1 - p_hat)
     if clip is not None:
         g_pos, g_neg = g_pos.clamp(max=float(clip[0])), g_neg.clamp(max=float(clip[1]))
     w = R * g_pos + (1 - R) * negative_sign * g_neg
-    if source == "policy_group":
+    if sample_source == "policy_group":
         return w / R.shape[1]
     pick, _, groups = _group_picks(R, R, N)
     return pick * w / groups
 
 
-def bon_rlb_p(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, source: str = "bon", p="loo",
+def bon_rlb_p(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, sample_source: str = "bon", p="loo",
               eps: float = 1e-3, check_values: bool = True) -> Tensor:
     """BoN-RLB(P): positive-only weights for binary rewards (PAPER 2.4). N = N' = n_bon.
 
         ḡ⁺(p) = N p^(N−1) (1 − p) / (1 − p^N) = N p^(N−1) / Σ_{t<N} p^t  ∈ [0, 1]   on correct BoN picks,
 
-    with ``source="bon"`` (default): disjoint groups as in bon_rlb, weight on correct picks, divided by the number of
-    groups. With ``source="policy_group"`` (π-sample form), every correct sample gets N p^(N−1) / n. Both are
-    exactly unbiased for ∇(1 − p^N) with the true p (a tensor [G]). ``p`` and ``eps`` work as in bon_rlb.
+    with ``sample_source="bon"`` (default): disjoint groups as in bon_rlb, weight on correct picks, divided by the
+    number of groups. With ``sample_source="policy_group"`` (π-sample form), every correct sample gets N p^(N−1) / n.
+    Both are exactly unbiased for ∇(1 − p^N) with the true p (a tensor [G]). ``p`` and ``eps`` work as in bon_rlb.
     Degenerate groups: all-wrong groups get 0. All-correct groups get ≈ N eps^(N−1) ≈ 0 (p̂ = eps). At N' = 1,
     ḡ⁺ = 1.
 
     Shapes:
         rewards: [G, n] in {0, 1}; p: [G] if a tensor; returns w [G, n] float64.
     """
-    _choice("source", source, ("bon", "policy_group"))
-    _rlb_options(eps, None)
-    R, _, N = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True,
-                        check_values=check_values, method="bon_rlb_p")
-    checks = []
-    p_hat = _fail_rate(R, N, p, source, eps, checks)
-    _check_values(checks if check_values else [])
+    _choice("sample_source", sample_source, ("bon", "policy_group"))
+    _check_options(eps=eps)
+    R, _, N, checks = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True, method="bon_rlb_p")
+    p_hat = _fail_rate(R, N, p, sample_source, eps, checks)
+    _check_values(checks, check_values)
     lead, one_m_pn = _g_terms(p_hat, N)
-    if source == "policy_group":
+    if sample_source == "policy_group":
         return R * lead / R.shape[1]
     pick, _, groups = _group_picks(R, R, N)
     return pick * R * (lead * (1 - p_hat) / one_m_pn) / groups
 
 
-def bon_rlb_scale(p: Tensor, *, n_bon: int, negative_sign: int = -1, source: str = "bon") -> Tensor:
+def bon_rlb_scale(p: Tensor, *, n_bon: int, negative_sign: int = -1, sample_source: str = "bon") -> Tensor:
     """Per-prompt factor s(p) such that E[bon_rlb update] = s(p) ∇(1 − p^N), given the true p (no clip).
 
-        source "bon":           s = (1 − sign·p) / (1 − p)      (+g⁻: 1, exact;  −g⁻: (1+p)/(1−p))
-        source "policy_group":  s = (g⁺ − sign·g⁻) / (N p^(N−1)) = 1/(1 − p^N) − sign · p^(2−N) / (1 − p)
+        sample_source "bon":           s = (1 − sign·p) / (1 − p)      (+g⁻: 1, exact;  −g⁻: (1+p)/(1−p))
+        sample_source "policy_group":  s = (g⁺ − sign·g⁻) / (N p^(N−1)) = 1/(1 − p^N) − sign · p^(2−N) / (1 − p)
 
     Log it next to the weights to see how the published form re-weights prompts (PAPER 6.3).
 
     Shapes:
         p: [G] in (0, 1); returns [G] float64.
     """
-    _choice("source", source, ("bon", "policy_group"))
-    _rlb_options(0.1, None, negative_sign)
+    _choice("sample_source", sample_source, ("bon", "policy_group"))
+    _check_options(negative_sign=negative_sign)
     N = _int_arg("n_bon", n_bon, 1)
     if not isinstance(p, Tensor) or p.dim() != 1:
         raise ValueError(f"p must be a tensor of shape [G], got {getattr(p, 'shape', type(p).__name__)}")
     p = p.detach().to(torch.float64)
-    if source == "bon":
+    if sample_source == "bon":
         return (1 - negative_sign * p) / (1 - p)
     log_p = torch.log(p)
     return 1 / -torch.expm1(N * log_p) - negative_sign * torch.exp((2 - N) * log_p) / (1 - p)
@@ -563,15 +588,17 @@ def bon_sft(expert_scores: Tensor, scores: Tensor | None = None, *, n_bon: int, 
     true (F, F⁻) are given**, as ``cdf=(F, F_minus)`` tensors [G], or for a binary verifier as ``p`` [G]
     (P_π(r = 0)): (F, F⁻) = (1, p) if s* = 1 and (p, 0) if s* = 0. For a correct expert this is PAPER 2.1's
     w_i = −c(p) R_i / n, c(p) = 1/(1−p) − N p^(N−1)/(1−p^N). ``cdf="loo"`` (default) plugs in the leave-one-out
-    empirical F̂_{−i}, F̂⁻_{−i} (F̂ clamped to >= eps; the sample itself when n = 1). α_i does not depend on y_i, so
-    the expected update is exact for the objective with α, β replaced by their expectations under the plug-in.
-    That is a positively rescaled version, consistent as n → ∞, but not log π_bon itself.
+    empirical F̂_{−i}, F̂⁻_{−i} (F̂ clamped to >= eps; the sample itself when n = 1). The coefficients α_i, β_i then
+    depend only on the other samples, so the expected update is exactly
+    ∇log π(y*) + E[α_i] ∇F + E[β_i] ∇F⁻. That is consistent as n → ∞, but it is not ∇log π_bon(y*) at finite n
+    (α, β are nonlinear in F, F⁻).
 
     ``form="variational"``: w_i = λ (W_i − b_i) / n with W_i = 1{s_i <= s*} (ties count as wins) and
-    λ = ``lam`` (default N' − 1). It is exactly unbiased for **log π(y*) + λ Q_π(y*)**, with Q_π(y*) = F(y*), the
-    tilted log-likelihood log π + λQ − log Z without the ∇log Z term. Z = E_π[exp(λQ)] = (e^λ − 1)/λ does not
-    depend on θ only for continuous scores. With discrete or tied scores (binary verifiers) the form drops a real
-    term. λ is a config value (PAPER 1.2): N' − 1 linearises (N'−1) log F. KL or mean matching gives ≈ N' + 1:
+    λ = ``lam`` (default N' − 1). It is exactly unbiased for **log π(y*) + λ Q_π(y*)**, with Q_π(y*) = F(y*). That
+    is the tilted log-likelihood log π(y*) + λQ − log Z without its −∇log Z term, Z = E_π[exp(λ Q_π(y))]. For
+    continuous scores Q ~ U(0, 1) under π, so Z = (e^λ − 1)/λ is constant and nothing is lost. With discrete or tied
+    scores (binary verifiers) Z depends on θ and the dropped term is real (tested).
+    λ is a config value (PAPER 1.2): N' − 1 linearises (N'−1) log F. KL or mean matching gives ≈ N' + 1:
     λ = 2.29 / 4.92 / 9.06 / 17.03 / 33.02 (KL) or 2.15 / 4.80 / 8.99 / 17.00 / 33.00 (mean) for N' = 2/4/8/16/32.
 
     ``baseline``: "loo" (default) subtracts the leave-one-out mean of the per-sample term (valid: it depends only
@@ -582,7 +609,7 @@ def bon_sft(expert_scores: Tensor, scores: Tensor | None = None, *, n_bon: int, 
     """
     form = _choice("form", form, ("exact", "variational"))
     _choice("baseline", baseline, ("loo", "none"))
-    _rlb_options(eps, None)
+    _check_options(eps=eps)
     if scores is None and rewards is None:
         raise ValueError("scores (or rewards, when the reward itself selects) must be a [G, n] tensor for bon_sft")
     name = "scores" if scores is not None else "rewards"
@@ -598,17 +625,18 @@ def bon_sft(expert_scores: Tensor, scores: Tensor | None = None, *, n_bon: int, 
         lam = N - 1.0 if lam is None else lam
         if not isinstance(lam, numbers.Real) or not lam >= 0:
             raise ValueError(f"lam must be a float >= 0, got {lam!r}")
-        _check_values(checks if check_values else [])
+        _check_values(checks, check_values)
         win = below + equal
         v = lam * win
         b = lam * (win.sum(-1, keepdim=True) - win) / (n - 1) if n > 1 else torch.zeros_like(v)
     else:
         F, Fm = _expert_cdf(s, below, equal, s_star, cdf, p, eps, checks)
-        _check_values(checks if check_values else [])
+        _check_values(checks, check_values)
         alpha, gamma = _bon_log_coeffs(F, Fm, N)
         v = alpha * equal + gamma * below
         if n > 1:  # the same coefficients applied to the other samples' indicators
-            b = (alpha * (equal.sum(-1, keepdim=True) - equal) + gamma * (below.sum(-1, keepdim=True) - below)) / (n - 1)
+            others_eq, others_lt = equal.sum(-1, keepdim=True) - equal, below.sum(-1, keepdim=True) - below
+            b = (alpha * others_eq + gamma * others_lt) / (n - 1)
         else:
             b = torch.zeros_like(v)
     if baseline == "none":

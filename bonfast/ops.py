@@ -103,15 +103,18 @@ def _check_loss_inputs(T, device, sample_index, weights, normaliser, old_logp, r
                               or not t.dtype.is_floating_point):
             got = f"shape {_shape(t)}, dtype {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{name} must be a float tensor of shape ({T},); got {got}")
-    if sample_index.device != device or weights.device != device:
-        _check_same_device(logp=torch.empty(0, device=device), sample_index=sample_index, weights=weights)
-    _check_same_device(sample_index=sample_index, old_logp=old_logp, ref_logp=ref_logp)
+    for name, t in (("sample_index", sample_index), ("weights", weights), ("old_logp", old_logp),
+                    ("ref_logp", ref_logp)):
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} must be on the device of the log-probs ({device}); got {t.device}")
     if isinstance(normaliser, torch.Tensor):
         if normaliser.dim() != 0:
             raise ValueError(f"normaliser must be a python number or a 0-d tensor; got shape {_shape(normaliser)}")
     elif (isinstance(normaliser, bool) or not isinstance(normaliser, numbers.Real)
           or not math.isfinite(normaliser) or normaliser <= 0):
         raise ValueError(f"normaliser must be a finite number > 0 (e.g. G * max_len); got {normaliser!r}")
+    if isinstance(clip_eps, (tuple, list)) and len(clip_eps) != 2:
+        raise ValueError(f"clip_eps must be a float or an (eps_low, eps_high) pair; got {clip_eps!r}")
     if clip_eps is not None and old_logp is None:
         raise ValueError("clip_eps needs old_logp (the clipped surrogate compares logp with old_logp); "
                          "got old_logp=None")
@@ -232,7 +235,8 @@ def linear_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-1
         \log p_t = x_t \cdot w_{y_t} / \tau - \log \sum_v e^{x_t \cdot w_v / \tau},\qquad
         H_t = \mathrm{lse}_t - \sum_v \mathrm{softmax}(x_t W^\top / \tau)_v \, x_t \cdot w_v / \tau.
 
-    Naive equivalent: `torch.log_softmax(hidden.double() @ weight.double().T / temperature, dim=-1).gather(-1, targets[..., None])[..., 0]`
+    Naive equivalent: `torch.log_softmax(hidden.double() @ weight.double().T / temperature, dim=-1).gather(
+    -1, targets[..., None])[..., 0]`
     on rows whose target is not `ignore_index`; those rows give 0 (logp, entropy and lse) and no gradient.
     Logits are accumulated in float32 (float64 for float64 inputs); the [T, V] logits are never stored.
     Differentiable with respect to `hidden` and `weight` through every returned output.
@@ -248,7 +252,7 @@ def linear_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-1
     """
     lead = _shape(hidden)[:-1] if isinstance(hidden, torch.Tensor) else None
     x, y = _check_head_inputs(hidden, weight, targets, temperature)
-    impl = _check_impl(impl, x, head=True)
+    impl = _check_impl(impl, x, head=True) if x.shape[0] > 0 else "torch"  # nothing to launch for T = 0
     if impl == "torch":
         logp, entropy, lse = _linear_logprobs_torch(x, weight, y, temperature, ignore_index, return_entropy)
     else:
@@ -297,7 +301,8 @@ def bon_loss(logp, sample_index, weights, *, normaliser, old_logp=None, ref_logp
     then, and may be an (eps_low, eps_high) pair), k3_t = e^{d_t} - d_t - 1, d_t = ref_logp_t - logp_t,
     beta = `kl_coef`, N = `normaliser` (a python number or 0-d tensor: a constant such as G * max_len).
 
-    Naive equivalent: `-(torch.where(sample_index >= 0, weights.reshape(-1)[sample_index.clamp(min=0)], 0) * logp).sum() / normaliser`
+    Naive equivalent: `-(torch.where(sample_index >= 0, weights.reshape(-1)[sample_index.clamp(min=0)], 0)
+    * logp).sum() / normaliser`
     for the plain form (no old_logp, kl_coef = 0). Padding tokens (sample_index < 0) contribute nothing.
 
     Shapes:
@@ -306,7 +311,8 @@ def bon_loss(logp, sample_index, weights, *, normaliser, old_logp=None, ref_logp
         share any shape [...] (flattened together).
     """
     if not isinstance(logp, torch.Tensor) or logp.dim() < 1 or not logp.dtype.is_floating_point:
-        got = f"shape {_shape(logp)}, dtype {logp.dtype}" if isinstance(logp, torch.Tensor) else type(logp).__name__
+        got = (f"shape {_shape(logp)}, dtype {logp.dtype}" if isinstance(logp, torch.Tensor)
+               else type(logp).__name__)
         raise ValueError(f"logp must be a float tensor of shape [T] (or [...], flattened); got {got}")
     for name, t in (("sample_index", sample_index), ("old_logp", old_logp), ("ref_logp", ref_logp)):
         if isinstance(t, torch.Tensor) and _shape(t) != _shape(logp):
@@ -329,7 +335,8 @@ def fused_bon_loss(hidden, weight, targets, sample_index, weights, *, normaliser
                    ignore_index=-100, old_logp=None, ref_logp=None, clip_eps=None, kl_coef=0.0, impl="auto"):
     r"""The whole loss head in one op: hidden states + LM head + targets + per-sample weights -> BoN loss.
 
-    Naive equivalent: `bon_loss(linear_logprobs(hidden, weight, targets, temperature=temperature), torch.where(targets == ignore_index, -1, sample_index), weights, normaliser=normaliser)`
+    Naive equivalent: `bon_loss(linear_logprobs(hidden, weight, targets, temperature=temperature),
+    torch.where(targets == ignore_index, -1, sample_index), weights, normaliser=normaliser)`
     (plus the same old_logp / ref_logp / clip_eps / kl_coef): a token whose target is `ignore_index` is
     treated as padding. Neither the [T, V] logits nor per-token log-prob gradients are kept; the backward
     recomputes logit tiles and returns dX and dW directly. The per-token gradient scale dL/dlogp_t is known
@@ -348,7 +355,7 @@ def fused_bon_loss(hidden, weight, targets, sample_index, weights, *, normaliser
         raise ValueError(f"sample_index must have the shape of targets {_shape(targets)}; "
                          f"got {_shape(sample_index)}")
     eps = _check_loss_inputs(T, x.device, si, weights, normaliser, old, ref, clip_eps, kl_coef)
-    impl = _check_impl(impl, x, head=True)
+    impl = _check_impl(impl, x, head=True) if T > 0 else "torch"  # nothing to launch for T = 0
     si = torch.where(y == ignore_index, -1, si)
     if impl == "torch":
         logp = _linear_logprobs_torch(x, weight, y, temperature, ignore_index, False)[0]

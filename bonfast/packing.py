@@ -151,6 +151,7 @@ def _concat_plan(batch: PackedBatch, P: list[int], L: list[list[int]]) -> None:
     """Index tensors of the concat layout: prompt slots [G, Pm], response slots [G*n, Rm], and back."""
     G, n, T = len(P), batch.n, batch.input_ids.shape[1]
     Pm, Rm = max(P), max(max(ls) for ls in L)
+    uniform = len(set(P)) == 1 and len({x for ls in L for x in ls}) == 1 and Rm > 0
     Rm = max(Rm, 1)
     p = torch.arange(Pm)
     prompt_idx = (torch.arange(G)[:, None] * T + p).reshape(-1)  # (G*Pm,), slots past P_g are ignored
@@ -166,7 +167,6 @@ def _concat_plan(batch: PackedBatch, P: list[int], L: list[list[int]]) -> None:
     gi = torch.arange(G)[:, None, None].expand(G, n, Rm)
     out_src[gi[real], (starts[..., None] + j).expand(G, n, Rm)[real]] = slot[real]
     out_src[batch.segment < 0] = 0  # padding reads an arbitrary slot; nothing real ever attends to it
-    uniform = len(set(P)) == 1 and len({x for ls in L for x in ls}) == 1
     if not uniform:
         kp = p[None, None, :] < P_t[:, None, None]  # (G, 1, Pm) prompt keys that exist
         kp = kp.expand(G, n, Pm).reshape(G * n, 1, 1, Pm).expand(G * n, 1, Rm, Pm)
@@ -216,17 +216,22 @@ class PackedAttention:
         Hkv, n = k.shape[2], b.n
         Pm = b.prompt_idx.shape[0] // G
         Rm = b.resp_idx.shape[0] // (G * n)
-        qf, kf, vf = q.reshape(G * T, Hq, Dh), k.reshape(G * T, Hkv, Dh), v.reshape(G * T, Hkv, Dh)
-        qp = qf[b.prompt_idx].view(G, Pm, Hq, Dh)
-        kp, vp = kf[b.prompt_idx].view(G, Pm, Hkv, Dh), vf[b.prompt_idx].view(G, Pm, Hkv, Dh)
-        out_p = attention(qp, kp, vp, causal=True, backend=backend)  # (G, Pm, Hq, Dh); rows past P_g unused
-        qr = qf[b.resp_idx].view(G * n, Rm, Hq, Dh)
-        kr = torch.cat([kp.repeat_interleave(n, 0), kf[b.resp_idx].view(G * n, Rm, Hkv, Dh)], 1)  # (G*n, Pm+Rm, ..)
-        vr = torch.cat([vp.repeat_interleave(n, 0), vf[b.resp_idx].view(G * n, Rm, Hkv, Dh)], 1)
+        # prompt slots are the first Pm columns of every row (slots past P_g are masked out or unused)
+        qp, kp, vp = q[:, :Pm], k[:, :Pm], v[:, :Pm]  # (G, Pm, H, Dh) views
+        out_p = attention(qp, kp, vp, causal=True, backend=backend)  # rows past P_g unused
+        if b.resp_mask is None:  # equal lengths: row = [p, r_1..r_n] exactly, responses are a reshape
+            qr = q[:, Pm:].reshape(G * n, Rm, Hq, Dh)
+            kr, vr = k[:, Pm:].reshape(G * n, Rm, Hkv, Dh), v[:, Pm:].reshape(G * n, Rm, Hkv, Dh)
+        else:
+            qr = q.reshape(G * T, Hq, Dh)[b.resp_idx].view(G * n, Rm, Hq, Dh)
+            kr = k.reshape(G * T, Hkv, Dh)[b.resp_idx].view(G * n, Rm, Hkv, Dh)
+            vr = v.reshape(G * T, Hkv, Dh)[b.resp_idx].view(G * n, Rm, Hkv, Dh)
+        kr = torch.cat([kp.repeat_interleave(n, 0), kr], 1)  # (G*n, Pm+Rm, Hkv, Dh): [prompt ; own]
+        vr = torch.cat([vp.repeat_interleave(n, 0), vr], 1)
         if b.resp_mask is None:
             out_r = attention(qr, kr, vr, causal=True, backend=backend)  # bottom-right causal
-        else:
-            out_r = attention(qr, kr, vr, mask=b.resp_mask, backend=backend)
+            return torch.cat([out_p, out_r.view(G, n * Rm, Hq, Dh)], 1)
+        out_r = attention(qr, kr, vr, mask=b.resp_mask, backend=backend)
         flat = torch.cat([out_p.reshape(G * Pm, Hq, Dh), out_r.reshape(G * n * Rm, Hq, Dh)])
         return flat[b.out_src].view(G, T, Hq, Dh)
 

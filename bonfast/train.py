@@ -72,13 +72,13 @@ def build(cfg: TrainConfig, device: torch.device):
         model, tokenizer = load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=torch.float32, device=device)
         if tokenizer is None:
             raise ValueError(f"TrainConfig.model: no tokenizer found with the checkpoint {cfg.model!r}")
-    verifier = tasks.get_verifier(cfg.verifier, task, seed=cfg.seed, **_verifier_kwargs(cfg))
+    verifier = tasks.get_verifier(cfg.verifier, task, **_verifier_kwargs(cfg))
     return model, tokenizer, task, verifier
 
 
 def _verifier_kwargs(cfg: TrainConfig) -> dict:
     if cfg.verifier == "noisy":
-        return {"false_positive_rate": cfg.verifier_fpr, "false_negative_rate": cfg.verifier_fnr}
+        return {"false_positive_rate": cfg.verifier_fpr, "false_negative_rate": cfg.verifier_fnr, "seed": cfg.seed}
     return {}
 
 
@@ -125,7 +125,7 @@ def sft_warm_start(cfg: TrainConfig, model, tokenizer, task, device, log) -> Non
             group["lr"] = lr
         examples = task.examples("train", n=cfg.sft_batch, seed=_step_seed(cfg, step, "sft"))
         prompts = [task.prompt_ids(ex, tokenizer) for ex in examples]
-        answers = [[tokenizer.encode(ex.answer)[:cfg.max_new_tokens - 1] + [tokenizer.eos_token_id]]
+        answers = [[tokenizer.encode(task.reference_response(ex))[:cfg.max_new_tokens - 1] + [tokenizer.eos_token_id]]
                    for ex in examples]
         batch = pack(prompts, answers, pad_id=tokenizer.pad_token_id or 0)
         logp, _ = packed_logprobs(model, batch.to(device), temperature=1.0)

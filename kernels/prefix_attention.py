@@ -188,8 +188,12 @@ def _num_splits(P: int, programs: int, device: torch.device) -> int:
 
 
 def prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens=None, *,
-                         scale=None, num_splits=None, block_n=64):
-    """Triton launcher (inputs already validated; any strides). Returns out [G, n, Hq, Dh] in q's dtype."""
+                         scale=None, num_splits=None, block_n=None):
+    """Triton launcher (inputs already validated; any strides). Returns out [G, n, Hq, Dh] in q's dtype.
+
+    num_splits: prefix chunks per (prompt, kv head) (default: enough programs for the GPU; 1 on CPU).
+    block_n: keys per tile (default 64, 32 for head dims above 64 to bound the fp32 tiles in registers).
+    """
     G, n, Hq, Dh = q.shape
     Hkv, P = prefix_k.shape[1], prefix_k.shape[2]
     t = suffix_k.shape[3]
@@ -199,6 +203,7 @@ def prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v,
     qk_scale = scale * _LOG2E
     precision = "ieee" if q.dtype == torch.float32 else "tf32"   # fp16 / bf16 values are exact in tf32
     BLOCK_D = max(16, triton.next_power_of_2(Dh))
+    block_n = (64 if BLOCK_D <= 64 else 32) if block_n is None else block_n
     BLOCK_M = min(64, max(16, triton.next_power_of_2(M)))
     m_blocks = triton.cdiv(M, BLOCK_M)
     if num_splits is None:
@@ -230,12 +235,25 @@ def prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v,
     return out
 
 
-def _partial_attention(q, k, v, valid):
-    """softmax(q @ k.T) @ v and its log-sum-exp over the keys where `valid`; (0, -inf) when none is valid."""
-    s = (q @ k.transpose(-1, -2)).masked_fill(~valid, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
-    m = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-    return torch.exp(s - m[..., None]) @ v, lse
+def _partial_attention(q, k, v, bias):
+    """softmax(q @ k.T + bias) @ v and its log-sum-exp; (0, -inf) for rows with no unmasked key."""
+    if k.shape[-2] == 0:
+        return q.new_zeros(q.shape[:-1] + v.shape[-1:]), q.new_full(q.shape[:-1], float("-inf"))
+    s = torch.matmul(q, k.transpose(-1, -2))
+    if bias is not None:
+        s += bias                                                   # 0 / -inf key mask
+    m = s.amax(-1, keepdim=True)
+    m = torch.where(m == float("-inf"), 0.0, m)                    # all-masked rows: exp(-inf) = 0 below
+    p = s.sub_(m).exp_()
+    l = p.sum(-1)
+    o = torch.matmul(p, v) / torch.where(l > 0, l, 1.0)[..., None]
+    return o, m[..., 0] + torch.log(l)
+
+
+def _key_bias(lens, T, dtype):
+    """0 for key positions < lens, -inf after. Shapes: lens [...] -> [..., T]."""
+    valid = torch.arange(T, device=lens.device) < lens[..., None]
+    return torch.zeros(valid.shape, dtype=dtype, device=lens.device).masked_fill_(~valid, float("-inf"))
 
 
 def prefix_attention_torch(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens=None, *,
@@ -250,17 +268,14 @@ def prefix_attention_torch(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_
     qf = q.to(cd) * scale
     # prefix: all n * group queries of a (prompt, kv head) against the same keys -> one batched GEMM
     qp = qf.view(G, n, Hkv, group, Dh).permute(0, 2, 1, 3, 4).reshape(G, Hkv, n * group, Dh)
-    valid1 = torch.arange(P, device=q.device) < prefix_lens.to(q.device)[:, None]              # (G, P)
-    o1, lse1 = _partial_attention(qp, prefix_k.to(cd), prefix_v.to(cd), valid1[:, None, None, :])
+    bias1 = _key_bias(prefix_lens.to(q.device), P, cd)[:, None, None, :]                       # (G, 1, 1, P)
+    o1, lse1 = _partial_attention(qp, prefix_k.to(cd), prefix_v.to(cd), bias1)
     o1 = o1.view(G, Hkv, n, group, Dh).permute(0, 2, 1, 3, 4)                                  # (G, n, Hkv, grp, Dh)
     lse1 = lse1.view(G, Hkv, n, group).permute(0, 2, 1, 3)                                     # (G, n, Hkv, grp)
     # suffix: per sample
     qs = qf.view(G, n, Hkv, group, Dh)
-    if suffix_lens is None:
-        valid2 = torch.ones(G, n, t, dtype=torch.bool, device=q.device)
-    else:
-        valid2 = torch.arange(t, device=q.device) < suffix_lens.to(q.device)[..., None]        # (G, n, t)
-    o2, lse2 = _partial_attention(qs, suffix_k.to(cd), suffix_v.to(cd), valid2[:, :, None, None, :])
+    bias2 = None if suffix_lens is None else _key_bias(suffix_lens.to(q.device), t, cd)[:, :, None, None, :]
+    o2, lse2 = _partial_attention(qs, suffix_k.to(cd), suffix_v.to(cd), bias2)
     # merge: (e^{s1} o1 + e^{s2} o2) / (e^{s1} + e^{s2}); zero where both parts are empty
     lse = torch.logaddexp(lse1, lse2)
     lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))

@@ -56,8 +56,9 @@ def test_step_logits_equal_full_recompute(impl):
     record = []
     n, L = 3, 5
     prompts = [tuple(p) for p in PROMPTS]
-    tokens, *_ = engine._generate(prompts, n, L, dict(temperature=1.0, top_p=1.0, top_k=0), (), 11,
-                                  on_step=lambda t, rows, logits: record.append((t, rows.clone(), logits.clone())))
+    draws, _ = engine._generate(prompts, n, L, dict(temperature=1.0, top_p=1.0, top_k=0), (), 11,
+                                on_step=lambda t, rows, logits: record.append((t, rows.clone(), logits.clone())))
+    tokens = draws.tokens
     assert len(record) == L
     for t, rows, logits in record:
         for row, got in zip(rows.tolist(), logits):
@@ -238,3 +239,18 @@ def test_validation_errors():
         Engine(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="attention_impl"):
         Engine(tiny_model(), attention_impl="cuda")
+
+
+def test_hf_adapter_fallback_equals_shared_prefix_path():
+    """Models without prefix sharing decode through transformers' cache with the same sampler and streams."""
+    transformers = pytest.importorskip("transformers")
+    from bonfast.model import HFAdapter
+    model = tiny_model(init=0.4)
+    hf = transformers.AutoModelForCausalLM.from_config(model.config.to_hf())
+    hf.load_state_dict(model.hf_state_dict())
+    kw = dict(max_new_tokens=6, temperature=0.9, top_k=50, stop_token_ids=range(0, 97, 8), seed=21)
+    lean = Engine(model).sample(PROMPTS, 3, **kw)
+    adapted = Engine(HFAdapter(hf.eval())).sample(PROMPTS, 3, **kw)
+    assert adapted.tokens == lean.tokens and adapted.finish_reasons == lean.finish_reasons
+    for g in range(len(PROMPTS)):
+        torch.testing.assert_close(torch.cat(adapted.logprobs[g]), torch.cat(lean.logprobs[g]), rtol=0, atol=1e-5)

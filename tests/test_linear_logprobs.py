@@ -75,6 +75,14 @@ def test_all_negative_logits(impl):
     _check_three_way(impl, x, w, y, 0.5, torch.float32)
 
 
+def test_triton_many_token_tiles():
+    """More token tiles than one launch group (GROUP_T) and two vocabulary splits: the grouped order covers all."""
+    T, D, V = 150, 20, 300
+    x, w = torch.randn(T, D), torch.randn(V, D) / 4
+    y = torch.randint(0, V, (T,))
+    _check_three_way("triton", x, w, y, 1.0, torch.float32)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_ignore_index_inside_vocabulary(impl):
     """ignore_index may be a real token id: its rows are ignored, no one-hot term leaks into the gradient."""

@@ -160,37 +160,40 @@ def test_rl_exact(n, baseline, target):
     assert_grad(E, g, what=f"rl n={n}")
 
 
+BASELINES = ["loo", "loo_k_minus_1", "none"]
+
+
 @pytest.mark.parametrize("n,k", NK)
-@pytest.mark.parametrize("baseline", ["loo", "loo_k_minus_1", "none"])
-def test_pass_at_k_exact(n, k, baseline):
+def test_pass_at_k_exact(n, k):
     theta, R, s = make_instance(n_responses(n), 100 + 10 * n + k)
-    E = run(lambda r, v: ob.pass_at_k(r, n_bon=k, baseline=baseline), theta, R, s, n)
     g = grad_of(lambda pi: 1 - (pi @ (1 - R)) ** k, theta)
-    assert_grad(E, g, what=f"pass_at_k n={n} k={k}")
+    for b in BASELINES:
+        E = run(lambda r, v: ob.pass_at_k(r, n_bon=k, baseline=b), theta, R, s, n)
+        assert_grad(E, g, what=f"pass_at_k n={n} k={k} baseline={b}")
 
 
 @pytest.mark.parametrize("n,k", NK)
-@pytest.mark.parametrize("baseline", ["loo", "loo_k_minus_1", "none"])
 @pytest.mark.parametrize("binary", [True, False])
-def test_bon_rl_s_exact(n, k, baseline, binary):
+def test_bon_rl_s_exact(n, k, binary):
     theta, R, s = make_instance(n_responses(n), 200 + 10 * n + k, binary=binary)
-    E = run(lambda r, v: ob.bon_rl_s(r, n_bon=k, baseline=baseline), theta, R, s, n)
     g = grad_of(lambda pi: bon_distribution(pi, R, k) @ R, theta)
-    assert_grad(E, g, what=f"bon_rl_s n={n} k={k}")
+    for b in BASELINES:
+        E = run(lambda r, v: ob.bon_rl_s(r, n_bon=k, baseline=b), theta, R, s, n)
+        assert_grad(E, g, what=f"bon_rl_s n={n} k={k} baseline={b}")
     if binary:  # closed form of PAPER 1.1: BoN with r = R is pass@N
         pi = torch.softmax(theta, 0)
         torch.testing.assert_close(bon_distribution(pi, R, k) @ R, 1 - fail_prob(theta, R) ** k)
 
 
 @pytest.mark.parametrize("n,k", NK)
-@pytest.mark.parametrize("baseline", ["loo", "loo_k_minus_1", "none"])
 @pytest.mark.parametrize("ties", [True, False])
 @pytest.mark.parametrize("binary", [True, False])
-def test_bon_rl_v_exact(n, k, baseline, ties, binary):
+def test_bon_rl_v_exact(n, k, ties, binary):
     theta, R, s = make_instance(n_responses(n), 300 + 10 * n + k, binary=binary, ties=ties)
-    E = run(lambda r, v: ob.bon_rl_v(r, n_bon=k, scores=v, baseline=baseline), theta, R, s, n)
     g = grad_of(lambda pi: bon_distribution(pi, s, k) @ R, theta)
-    assert_grad(E, g, what=f"bon_rl_v n={n} k={k}")
+    for b in BASELINES:
+        E = run(lambda r, v: ob.bon_rl_v(r, n_bon=k, scores=v, baseline=b), theta, R, s, n)
+        assert_grad(E, g, what=f"bon_rl_v n={n} k={k} baseline={b}")
 
 
 @pytest.mark.parametrize("n,k", [(2, 2), (3, 1), (4, 2), (6, 4)])
@@ -221,7 +224,8 @@ def test_method_equalities():
                                            ob.bon_rl_s(Rr, n_bon=k, baseline=b), rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(ob.rl(Rr, n_bon=1), ob.bon_rl_s(Rr, n_bon=1), rtol=1e-12, atol=1e-14)
         if n > 1:  # the leave-one-out weights sum to zero over the samples of a prompt
-            torch.testing.assert_close(ob.bon_rl_v(Rr, n_bon=1, scores=Rb).sum(-1), torch.zeros(64, dtype=torch.float64))
+            zero = torch.zeros(64, dtype=torch.float64)
+            torch.testing.assert_close(ob.bon_rl_v(Rr, n_bon=1, scores=Rb).sum(-1), zero)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -275,9 +279,9 @@ def test_bon_rlb_relations_with_true_p(n, k, sign, source):
     theta, R, s = make_instance(n_responses(n), 700 + 10 * n + k)
     p = fail_prob(theta, R).detach()
     idx = tuples(len(theta), n)
-    w = ob.bon_rlb(R[idx], n_bon=k, negative_sign=sign, source=source, p=p.expand(len(idx)), eps=1e-12)
+    w = ob.bon_rlb(R[idx], n_bon=k, negative_sign=sign, sample_source=source, p=p.expand(len(idx)), eps=1e-12)
     E = expected_update(theta, w, idx)
-    scale = ob.bon_rlb_scale(p[None], n_bon=k, negative_sign=sign, source=source)[0]
+    scale = ob.bon_rlb_scale(p[None], n_bon=k, negative_sign=sign, sample_source=source)[0]
     g = grad_of(lambda pi: 1 - (pi @ (1 - R)) ** k, theta)
     assert_grad(E, scale * g, what=f"bon_rlb n={n} k={k} sign={sign} {source}")
     # the documented closed forms of the scale
@@ -294,7 +298,8 @@ def test_bon_rlb_p_exact_with_true_p(n, k, source):
     theta, R, s = make_instance(n_responses(n), 800 + 10 * n + k)
     p = fail_prob(theta, R).detach()
     idx = tuples(len(theta), n)
-    E = expected_update(theta, ob.bon_rlb_p(R[idx], n_bon=k, source=source, p=p.expand(len(idx)), eps=1e-12), idx)
+    w = ob.bon_rlb_p(R[idx], n_bon=k, sample_source=source, p=p.expand(len(idx)), eps=1e-12)
+    E = expected_update(theta, w, idx)
     assert_grad(E, grad_of(lambda pi: 1 - (pi @ (1 - R)) ** k, theta), what=f"bon_rlb_p n={n} k={k}")
 
 
@@ -306,7 +311,7 @@ def test_rlb_weight_table_of_paper():
         pt = torch.tensor([p, p], dtype=torch.float64)
         R = torch.zeros(2, N, dtype=torch.float64)
         R[0, 0] = 1.0  # prompt 0: one correct pick; prompt 1: all wrong
-        w = ob.bon_rlb(R, n_bon=N, p=pt, source="bon")
+        w = ob.bon_rlb(R, n_bon=N, p=pt, sample_source="bon")
         wp = ob.bon_rlb_p(R, n_bon=N, p=pt)
         assert w[0, 0].item() == pytest.approx(gp, rel=5e-3)
         assert -w[1].sum().item() == pytest.approx(gm, rel=5e-3)
@@ -405,6 +410,33 @@ def test_bon_sft_variational_exact_for_logpi_plus_lambda_Q(n, N, ties):
         assert (E - g).norm() / g.norm() > 1e-3
 
 
+@pytest.mark.parametrize("n,N", [(2, 3), (3, 2), (4, 5)])
+def test_bon_sft_plug_in_expectation(n, N):
+    """With cdf="loo" the coefficients depend only on the other samples, so the expected update is exactly
+    ∇log π(y*) + E[α] ∇F + E[β] ∇F⁻ (α, β evaluated at the leave-one-out F̂, F̂⁻), as documented."""
+    theta, R, s = make_instance(n_responses(n), 990 + n, binary=False, ties=True)
+    idx = tuples(len(theta), n)
+    pi = torch.softmax(theta, 0).detach()
+    star = 3
+    sv = s[idx]
+    _, w = ob.bon_sft(s[star].expand(len(idx)), sv, n_bon=N, eps=1e-12)
+    E = sft_expected(theta, 1.0, w, idx, star)
+    # E[α], E[β] for sample 0, from the other n - 1 samples of every tuple
+    others = sv[:, 1:]
+    F_hat = (others <= s[star]).to(torch.float64).mean(-1).clamp(min=1e-12)
+    Fm_hat = (others < s[star]).to(torch.float64).mean(-1)
+    alpha, gamma = ob._bon_log_coeffs(F_hat, Fm_hat, N)
+    prob = pi[idx].prod(-1)
+    a_bar, b_bar = prob @ alpha, prob @ (gamma - alpha)
+
+    def surrogate(q):
+        return torch.log(q[star]) + a_bar * q[s <= s[star]].sum() + b_bar * q[s < s[star]].sum()
+
+    assert_grad(E, grad_of(surrogate, theta), what="plug-in")
+    g = grad_of(lambda q: log_bon(q, s, N, star), theta)
+    assert (E - g).norm() / g.norm() > 1e-4  # ... which is not the exact gradient at finite n
+
+
 def test_sft_is_bon_sft_at_one():
     s = torch.randn(5, 4, dtype=torch.float64)
     e = torch.randn(5, dtype=torch.float64)
@@ -448,18 +480,18 @@ def test_degenerate_groups_are_finite():
             for p in ["loo", "group", torch.tensor([0.0, 1.0], dtype=torch.float64)]:
                 for src in ["bon", "policy_group"]:
                     for sign in [1, -1]:
-                        w = ob.bon_rlb(R, n_bon=k, p=p, source=src, negative_sign=sign)
+                        w = ob.bon_rlb(R, n_bon=k, p=p, sample_source=src, negative_sign=sign)
                         assert torch.isfinite(w).all()
-                        wc = ob.bon_rlb(R, n_bon=k, p=p, source=src, negative_sign=sign, clip=(3.0, 2.0))
+                        wc = ob.bon_rlb(R, n_bon=k, p=p, sample_source=src, negative_sign=sign, clip=(3.0, 2.0))
                         assert wc[0].max() <= 3.0 and wc[1].abs().max() <= 2.0 + 1e-12
-                    w = ob.bon_rlb_p(R, n_bon=k, p=p, source=src)
+                    w = ob.bon_rlb_p(R, n_bon=k, p=p, sample_source=src)
                     assert torch.isfinite(w).all() and torch.all(w[1] == 0) and torch.all(w >= 0)
             w = ob.bon_rl_v(R, n_bon=k, scores=R.flip(0))
             assert torch.isfinite(w).all()
     # N' = 1 closed forms: g+ = 1/(1-p), g- = p/(1-p), g-bar+ = 1
     p = torch.tensor([0.25], dtype=torch.float64)
     R = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
-    w = ob.bon_rlb(R, n_bon=1, p=p, source="policy_group")
+    w = ob.bon_rlb(R, n_bon=1, p=p, sample_source="policy_group")
     torch.testing.assert_close(w, torch.tensor([[1 / 0.75 / 2, -0.25 / 0.75 / 2]], dtype=torch.float64))
     torch.testing.assert_close(ob.bon_rlb_p(R, n_bon=1, p=p), torch.tensor([[0.5, 0.0]], dtype=torch.float64))
 
@@ -497,7 +529,7 @@ BAD = [
     (lambda: ob.rl(torch.zeros(2, 3), n_bon=1, baseline="mean"), "baseline must be one of"),
     (lambda: ob.bon_rl_v(torch.zeros(2, 3), n_bon=1, scores=torch.zeros(2, 3), credit="x"), "credit must be"),
     (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, negative_sign=0), "negative_sign must be"),
-    (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, source="pi"), "source must be one of"),
+    (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, sample_source="pi"), "sample_source must be one of"),
     (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, p=torch.zeros(3)), "p must be a real tensor of shape \\[G\\]"),
     (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, p=torch.full((2,), 1.5)), "p must lie in"),
     (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, p="mean"), "p must be one of"),

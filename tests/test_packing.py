@@ -68,11 +68,20 @@ def test_packed_logprobs_equal_separate_float64(backend, layout, shape):
     prompts, responses = {"ragged": ragged(), "uniform": ragged(2, 4, (6, 6), ((3,) * 4,) * 2),
                           "n1": ragged(3, 1)}[shape]
     batch = pack(prompts, responses)
+    assert (batch.resp_mask is None) == (shape == "uniform")
     with torch.no_grad():
         logp, sidx = packed_logprobs(model, batch, 0.7, impl="torch", backend=backend, layout=layout)
         ref = separate_logprobs(model, prompts, responses, 0.7)
     assert logp.dtype == torch.float64 and sidx.tolist() == batch.sample_index.tolist()
     torch.testing.assert_close(logp, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_all_responses_empty():
+    model = tiny_model()
+    out = score(model, [[3, 4], [5]], [[[], []], [[], []]], impl="torch")
+    assert [[t.numel() for t in rs] for rs in out] == [[0, 0], [0, 0]]
+    out = score(model, [[3, 4], [5]], [[[], [7]], [[], []]], impl="torch")
+    torch.testing.assert_close(out[0][1], separate_logprobs(model, [[3, 4]], [[[7]]]), rtol=1e-10, atol=1e-10)
 
 
 def _grads(model, logp, up):

@@ -13,9 +13,10 @@ Standard library only; never imported by bonfast itself. Steps, in order:
        signals to other processes, opening /proc, /sys or /dev/mem, writing, creating, renaming or removing
        files outside the work directory, and (unless allowed) process creation;
     4. run `context` (the dataset's own definitions) into the test namespace, then `code` into its own
-       namespace, then each test statement in the test namespace, whose builtins are a copy taken before `code`
-       ran and where `candidate` (also bound under its own name) is the program's function, wrapped so that
-       it returns only plain data (exact builtin types);
+       namespace, then each test statement in the test namespace. That namespace holds the context's names,
+       then the program's other names except those shadowing builtins, and `candidate` (also bound under its
+       own name): the program's function, wrapped so that it returns only plain data (exact builtin types);
+       its builtins are a copy taken before `code` ran;
     5. after each test write one line `<nonce> <i> <0|1>` and at the end `<nonce> done <error>` to RESULT_FD,
        then `os._exit(0)` (no atexit handler of the program runs).
 
@@ -54,7 +55,7 @@ _FS_EVENTS = ("os.remove", "os.rmdir", "os.mkdir", "os.rename", "os.symlink", "o
 
 
 def _make_hook(allow_subprocess, workdir):
-    realpath, getpid = os.path.realpath, os.getpid
+    realpath, getpid, isdir = os.path.realpath, os.getpid, os.path.isdir
     startswith, fspath = str.startswith, os.fsdecode
     inside = workdir.rstrip("/") + "/"
 
@@ -80,6 +81,8 @@ def _make_hook(allow_subprocess, workdir):
                     raise SandboxViolation(f"sandbox: opening {real} is not allowed")
                 if flags & _WRITE_FLAGS and real != "/dev/null" and outside(real):
                     raise SandboxViolation(f"sandbox: writing {real} (outside the work directory)")
+                if isdir(real) and outside(real):  # a directory fd would let dir_fd= paths skip this hook
+                    raise SandboxViolation(f"sandbox: opening directory {real} is not allowed")
         elif event in _FS_EVENTS:
             paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
             if any(outside(p) for p in paths[: 2 if event in ("os.rename", "os.link", "shutil.move",
@@ -185,11 +188,16 @@ def _supervise():
         raise _Stop
 
     signal.signal(signal.SIGTERM, on_term)
+    import ctypes
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    # Not dumpable: /proc/<pid>/mem and friends become root-owned, so the program cannot read the harness's
+    # memory (the nonce) through them even by a path the audit hook does not see. Inherited by the fork.
+    prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
     if os.getpid() != 1:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-        for name in [m for m in sys.modules if m == "_ctypes" or m.startswith("ctypes")]:
-            del sys.modules[name]
+        prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    del prctl
+    for name in [m for m in sys.modules if m == "_ctypes" or m.startswith("ctypes")]:
+        del sys.modules[name]
     child = os.fork()
     if child == 0:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -250,6 +258,10 @@ def main():
         try:
             do_exec(context, test_ns)
             do_exec(program, user_ns)
+            for name, value in list(user_ns.items()):  # the program's names, unless trusted or builtin
+                if type(name) is str and name not in test_ns and name not in test_builtins \
+                        and not name.startswith("__"):
+                    test_ns[name] = value
             if candidate_name is not None:  # also under its own name: some tests call it that way
                 test_ns["candidate"] = test_ns[candidate_name] = wrap(user_ns[candidate_name], is_plain)
         except BaseException as err:  # SystemExit included: exiting early is failing

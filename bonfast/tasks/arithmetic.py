@@ -12,9 +12,9 @@ Difficulty levels (operands drawn uniformly from the ranges shown; `-` results m
     level 4   a*b                         a, b in [10, 99]
     level 5   (a+b)*c | (a-b)*c | a*b-c   a, b in [10, 99], c in [2, 9] inside the products, c in [10, 99] after
 
-A small character model warm-started on levels 1-4 solves level 1 always, level 2 usually, level 3 sometimes
-and level 4 rarely, so that pass@1 on the mix is moderate and pass@k still grows with k; level 5 is held back
-as a harder probe.
+The levels are meant (by design, not measured here) to be solved by a small character model warm-started on
+levels 1-4 always (1), usually (2), sometimes (3) and rarely (4), so that pass@1 on the mix is moderate and
+pass@k still grows with k; level 5 is held back as a harder probe.
 
 Determinism and the split: `examples(split, n, seed)` draws problems from `random.Random` seeded by
 `(split, seed)`, so equal arguments give equal lists and `examples(n=10)` is a prefix of `examples(n=20)`.

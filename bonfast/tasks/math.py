@@ -6,13 +6,14 @@ with `math-verify` (`verify(parse(gold), parse(pred))`), after a numeric fast pa
 
     task        split "train"                          split "test"                gold answer
     gsm8k       gsm8k/train.jsonl (7473)               gsm8k/test.jsonl (1319)     after "####", commas dropped
-    math500     math/train.jsonl (7500, MATH train)    math_oai/test.jsonl (500)   the `answer` field
-    math        math/train.jsonl (7500)                math/test.jsonl (5000)      last \\boxed{} of the solution
+    math500     math/train.jsonl (7498, MATH train)    math_oai/test.jsonl (500)   the `answer` field
+    math        math/train.jsonl (7498)                math/test.jsonl (5000)      last \\boxed{} of the solution
     svamp       80% of svamp/test.jsonl (by id hash)   the other 20%               `Answer` (a number)
     asdiv       80% of asdiv/test.jsonl                the other 20%               `answer`, numeric items only
     mawps       80% of mawps/test.jsonl                the other 20%               `target` (a number)
 
-MATH-500 is a subset of the MATH test set, so MATH train is disjoint from it. SVAMP, ASDiv and MAWPS ship only
+MATH-500 is a subset of the MATH test set, so MATH train is disjoint from it. Two MATH train items whose
+solution ends in an empty \\boxed{} are left out. SVAMP, ASDiv and MAWPS ship only
 one file; bonfast splits it by a hash of the item id (test iff blake2b(id) mod 5 == 0). ASDiv items whose answer is
 not a number (names, times, ratios such as "3:4"; 180 of 2215) are left out.
 
@@ -230,11 +231,13 @@ class MathTask(MathTaskBase):
                 else self._root / "math" / f"{split}.jsonl")
         out = []
         for i, row in enumerate(_read_jsonl(path)):
-            answer = row.get("answer") or last_boxed(row["solution"])
+            answer = _clean(row.get("answer") or last_boxed(row["solution"]) or "")
+            if not answer:  # two MATH train solutions end in an empty \boxed{}
+                continue
             meta = {"task_id": row.get("unique_id", f"math/{split}/{row.get('idx', i)}"),
                     "solution": row["solution"], "level": row["level"],
                     "subject": row.get("subject", row.get("type"))}
-            out.append(Example(row["problem"], _clean(answer), meta))
+            out.append(Example(row["problem"], answer, meta))
         return out
 
 

@@ -3,36 +3,42 @@
 What contains a program, from the outside in (`isolation="namespace"`, used when running as root and `unshare`
 works; `Sandbox.isolation` says which mode is active):
 
-    process      a fresh `python -I -B` (never exec in the caller), own session; on timeout, on too much
-                 output and after every run the whole process group is SIGKILLed, then every process of the
-                 sandbox uid (a final sweep through /proc)
+    process      a fresh `python -I -B` (never exec in the caller) in its own session. It forks: the parent
+                 stays as a supervisor with the caller's uid (pid 1 of the namespace, or a child subreaper) and,
+                 when the harness ends or on SIGTERM from the caller (timeout, output cap), SIGKILLs and reaps
+                 every process the program started, detached ones included. Then the caller SIGKILLs the
+                 process group if anything is left, and every process of the sandbox uid (a sweep of /proc)
     namespaces   `unshare --net --pid --ipc --mount-proc --kill-child`: no network interface but loopback
-                 (down), its own pid space (the harness is pid 1: when it exits, the kernel kills everything
-                 the program started; the caller's processes are invisible), its own mounts
+                 (down), its own pid space (the caller's processes are invisible), its own mounts
     files        fresh tmpfs on /tmp, /var/tmp, /dev/shm and /run/lock (the world-writable places), so anything
                  written there vanishes with the namespace; the work directory is a directory on that tmpfs
     user         a uid of its own per concurrent slot (no passwd entry, no groups): the caller's 0600 / 0700
-                 files cannot be read and nothing outside the tmpfs can be written
+                 files cannot be read and nothing outside the tmpfs can be written; the process is not
+                 dumpable, so its /proc/<pid>/mem is root-owned
     rlimits      RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_NPROC (fork bombs; per uid, so slots do not starve each
                  other), RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0; and a wall-time limit
     output       at most `max_output_bytes` of stdout and of stderr are read; more kills the program
     environment  PATH, LANG, HOME=TMPDIR=work directory, PYTHONDONTWRITEBYTECODE: no caller variables
     in-process   the harness (`_harness.py`) adds a PEP 578 audit hook: no sockets, no ctypes, no signals to
-                 other processes, no frame / gc introspection, no /proc, no process creation (unless
-                 `allow_subprocess=True`, for tests of the kernel limits)
+                 other processes, no frame / gc introspection, no /proc or /sys, no file changes or directory
+                 descriptors outside the work directory, no process creation (unless `allow_subprocess=True`,
+                 for tests of the kernel limits)
 
 Results come back on a pipe opened before the program runs, one line per test, each prefixed by a random
 nonce that only the harness holds; anything else on that pipe, or no final line, means no credit. So
 `sys.exit(0)` before the tests, `os._exit`, killing the harness, printing fake results to stdout, or patching
-harness functions all score 0.
+harness functions all score 0. Tests see builtins as they were before the program ran, the dataset's own helper
+definitions, and a `candidate` that may only return plain data (an object whose `__eq__` always says True
+fails). Known gap: a program can still mutate shared modules (e.g. `math.fabs = ...`) that a test then uses.
 
-`isolation="process"` (the fallback when not root or when `unshare` is refused) keeps the process, rlimits,
-output cap, clean environment, private work directory (deleted afterwards) and the audit hook, but has no
-namespaces: the network is blocked only by the audit hook (a C extension could still open sockets), world-
-writable places like /tmp stay writable, RLIMIT_NPROC counts all of the caller's processes, and a process that
-calls setsid() can outlive the run. Files readable by everyone (e.g. the installed packages) stay readable in
-both modes. `allowed_modules` are imported before the uid drop, because the interpreter may live in a directory
-the sandbox uid cannot read; other standard-library imports then fail with ImportError.
+`isolation="process"` (the fallback when not root or when `unshare` is refused) keeps the process and
+supervisor, rlimits, output cap, clean environment, private work directory (deleted afterwards), the separate
+uid when root, and the audit hook, but has no namespaces: the network and writes to world-writable places such
+as /tmp are blocked only by the audit hook (a C extension could get around it), and without root RLIMIT_NPROC
+counts all of the caller's processes and the program runs as the caller's uid (it can read the caller's files).
+Files readable by everyone (e.g. the installed packages) stay readable in both modes. `ALLOWED_MODULES` are
+imported before the uid drop, because the interpreter may live in a directory the sandbox uid cannot read
+(as here: /root/.pyenv); other standard-library imports then fail with ImportError.
 """
 from __future__ import annotations
 
@@ -53,7 +59,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["Program", "SandboxResult", "Sandbox", "run_program", "isolation_available", "ALLOWED_MODULES"]
+__all__ = ["Program", "SandboxResult", "Sandbox", "run_program", "isolation_available", "uid_processes",
+           "ALLOWED_MODULES"]
 
 HARNESS = Path(__file__).with_name("_harness.py")
 # The standard library a test program may import (preloaded before the uid drop, see the module docstring).
@@ -74,7 +81,11 @@ class Program:
     """One job: `context` (trusted code run in the test namespace, e.g. the dataset's helper definitions),
     `code` (untrusted), `tests` (statement sources run one by one after `code`; each passes iff it raises
     nothing), `counts[i]` (whether test i is scored; setup statements are not), and `candidate` (a name in
-    the program bound as `candidate` in the test namespace)."""
+    the program bound as `candidate` in the test namespace).
+
+    The tests see: the context's names first (the program cannot replace them), then the program's global
+    names except those that shadow builtins, and builtins as they were before the program ran.
+    """
 
     code: str
     tests: list[str] = field(default_factory=list)
@@ -172,20 +183,35 @@ class _SlotPool:
 _SLOTS = _SlotPool()
 
 
+def uid_processes(uid_min: int, uid_max: int | None = None) -> list[int]:
+    """Pids whose real uid is in [uid_min, uid_max] (from the "Uid:" line of /proc/<pid>/status: the owner
+    of /proc/<pid> itself turns to root for the non-dumpable sandbox processes)."""
+    uid_max = uid_min if uid_max is None else uid_max
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"{entry.path}/status", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"Uid:"):
+                            if uid_min <= int(line.split()[1]) <= uid_max:
+                                out.append(int(entry.name))
+                            break
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
 def _kill_uid(uid: int) -> None:
     """SIGKILL every process whose real uid is `uid` (the sandbox uid owns nothing else)."""
     for _ in range(3):
-        found = False
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
+        pids = uid_processes(uid)
+        for pid in pids:
             try:
-                if os.stat(entry.path).st_uid == uid:
-                    found = True
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (FileNotFoundError, ProcessLookupError, PermissionError):
-                continue
-        if not found:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not pids:
             return
         time.sleep(0.01)
 
@@ -327,10 +353,11 @@ class Sandbox:
             sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
             sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
             sel.register(result_r, selectors.EVENT_READ, "result")
+            reported = False
             while sel.get_map():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    reason = "timeout"
+                    reason = None if reported else "timeout"
                     break
                 for key, _ in sel.select(timeout=min(remaining, 0.5)):
                     fd = key.fileobj if isinstance(key.fileobj, int) else key.fileobj.fileno()
@@ -343,11 +370,16 @@ class Sandbox:
                     cap = self.max_output_bytes if key.data != "result" else 1 << 20
                     if len(buf) > cap:
                         del buf[cap:]
-                        reason = "output_limit" if key.data != "result" else "tampered"
+                        over = "output_limit" if key.data != "result" else "tampered"
+                        reason = over if not reported or key.data == "result" else "drained"
                 if reason is not None:
+                    reason = None if reason == "drained" else reason
                     break
-                if done_marker in bufs["result"] and bufs["result"].endswith(b"\n"):
-                    break  # the harness reported; its process is about to exit (killed anyway below)
+                if not reported and done_marker in bufs["result"] and bufs["result"].endswith(b"\n"):
+                    # The harness reported and exits; drain what the program printed until EOF (the
+                    # supervisor kills whatever keeps the pipes open), for at most a short grace period.
+                    reported = True
+                    deadline = min(deadline, time.monotonic() + 1.0)
         return {"reason": reason, **bufs}
 
     def _result(self, program: Program, out: dict, nonce: str, wall_s: float) -> SandboxResult:

@@ -1,0 +1,196 @@
+"""Evaluation metrics from n >= k samples per prompt: unbiased pass@k, BoK (verifier pick), majority@k, and more.
+
+Every metric estimates the expectation over a uniformly random k-subset of the n samples a prompt has. pass@k and
+BoK do it exactly, in closed form. majority@k does it exactly by enumeration when C(n, k) is small, and otherwise by
+a seeded Monte Carlo over subsets.
+The tie rule is that of ``bonfast.objectives``: ties in verifier scores, and ties between answer classes in majority
+voting, are broken uniformly at random, and the metrics average over the tie-break exactly. Training, selection and
+evaluation therefore agree (PAPER 0.5, 6.12).
+
+    pass_at_k(n, c, k)        1 − C(n−c, k) / C(n, k)                         (Chen et al. 2021)
+    bo_k(scores, rewards, k)  Σ_i R_i P(i is the verifier pick of a random k-subset)   (max@k in verifier order)
+    majority_at_k(...)        E[correctness of the most frequent answer among k]
+    curve(fn, ks)             stack fn(k) over k
+    bootstrap_ci(x)           percentile bootstrap over prompts
+    fit_coscaling(ns, pass)   pass@N ≈ exp(a N^b)                            (PAPER 2.6)
+
+These functions are for evaluation, not for the training hot path. Their input checks may sync the host.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from bonfast.objectives import _check_values, _int_arg, _matrix, _rank_counts, pick_probability
+
+__all__ = ["pass_at_k", "bo_k", "majority_at_k", "curve", "bootstrap_ci", "fit_coscaling"]
+
+
+def _counts(name: str, x) -> Tensor:
+    if isinstance(x, bool) or not isinstance(x, (numbers.Integral, Tensor)):
+        raise ValueError(f"{name} must be an int or an integer-valued tensor, got {type(x).__name__}")
+    t = torch.as_tensor(x).detach()
+    if t.is_complex():
+        raise ValueError(f"{name} must be real, got {t.dtype}")
+    t = t.to(torch.float64)
+    _check_values([(~torch.isfinite(t) | (t != t.round()), f"{name} must hold integers (got non-integer values)")])
+    return t
+
+
+def pass_at_k(num_samples, num_correct, k):
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021), elementwise with broadcasting:
+
+        pass@k = 1 − C(n−c, k) / C(n, k) = 1 − Π_{j<k} (1 − c/(n−j)),
+
+    computed as −expm1(Σ_{j<k} log1p(−c/(n−j))). This is stable, accurate to a few ulp even when pass@k is tiny,
+    and exactly 1 once n − c < k.
+
+    Shapes:
+        num_samples, num_correct, k: ints or broadcastable integer tensors. Returns a float if all three are ints,
+        otherwise a float64 tensor of the broadcast shape.
+    """
+    all_int = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (num_samples, num_correct, k))
+    n, c, kk = torch.broadcast_tensors(_counts("num_samples", num_samples), _counts("num_correct", num_correct),
+                                       _counts("k", k))
+    _check_values([((c < 0) | (c > n), "num_correct must be in [0, num_samples]"),
+                   ((kk < 1) | (kk > n), "k must be in [1, num_samples]")])
+    k_max = int(kk.max()) if kk.numel() else 0  # host sync: evaluation only
+    j = torch.arange(k_max, dtype=torch.float64)
+    n_, c_, k_ = n.unsqueeze(-1), c.unsqueeze(-1), kk.unsqueeze(-1)
+    ratio = torch.where(j < k_, c_ / (n_ - j).clamp(min=1.0), 0.0).clamp(max=1.0)  # (…, k_max)
+    out = -torch.expm1(torch.log1p(-ratio).sum(-1))
+    return float(out) if all_int else out
+
+
+def bo_k(scores: Tensor, rewards: Tensor, k: int) -> Tensor:
+    """Exact BoK: expected reward of the verifier's pick among a uniformly random k-subset of the n samples.
+
+        BoK = Σ_i R_i (k/n) P_pick(a_i, e_i; k, n),
+
+    where P_pick is ``objectives.pick_probability``, a_i / e_i count the samples strictly below / tied with i, and
+    ties are broken uniformly at random, averaged exactly. Without ties this is the max@k formula in verifier order,
+    Σ_{i>=k} C(i−1, k−1)/C(n, k) R_(i) (PAPER 3). With ``scores = rewards`` it is max@k (pass@k for binary R).
+
+    Shapes:
+        scores, rewards: [G, n]; returns [G] float64.
+    """
+    R = _matrix("rewards", rewards)
+    s = _matrix("scores", scores, R.shape, rewards.device)
+    n = R.shape[1]
+    k = _int_arg("k", k, 1, n, "k <= n, the samples per prompt")
+    _check_values([(~torch.isfinite(R), "rewards must be finite (no NaN or inf)"),
+                   (~torch.isfinite(s), "scores must be finite (no NaN or inf)")])
+    a, e, _ = _rank_counts(s)
+    return (R * pick_probability(a, e, k=k, n=n)).sum(-1) * (k / n)
+
+
+def majority_at_k(answers: Sequence[Sequence], correct, k: int, *, max_subsets: int = 20000,
+                  n_mc: int = 4096, seed: int = 0) -> Tensor:
+    """Majority@k: expected correctness of the most frequent answer among a uniformly random k-subset.
+
+    ``answers[g]`` holds the n_g hashable final answers of prompt g (e.g. normalised strings; None is an answer like
+    any other). ``correct[g]`` holds their correctness (bool or float reward), as a list of lists or a [G, n]
+    tensor. Ties between answer classes are broken uniformly at random and averaged exactly. Each answer class is
+    worth the mean correctness of its members. That is exact even when a grader is inconsistent: the members of a
+    class inside a random subset are a uniformly random subset of that class.
+    The expectation over subsets is exact (all C(n, k) subsets enumerated) when C(n_g, k) <= ``max_subsets``.
+    Otherwise it is a Monte-Carlo average over ``n_mc`` uniformly random k-subsets drawn with
+    ``torch.Generator().manual_seed(seed + g)``. The standard error is at most 0.5/sqrt(n_mc) per prompt.
+
+    Shapes:
+        answers: G lists of n_g answers; correct: G lists of n_g values or [G, n]; returns [G] float64.
+    """
+    k = _int_arg("k", k, 1)
+    max_subsets, n_mc = _int_arg("max_subsets", max_subsets, 1), _int_arg("n_mc", n_mc, 1)
+    if isinstance(correct, Tensor):
+        correct = _matrix("correct", correct).tolist()
+    if not isinstance(answers, Sequence) or not isinstance(correct, Sequence) or len(answers) != len(correct):
+        raise ValueError("answers and correct must be sequences with one entry per prompt (the same length G)")
+    out = []
+    for g, (ans, cor) in enumerate(zip(answers, correct)):
+        n = len(ans)
+        if len(cor) != n:
+            raise ValueError(f"correct[{g}] must have len(answers[{g}]) = {n} entries, got {len(cor)}")
+        if k > n:
+            raise ValueError(f"k must be <= the number of samples of every prompt; prompt {g} has {n} < k = {k}")
+        ids: dict = {}
+        cls = torch.tensor([ids.setdefault(a, len(ids)) for a in ans], dtype=torch.long)
+        values = torch.tensor([float(v) for v in cor], dtype=torch.float64)
+        if not torch.isfinite(values).all():
+            raise ValueError(f"correct[{g}] must be finite")
+        worth = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, cls, values)
+        worth /= torch.bincount(cls, minlength=len(ids))
+        if math.comb(n, k) <= max_subsets:
+            subsets = torch.tensor(list(itertools.combinations(range(n), k)), dtype=torch.long).reshape(-1, k)
+        else:
+            gen = torch.Generator().manual_seed(seed + g)
+            subsets = torch.rand(n_mc, n, generator=gen).argsort(-1)[:, :k]  # (n_mc, k) uniform k-subsets
+        votes = torch.zeros(len(subsets), len(ids), dtype=torch.float64)
+        votes.scatter_add_(1, cls[subsets], torch.ones(subsets.shape, dtype=torch.float64))  # (S, classes)
+        top = (votes == votes.amax(-1, keepdim=True)).to(torch.float64)
+        out.append(((top @ worth) / top.sum(-1)).mean())
+    return torch.stack(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def curve(fn: Callable[[int], object], ks: Iterable[int]) -> Tensor:
+    """Stack ``fn(k)`` for k in ``ks``, e.g. ``curve(lambda k: bo_k(s, R, k).mean(), range(1, 33))``.
+
+    Shapes:
+        fn(k): a scalar or a tensor of a fixed shape S; returns [len(ks), *S] float64.
+    """
+    ks = list(ks)
+    if not ks:
+        raise ValueError("ks must contain at least one k")
+    return torch.stack([torch.as_tensor(fn(k), dtype=torch.float64) for k in ks])
+
+
+def bootstrap_ci(per_prompt: Tensor, *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0):
+    """Mean over prompts with a percentile-bootstrap (1 − alpha) confidence interval, resampling prompts.
+
+    Returns (mean, lo, hi) as floats; ``torch.Generator().manual_seed(seed)`` makes it reproducible.
+
+    Shapes:
+        per_prompt: [G] (G >= 1).
+    """
+    if not isinstance(per_prompt, Tensor) or per_prompt.dim() != 1 or per_prompt.numel() < 1:
+        raise ValueError(f"per_prompt must be a tensor of shape [G] with G >= 1, got "
+                         f"{list(per_prompt.shape) if isinstance(per_prompt, Tensor) else type(per_prompt).__name__}")
+    n_boot = _int_arg("n_boot", n_boot, 1)
+    if not isinstance(alpha, numbers.Real) or not 0 < alpha < 1:
+        raise ValueError(f"alpha must be a float in (0, 1), got {alpha!r}")
+    x = per_prompt.detach().to(torch.float64).cpu()
+    _check_values([(~torch.isfinite(x), "per_prompt must be finite (no NaN or inf)")])
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(x), (n_boot, len(x)), generator=gen)
+    means = x[idx].mean(-1)
+    lo, hi = torch.quantile(means, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64)).tolist()
+    return float(x.mean()), lo, hi
+
+
+def fit_coscaling(ns, pass_at_n):
+    """Fit the co-scaling law pass@N ≈ exp(a N^b) (PAPER 2.6) by least squares on log(−log pass@N) = log(−a) + b log N.
+
+    Fit once per temperature T to get a(T), b(T). Usually a < 0 and b < 0, so pass@N → 1 as N grows.
+
+    Shapes:
+        ns: [m] positive sample counts (at least two distinct); pass_at_n: [m] values in (0, 1). Returns (a, b).
+    """
+    N = torch.as_tensor(ns, dtype=torch.float64).flatten()
+    P = torch.as_tensor(pass_at_n, dtype=torch.float64).flatten()
+    if N.shape != P.shape or N.numel() < 2:
+        raise ValueError(f"ns and pass_at_n must be 1-D with the same length >= 2, got {list(N.shape)} and "
+                         f"{list(P.shape)}")
+    _check_values([(~(N > 0) | ~torch.isfinite(N), "ns must be finite and > 0"),
+                   (~((P > 0) & (P < 1)), "pass_at_n must lie strictly inside (0, 1) (log(-log p) is undefined "
+                                          "at 0 and 1)")])
+    if bool((N == N[0]).all()):
+        raise ValueError("ns must contain at least two distinct values")
+    x, y = N.log(), torch.log(-torch.log(P))
+    xm, ym = x.mean(), y.mean()
+    b = ((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum()
+    return -float(torch.exp(ym - b * xm)), float(b)

@@ -1,0 +1,150 @@
+"""bonfast.metrics against exact arithmetic (math.comb, fractions) and brute force over subsets and tie-breaks."""
+import itertools
+import math
+from collections import Counter
+from fractions import Fraction
+
+import pytest
+import torch
+
+from bonfast import metrics as mt
+from bonfast import objectives as ob
+
+
+def test_pass_at_k_matches_math_comb_for_every_n_up_to_64():
+    rows = [(n, c, k) for n in range(1, 65) for c in range(n + 1) for k in range(1, n + 1)]
+    n, c, k = (torch.tensor(col) for col in zip(*rows))
+    got = mt.pass_at_k(n, c, k)
+    want = torch.tensor([float(1 - Fraction(math.comb(a - b, d), math.comb(a, d))) for a, b, d in rows],
+                        dtype=torch.float64)
+    assert got.dtype == torch.float64 and got.shape == want.shape
+    err = (got - want).abs() / want.abs().clamp(min=1e-300)
+    assert torch.all((err <= 1e-12) | ((got - want).abs() <= 1e-300)), f"max rel err {err.max():.3e}"
+    assert torch.all(got[c == 0] == 0) and torch.all(got[(n - c) < k] == 1)
+
+
+def test_pass_at_k_ints_broadcasting_and_float_counts():
+    assert mt.pass_at_k(10, 3, 1) == pytest.approx(0.3, abs=1e-15)
+    assert isinstance(mt.pass_at_k(10, 3, 2), float)
+    out = mt.pass_at_k(torch.tensor([[5], [8]]), torch.tensor([0, 1, 2]), 2)  # (2, 1) x (3,) -> (2, 3)
+    assert out.shape == (2, 3)
+    torch.testing.assert_close(out[1, 2], torch.tensor(1 - 15 / 28, dtype=torch.float64))
+    torch.testing.assert_close(mt.pass_at_k(torch.tensor([6.0]), torch.tensor([3.0]), 3),
+                               torch.tensor([1 - 1 / 20], dtype=torch.float64))
+
+
+def brute_bok(R, s, k):
+    """Average over all k-subsets and all global tie-break orders of R at the subset's top-ranked sample."""
+    n = len(R)
+    blocks = [[i for i in range(n) if s[i] == v] for v in sorted(set(s))]
+    total, count = Fraction(0), 0
+    for order in itertools.product(*[itertools.permutations(b) for b in blocks]):
+        rank = {i: r for r, i in enumerate(itertools.chain(*order))}
+        for S in itertools.combinations(range(n), k):
+            total += Fraction(R[max(S, key=rank.__getitem__)])
+            count += 1
+    return float(total / count)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 7, 10])
+def test_bo_k_brute_force_with_ties(n):
+    gen = torch.Generator().manual_seed(n)
+    levels = max(2, n // 2 + 1)  # blocks of about two: every prompt has ties, brute force stays cheap
+    s = torch.randint(0, levels, (3, n), generator=gen).to(torch.float64)
+    R = torch.randint(-4, 9, (3, n), generator=gen).to(torch.float64) / 4
+    for k in range(1, n + 1):
+        got = mt.bo_k(s, R, k)
+        want = torch.tensor([brute_bok(R[g].tolist(), s[g].tolist(), k) for g in range(3)], dtype=torch.float64)
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-14)
+
+
+def test_bo_k_identities():
+    gen = torch.Generator().manual_seed(0)
+    R = torch.randint(0, 2, (16, 12), generator=gen).to(torch.float64)
+    s = torch.randn(16, 12, generator=gen, dtype=torch.float64)
+    for k in range(1, 13):
+        # BoN with the reward itself as the verifier is pass@k for binary rewards
+        torch.testing.assert_close(mt.bo_k(R, R, k), mt.pass_at_k(12, R.sum(-1).long(), k), rtol=1e-12, atol=1e-14)
+        # no ties: PAPER 3, Σ_{i>=k} C(i-1, k-1)/C(n, k) R_(i) in ascending verifier order
+        order = s.argsort(-1)
+        coef = torch.tensor([math.comb(i - 1, k - 1) / math.comb(12, k) for i in range(1, 13)], dtype=torch.float64)
+        torch.testing.assert_close(mt.bo_k(s, R, k), (R.gather(-1, order) * coef).sum(-1), rtol=1e-12, atol=1e-14)
+        # subset credits of the objectives add up to k × BoK
+        torch.testing.assert_close(ob.subset_credit(R, s, k).sum(-1) / k, mt.bo_k(s, R, k), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(mt.bo_k(s, R, 1), R.mean(-1))
+
+
+def brute_majority(answers, correct, k):
+    worth = {a: sum(c for b, c in zip(answers, correct) if b == a) / answers.count(a) for a in set(answers)}
+    total = Fraction(0)
+    subsets = list(itertools.combinations(range(len(answers)), k))
+    for S in subsets:
+        votes = Counter(answers[i] for i in S)
+        top = max(votes.values())
+        winners = [a for a, v in votes.items() if v == top]
+        total += sum(Fraction(worth[a]) for a in winners) / len(winners)
+    return float(total / len(subsets))
+
+
+def test_majority_at_k_exact_and_monte_carlo():
+    answers = [["7", "7", "3", "7", "3", None, "5", "3", "1"], ["a", "b", "c", "d"], ["x"] * 5 + ["y"] * 4]
+    correct = [[1, 1, 0, 1, 0, 0, 0, 0, 0], [0, 1, 0, 0], [0.0] * 5 + [1.0] * 4]
+    for k in range(1, 5):
+        got = mt.majority_at_k(answers, correct, k)
+        want = torch.tensor([brute_majority(a, c, k) for a, c in zip(answers, correct)], dtype=torch.float64)
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-14)
+        mc = mt.majority_at_k(answers, correct, k, max_subsets=1, n_mc=8000, seed=3)
+        assert torch.all((mc - want).abs() <= 5 * 0.5 / math.sqrt(8000))
+    assert torch.equal(mc, mt.majority_at_k(answers, correct, k, max_subsets=1, n_mc=8000, seed=3))
+    # correctness as a [G, n] tensor; k = 1 is the mean correctness
+    t = torch.tensor(correct[2])[None]
+    torch.testing.assert_close(mt.majority_at_k(answers[2:], t, 1), t.mean(-1).to(torch.float64))
+
+
+def test_curve_bootstrap_and_coscaling():
+    R = torch.randint(0, 2, (5, 8)).to(torch.float64)
+    s = torch.randn(5, 8, dtype=torch.float64)
+    c = mt.curve(lambda k: mt.bo_k(s, R, k), range(1, 9))
+    assert c.shape == (8, 5) and c.dtype == torch.float64
+    assert torch.all(mt.curve(lambda k: mt.pass_at_k(8, 3, k), [1, 2, 4]).diff() >= 0)
+
+    x = torch.rand(200, dtype=torch.float64)
+    mean, lo, hi = mt.bootstrap_ci(x, n_boot=500, seed=1)
+    assert lo < mean < hi and mean == pytest.approx(x.mean().item())
+    assert (mean, lo, hi) == mt.bootstrap_ci(x, n_boot=500, seed=1)
+    assert hi - lo == pytest.approx(2 * 1.96 * x.std().item() / math.sqrt(200), rel=0.25)
+    assert mt.bootstrap_ci(torch.full((4,), 0.5)) == (0.5, 0.5, 0.5)
+
+    ns = torch.tensor([1.0, 2, 4, 8, 16, 32], dtype=torch.float64)
+    a, b = mt.fit_coscaling(ns, torch.exp(-1.3 * ns ** -0.4))
+    assert a == pytest.approx(-1.3, rel=1e-12) and b == pytest.approx(-0.4, rel=1e-12)
+
+
+BAD = [
+    (lambda: mt.pass_at_k(4, 5, 1), "num_correct must be in"),
+    (lambda: mt.pass_at_k(4, 2, 5), "k must be in"),
+    (lambda: mt.pass_at_k(4, 2, 0), "k must be in"),
+    (lambda: mt.pass_at_k(4.5, 2, 1), "num_samples must be an int"),
+    (lambda: mt.pass_at_k(torch.tensor([4.5]), 2, 1), "num_samples must hold integers"),
+    (lambda: mt.bo_k(torch.zeros(2, 3), torch.zeros(2, 4), 1), "scores must have shape"),
+    (lambda: mt.bo_k(torch.zeros(2, 3), torch.zeros(2, 3), 4), "k must be in"),
+    (lambda: mt.bo_k(torch.zeros(3), torch.zeros(3), 1), "rewards must have shape"),
+    (lambda: mt.bo_k(torch.full((1, 2), float("nan")), torch.zeros(1, 2), 1), "scores must be finite"),
+    (lambda: mt.majority_at_k([["a"]], [[1], [0]], 1), "same length"),
+    (lambda: mt.majority_at_k([["a", "b"]], [[1]], 1), "correct\\[0\\] must have"),
+    (lambda: mt.majority_at_k([["a", "b"]], [[1, 0]], 3), "k must be <="),
+    (lambda: mt.curve(lambda k: k, []), "ks must contain"),
+    (lambda: mt.bootstrap_ci(torch.zeros(2, 2)), "per_prompt must be a tensor of shape \\[G\\]"),
+    (lambda: mt.bootstrap_ci(torch.zeros(3), alpha=1.5), "alpha must be"),
+    (lambda: mt.bootstrap_ci(torch.tensor([0.0, float("inf")])), "per_prompt must be finite"),
+    (lambda: mt.fit_coscaling([1, 2], [0.5, 1.0]), "pass_at_n must lie strictly inside"),
+    (lambda: mt.fit_coscaling([2, 2], [0.5, 0.6]), "two distinct"),
+    (lambda: mt.fit_coscaling([1, 2, 3], [0.5, 0.6]), "same length"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD)))
+def test_bad_input_raises_value_error(case):
+    fn, match = BAD[case]
+    with pytest.raises(ValueError, match=match):
+        fn()
