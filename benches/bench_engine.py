@@ -4,7 +4,7 @@ Reports generated tokens/s (prefill included, every sample runs to max_new_token
 bytes: bonfast's shared-prefix cache as allocated (`Rollouts.stats`), transformers' DynamicCache as
 measured after the call. Both run in the same process, alternating, best of `--repeats`.
 
-    python benches/bench_engine.py                     # tiny Llama: D=256, 4 layers, V=32k, 2 x 512 tokens, n=16, 64 new
+    python benches/bench_engine.py                     # tiny Llama D=256, 4 layers, V=32k, 2 x 512, n=16, 64 new
     python benches/bench_engine.py --smollm2           # + SmolLM2-135M-Instruct (GGUF), 2 GSM8K prompts, n=8, 128 new
     pytest benches/bench_engine.py --benchmark-disable # as a test: tiny shapes, each provider once
     pytest benches/bench_engine.py -m slow             # SmolLM2 run under pytest

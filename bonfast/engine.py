@@ -7,7 +7,10 @@
 
 KV memory is `P + n*L` tokens per prompt instead of the `n*(P+L)` of `generate(num_return_sequences=n)`,
 and prefill costs n times fewer FLOPs. Finished samples leave the active set (the model runs only on
-active rows, and the cache layout is compacted once more than a quarter of its slots are dead).
+active rows, and the cache layout is compacted once more than a quarter of its slots are dead). The host
+reads the finished flags every step on CPU and every 4 steps on CUDA (one small device-to-host copy;
+tokens drawn after a stop are discarded). A model without prefix sharing (`bonfast.model.HFAdapter`) is
+decoded through transformers' own cache, forked n ways after one prefill per prompt.
 
 Sampling. For logits z of one row at temperature T > 0, the distribution is softmax(z / T), truncated by
 top-k (keep the k largest), then top-p (keep the smallest set of most likely tokens whose mass reaches

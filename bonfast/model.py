@@ -20,7 +20,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -117,7 +117,8 @@ class ModelConfig:
             attention_bias=True if mt == "qwen2" else bias, o_bias=bias if mt in ("llama", "qwen3") else False,
             mlp_bias=bool(getattr(hf_config, "mlp_bias", False)), qk_norm=mt == "qwen3",
             max_position_embeddings=hf_config.max_position_embeddings,
-            bos_token_id=getattr(hf_config, "bos_token_id", None), eos_token_id=getattr(hf_config, "eos_token_id", None),
+            bos_token_id=getattr(hf_config, "bos_token_id", None),
+            eos_token_id=getattr(hf_config, "eos_token_id", None),
             pad_token_id=getattr(hf_config, "pad_token_id", None), model_type=mt, sliding_window=sliding,
             initializer_range=getattr(hf_config, "initializer_range", 0.02),
         )
@@ -491,9 +492,12 @@ def load_model(path: str | os.PathLike, *, gguf_file: str | None = None, dtype: 
         raise ValueError(f"load_model: {cfg_file} not found (a checkpoint directory needs config.json)")
     model_type = json.loads(cfg_file.read_text()).get("model_type")
     if model_type in SUPPORTED_MODEL_TYPES:
-        hf_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+        cfg = ModelConfig.from_hf(AutoConfig.from_pretrained(path, local_files_only=True))
+        if cfg.sliding_window is not None and cfg.sliding_window < cfg.max_position_embeddings:
+            warnings.warn(f"{cfg_file}: sliding_window={cfg.sliding_window} is not applied (full attention); "
+                          "sequences longer than the window differ from the reference model", stacklevel=2)
         tensors, origin = _read_state_dict(path)
-        model = _lean_from_state_dict(ModelConfig.from_hf(hf_cfg), tensors, origin, str(path))
+        model = _lean_from_state_dict(cfg, tensors, origin, str(path))
     else:
         model = _adapter_from_path(path, model_type, allow_adapter)
     return model.to(dtype=dtype, device=device), _tokenizer(path, None)

@@ -165,15 +165,16 @@ class _LinearLogprobsTorch(torch.autograd.Function):
         for s in range(0, T, chunk):
             z = _chunk_logits(hidden[s:s + chunk], w, temperature)  # (C, V)
             m = z.amax(-1, keepdim=True)
-            e = torch.exp(z - m)
+            z_y = z.gather(-1, safe[s:s + chunk, None])[:, 0]
+            z -= m  # in place from here on: one (C, V) buffer (two with entropy)
+            e = torch.exp(z) if want_entropy else z.exp_()
             sum_e = e.sum(-1)
             row_max[s:s + chunk], log_sum[s:s + chunk] = m[:, 0], torch.log(sum_e)
             v = valid[s:s + chunk]
             lse[s:s + chunk] = torch.where(v, m[:, 0] + log_sum[s:s + chunk], 0.0)
-            z_y = z.gather(-1, safe[s:s + chunk, None])[:, 0]
             logp[s:s + chunk] = torch.where(v, (z_y - m[:, 0]) - log_sum[s:s + chunk], 0.0)
             if want_entropy:  # H = log s - sum_v e_v (z_v - m) / s
-                entropy[s:s + chunk] = torch.where(v, log_sum[s:s + chunk] - (e * (z - m)).sum(-1) / sum_e, 0.0)
+                entropy[s:s + chunk] = torch.where(v, log_sum[s:s + chunk] - (e * z).sum(-1) / sum_e, 0.0)
         ctx.save_for_backward(hidden, weight, targets, row_max, log_sum, entropy)
         ctx.temperature, ctx.ignore_index, ctx.chunk = temperature, ignore_index, chunk
         ctx.set_materialize_grads(False)  # unused outputs arrive as None: no entropy work unless needed
@@ -200,15 +201,16 @@ class _LinearLogprobsTorch(torch.autograd.Function):
         for s in range(0, T, chunk):
             x = hidden[s:s + chunk].to(compute)  # (C, D)
             z = _chunk_logits(x, w, tau)  # (C, V)
-            logq = (z - row_max[s:s + chunk, None]) - log_sum[s:s + chunk, None]
-            p = torch.exp(logq)
+            logq = z.sub_(row_max[s:s + chunk, None] + log_sum[s:s + chunk, None])  # in place
             # dL/dz = g_logp (onehot - p) - g_H p (log p + H) + g_lse p
             coef = -g_logp[s:s + chunk]
             if g_lse is not None:
                 coef = coef + g_lse[s:s + chunk]
-            dz = p * coef[:, None]
-            if g_entropy is not None:
-                dz -= g_entropy[s:s + chunk, None] * p * (logq + entropy[s:s + chunk, None])
+            if g_entropy is None:
+                dz = logq.exp_().mul_(coef[:, None])  # one (C, V) buffer throughout
+            else:
+                p = torch.exp(logq)
+                dz = p * (coef[:, None] - g_entropy[s:s + chunk, None] * (logq + entropy[s:s + chunk, None]))
             dz.scatter_add_(-1, safe[s:s + chunk, None], g_logp[s:s + chunk, None])
             dz /= tau  # z = x w^T / tau
             if need_x:

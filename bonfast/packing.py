@@ -26,7 +26,6 @@ import contextlib
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 
 from bonfast.attention import BACKENDS, CausalAttention, attention, flex_block_attention, resolve_backend
 
@@ -52,7 +51,11 @@ class PackedBatch:
     n: int
     shared: bool  # True: one row per prompt; False: one row per prompt + response (the duplicated baseline)
     lengths: list  # resp_lens as python ints [G][n], to split results without a device sync
-    prompt_idx: torch.Tensor | None = None  # concat plan: [G*Pm] flat rows of prompt slots
+    prompts: list  # the token lists this batch was built from (host; for the duplicated fallback)
+    responses: list
+    pad_id: int
+    prompt_slots: int = 0  # concat plan: Pm = max prompt length (prompt slots = first Pm columns of a row)
+    resp_slots: int = 0  # Rm = max response length (>= 1)
     resp_idx: torch.Tensor | None = None  # [G*n*Rm] flat rows of response slots (pad slots -> row 0 of the row)
     resp_mask: torch.Tensor | None = None  # bool [G*n, 1, Rm, Pm+Rm], None when all lengths agree (pure causal)
     out_src: torch.Tensor | None = None  # [B*T] where each packed position reads its concat output
@@ -68,6 +71,15 @@ class PackedBatch:
                 moved[k] = v.to(device, non_blocking=True)
         return PackedBatch(**moved)
 
+    def unshared(self) -> "PackedBatch":
+        """The same samples in the duplicated layout (one row per prompt + response), on the same device.
+
+        Targets and sample_index keep their order, so results of either layout line up token for token.
+        """
+        if not self.shared:
+            return self
+        return pack(self.prompts, self.responses, pad_id=self.pad_id, share_prefix=False).to(self.input_ids.device)
+
     def dense_mask(self) -> torch.Tensor:
         """bool [B, 1, T, T]: causal in row order, and a key is visible iff it is prompt or same segment."""
         seg = self.segment
@@ -81,8 +93,9 @@ def _validate(prompts, responses):
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError("prompts must be a non-empty list of token-id lists")
     if not isinstance(responses, (list, tuple)) or len(responses) != len(prompts):
+        got = len(responses) if hasattr(responses, "__len__") else "?"
         raise ValueError(f"responses must be a list of {len(prompts)} lists (one per prompt), got "
-                         f"{type(responses).__name__} of length {len(responses) if hasattr(responses, '__len__') else '?'}")
+                         f"{type(responses).__name__} of length {got}")
     n = len(responses[0]) if isinstance(responses[0], (list, tuple)) else -1
     for g, (p, rs) in enumerate(zip(prompts, responses)):
         if not isinstance(p, (list, tuple)) or len(p) == 0:
@@ -141,20 +154,23 @@ def pack(prompts: list[list[int]], responses: list[list[list[int]]], *, pad_id: 
         raise ValueError(f"token ids must be >= 0, found {tmin}")
     batch = PackedBatch(ids, pos, seg, torch.tensor(resp_rows, dtype=torch.long),
                         torch.tensor(targets, dtype=torch.long), torch.tensor(sidx, dtype=torch.long),
-                        torch.tensor(P), torch.tensor(L, dtype=torch.long).view(G, n), n, share_prefix, L)
+                        torch.tensor(P), torch.tensor(L, dtype=torch.long).view(G, n), n, share_prefix, L,
+                        prompts, responses, pad_id)
     if share_prefix:
         _concat_plan(batch, P, L)
     return batch
 
 
 def _concat_plan(batch: PackedBatch, P: list[int], L: list[list[int]]) -> None:
-    """Index tensors of the concat layout: prompt slots [G, Pm], response slots [G*n, Rm], and back."""
+    """Index tensors of the concat layout: prompt slots [G, Pm], response slots [G*n, Rm], and back.
+
+    With equal prompt and response lengths the layout is a pure reshape and `resp_mask` stays None.
+    """
     G, n, T = len(P), batch.n, batch.input_ids.shape[1]
     Pm, Rm = max(P), max(max(ls) for ls in L)
     uniform = len(set(P)) == 1 and len({x for ls in L for x in ls}) == 1 and Rm > 0
     Rm = max(Rm, 1)
     p = torch.arange(Pm)
-    prompt_idx = (torch.arange(G)[:, None] * T + p).reshape(-1)  # (G*Pm,), slots past P_g are ignored
     P_t, L_t = torch.tensor(P), torch.tensor(L).view(G, n)
     starts = P_t[:, None] + torch.cumsum(L_t, 1) - L_t  # (G, n) first column of r_i in the row
     j = torch.arange(Rm)
@@ -172,7 +188,8 @@ def _concat_plan(batch: PackedBatch, P: list[int], L: list[list[int]]) -> None:
         kp = kp.expand(G, n, Pm).reshape(G * n, 1, 1, Pm).expand(G * n, 1, Rm, Pm)
         own = (j[None, :] <= j[:, None])[None, None] & real.view(G * n, 1, 1, Rm)  # (G*n, 1, Rm, Rm)
         batch.resp_mask = torch.cat([kp, own.expand(G * n, 1, Rm, Rm)], dim=-1)
-    batch.prompt_idx, batch.resp_idx, batch.out_src = prompt_idx, resp_idx, out_src.reshape(-1)
+    batch.prompt_slots, batch.resp_slots = Pm, Rm
+    batch.resp_idx, batch.out_src = resp_idx, out_src.reshape(-1)
 
 
 class PackedAttention:
@@ -214,8 +231,7 @@ class PackedAttention:
         b = self.batch
         G, T, Hq, Dh = q.shape
         Hkv, n = k.shape[2], b.n
-        Pm = b.prompt_idx.shape[0] // G
-        Rm = b.resp_idx.shape[0] // (G * n)
+        Pm, Rm = b.prompt_slots, b.resp_slots
         # prompt slots are the first Pm columns of every row (slots past P_g are masked out or unused)
         qp, kp, vp = q[:, :Pm], k[:, :Pm], v[:, :Pm]  # (G, Pm, H, Dh) views
         out_p = attention(qp, kp, vp, causal=True, backend=backend)  # rows past P_g unused
@@ -261,11 +277,13 @@ def packed_hidden(model, batch: PackedBatch, *, backend: str = "auto", layout: s
                   autocast: bool | None = None) -> torch.Tensor:
     """Hidden states [T_resp, D] that predict `batch.targets` (graph kept, for the fused loss head).
 
+    Models without prefix sharing (`HFAdapter`) run the duplicated layout of the same batch.
+
     Shapes:
         returns [T_resp, D]; row k predicts batch.targets[k] of sample batch.sample_index[k].
     """
     if batch.shared and not model.supports_prefix_sharing:
-        raise ValueError(f"{type(model).__name__} does not support prefix sharing: pack with share_prefix=False")
+        batch = batch.unshared()  # e.g. HFAdapter: one row per sample, same target order
     attn = PackedAttention(batch, backend, layout) if batch.shared else CausalAttention(backend)
     with _autocast(model, autocast):
         h = model.hidden(batch.input_ids, batch.positions, attn)  # (B, T, D)

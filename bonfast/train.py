@@ -148,6 +148,7 @@ def evaluate(cfg: TrainConfig, engine: Engine, tokenizer, task, verifier, *, ste
     examples = task.examples("test", n=cfg.eval_prompts, seed=cfg.seed)
     prompts = [task.prompt_ids(ex, tokenizer) for ex in examples]
     result = {"kind": "eval", "tag": tag, "step": step, "n": cfg.eval_n, "prompts": len(prompts), "metrics": {}}
+    per_prompt_all = {}
     for temp in cfg.eval_temperatures:
         roll = engine.sample(prompts, cfg.eval_n, max_new_tokens=cfg.max_new_tokens, temperature=temp,
                              top_p=cfg.top_p, top_k=cfg.top_k, stop_token_ids=_stop_ids(tokenizer),
@@ -162,9 +163,13 @@ def evaluate(cfg: TrainConfig, engine: Engine, tokenizer, task, verifier, *, ste
                 "maj": metrics.majority_at_k(answers, R.tolist(), k),
             }
             for name, values in per_prompt.items():
-                mean, lo, hi = metrics.bootstrap_ci(torch.as_tensor(values, dtype=torch.float64), seed=cfg.seed)
+                values = torch.as_tensor(values, dtype=torch.float64)
+                mean, lo, hi = metrics.bootstrap_ci(values, seed=cfg.seed)
                 table[f"{name}@{k}"] = {"mean": float(mean), "lo": float(lo), "hi": float(hi)}
+                per_prompt_all[f"T={temp:g}/{name}@{k}"] = values
         result["metrics"][f"T={temp:g}"] = table
+    # per-prompt values (not logged) let the after/before table show a paired-bootstrap interval of the change
+    result["per_prompt"] = per_prompt_all
     return result
 
 
@@ -238,15 +243,16 @@ def rl_step(cfg, step, model, ref_model, engine, opt, tokenizer, task, verifier,
         timings["sample"] += t1 - t0
         timings["reward"] += t2 - t1
         timings["score"] += t3 - t2
-        stats["reward"] += float(R.mean()) / cfg.grad_accum
-        stats["loss"] += float(loss) / cfg.grad_accum
-        stats["resp_len"] += float(roll.lengths.double().mean()) / cfg.grad_accum
-        stats["w_abs"] += float(w.abs().mean()) / cfg.grad_accum
+        for name, value in (("reward", R.mean()), ("loss", loss.detach()), ("w_abs", w.abs().mean()),
+                            ("resp_len", torch.as_tensor(roll.lengths, dtype=torch.float64).mean())):
+            stats[name] = stats[name] + value.double().cpu() / cfg.grad_accum
     t0 = time.time()
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     opt.step()
     engine.update_policy()  # nothing sampled or cached with the old weights is reused
     timings["optim"] = time.time() - t0
+    # the step's only host syncs: scalars for the log record, after the optimizer step
+    stats = {name: float(value) for name, value in stats.items()}
     return {"kind": "train", "step": step + 1, **stats, "grad_norm": float(gnorm),
             "lr": opt.param_groups[0]["lr"], "seconds": timings}
 
@@ -332,7 +338,7 @@ class _Log:
     def __call__(self, record: dict) -> None:
         self.records.append(record)
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({k: v for k, v in record.items() if k != "per_prompt"}) + "\n")
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -347,12 +353,11 @@ def train(cfg: TrainConfig) -> dict:
     ckpt = os.path.join(cfg.out_dir, CHECKPOINT)
     start = 0
     resumed = cfg.resume and os.path.exists(ckpt)
-    log = _Log(os.path.join(cfg.out_dir, "metrics.jsonl"), resume_step=None)
     if resumed:
         start = load_checkpoint(cfg.out_dir, model, opt, device)
-        log = _Log(os.path.join(cfg.out_dir, "metrics.jsonl"), resume_step=start)
         print(f"resumed from {ckpt} at step {start}")
-    else:
+    log = _Log(os.path.join(cfg.out_dir, "metrics.jsonl"), resume_step=start if resumed else None)
+    if not resumed:
         log({"kind": "config", "step": 0, **asdict(cfg)})
         sft_warm_start(cfg, model, tokenizer, task, device, log)
     engine = Engine(model, device=device)
@@ -392,16 +397,23 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def format_table(before: dict, after: dict | None = None) -> str:
-    """A text table of every metric at every k and temperature, with 95% bootstrap intervals."""
+    """A text table of every metric at every k and temperature, with 95% bootstrap intervals over prompts;
+    with `after`, also the change and its paired-bootstrap interval (same prompts before and after)."""
     lines = []
+    paired = after is not None and "per_prompt" in before and "per_prompt" in after
     for temp, table in before["metrics"].items():
         lines.append(f"{temp}  ({before['prompts']} prompts, n = {before['n']} samples each; 95% bootstrap CI)")
         head = f"  {'metric':10s} {'before':>22s}" + (f" {'after':>22s}" if after else "")
-        lines.append(head)
+        lines.append(head + (f" {'change (paired CI)':>24s}" if paired else ""))
         for name, v in table.items():
             row = f"  {name:10s} {_fmt(v):>22s}"
             if after:
                 row += f" {_fmt(after['metrics'][temp][name]):>22s}"
+            if paired:
+                key = f"{temp}/{name}"
+                diff = after["per_prompt"][key] - before["per_prompt"][key]
+                mean, lo, hi = metrics.bootstrap_ci(diff, seed=0)
+                row += f" {100 * mean:+6.1f} [{100 * lo:+6.1f}, {100 * hi:+6.1f}]"
             lines.append(row)
     return "\n".join(lines)
 
