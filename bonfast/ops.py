@@ -201,7 +201,7 @@ class _LinearLogprobsTorch(torch.autograd.Function):
         for s in range(0, T, chunk):
             x = hidden[s:s + chunk].to(compute)  # (C, D)
             z = _chunk_logits(x, w, tau)  # (C, V)
-            logq = z.sub_(row_max[s:s + chunk, None] + log_sum[s:s + chunk, None])  # in place
+            logq = z.sub_(row_max[s:s + chunk, None]).sub_(log_sum[s:s + chunk, None])  # in place, (z - m) - log s
             # dL/dz = g_logp (onehot - p) - g_H p (log p + H) + g_lse p
             coef = -g_logp[s:s + chunk]
             if g_lse is not None:

@@ -212,16 +212,24 @@ def method_weights(cfg: TrainConfig, R: torch.Tensor, r: torch.Tensor) -> torch.
     return objectives.weights(cfg.method, R, n_bon=cfg.n_bon, scores=scores, **options)
 
 
-def rl_step(cfg, step, model, ref_model, engine, opt, tokenizer, task, verifier, device) -> dict:
-    """One optimizer step; returns a metrics record with the time spent in each phase."""
+def rl_step(cfg, step, model, ref_model, engine, opt, tokenizer, task, verifier, device, *,
+            rank: int = 0, world: int = 1) -> dict:
+    """One optimizer step; returns a metrics record with the time spent in each phase.
+
+    With `world` > 1 (data parallel), every rank draws the same global micro-batch of prompts and keeps the
+    slice `[rank::world]`; the engine's samples depend only on (seed, prompt, sample index), so each rank
+    samples exactly what a single process would for those prompts, and gradients averaged over ranks equal
+    the single-process gradient (the normaliser is the per-rank share of G * max_new_tokens).
+    """
     timings = {"sample": 0.0, "reward": 0.0, "score": 0.0, "optim": 0.0}
     micro = cfg.prompts_per_step // cfg.grad_accum
-    normaliser = cfg.prompts_per_step * cfg.max_new_tokens  # a constant (PAPER decision 2), never a length average
+    # a constant (PAPER decision 2), never a per-sequence length average
+    normaliser = cfg.prompts_per_step * cfg.max_new_tokens / world
     stats = {"reward": 0.0, "loss": 0.0, "resp_len": 0.0, "w_abs": 0.0}
     opt.zero_grad(set_to_none=True)
     for mb in range(cfg.grad_accum):
         t0 = time.time()
-        examples = task.examples("train", n=micro, seed=_step_seed(cfg, step, f"prompts/{mb}"))
+        examples = task.examples("train", n=micro, seed=_step_seed(cfg, step, f"prompts/{mb}"))[rank::world]
         prompts = [task.prompt_ids(ex, tokenizer) for ex in examples]
         roll = engine.sample(prompts, cfg.n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                              top_p=cfg.top_p, top_k=cfg.top_k, stop_token_ids=_stop_ids(tokenizer),
