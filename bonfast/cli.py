@@ -5,6 +5,7 @@
     bonfast train --method bon_rl_v --verifier noisy --verifier_fpr 0.2 --n 16 --n_bon 8
     bonfast eval --out_dir runs/default    pass@k / BoK / majority table and plot of a run's checkpoint
     bonfast bench [pytest args]            the kernel benchmark suites (pytest-benchmark)
+    torchrun --nproc_per_node=K -m bonfast.cli train ...   data parallel over K processes, FSDP2 (docs/scale.md)
 
 Every field of `bonfast.config.TrainConfig` is a `--flag` (tuples as comma-separated lists).
 """
@@ -47,7 +48,9 @@ def _parser_for(fields, hints, comments, parser):
             parser.add_argument(f"--{f.name}", type=_tuple_of(elem), default=None, metavar="A,B,...", help=helptext)
         else:
             base = next((t for t in typing.get_args(tp) if t is not type(None)), tp) if origin else tp
-            parser.add_argument(f"--{f.name}", type=base, default=None, help=helptext)
+            # torchrun's own parser rejects `--n` (an ambiguous prefix of --nnodes / --nproc_per_node)
+            alias = ("--n_samples",) if f.name == "n" else ()
+            parser.add_argument(f"--{f.name}", *alias, type=base, default=None, help=helptext)
 
 
 def _bool(s: str) -> bool:
@@ -104,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as e:
         parser.exit(2, f"bonfast {args.command}: error: {e}\n")
     if args.command == "train":
+        from bonfast import distributed
         from bonfast.train import train
-        train(cfg)
+        try:
+            train(cfg)
+        finally:
+            distributed.shutdown()  # under torchrun: leave the process group cleanly
         return 0
     from bonfast.train import evaluate_checkpoint
     evaluate_checkpoint(cfg)

@@ -23,7 +23,7 @@ from dataclasses import asdict
 
 import torch
 
-from bonfast import metrics, objectives, tasks
+from bonfast import distributed, metrics, objectives, tasks
 from bonfast.config import TrainConfig
 from bonfast.engine import Engine
 from bonfast.ops import bon_loss
@@ -143,17 +143,22 @@ def sft_warm_start(cfg: TrainConfig, model, tokenizer, task, device, log) -> Non
 
 
 @torch.no_grad()
-def evaluate(cfg: TrainConfig, engine: Engine, tokenizer, task, verifier, *, step: int, tag: str) -> dict:
-    """pass@k, BoK and majority@k (mean and 95% bootstrap interval over prompts) for every k and temperature."""
+def evaluate(cfg: TrainConfig, engine: Engine, tokenizer, task, verifier, *, step: int, tag: str,
+             rank: int = 0, world: int = 1) -> dict:
+    """pass@k, BoK and majority@k (mean and 95% bootstrap interval over prompts) for every k and temperature.
+
+    With `world` > 1 each rank samples and judges the prompts [rank::world]; the judged rows are gathered
+    back in prompt order, so every rank returns the single-process table.
+    """
     examples = task.examples("test", n=cfg.eval_prompts, seed=cfg.seed)
     prompts = [task.prompt_ids(ex, tokenizer) for ex in examples]
     result = {"kind": "eval", "tag": tag, "step": step, "n": cfg.eval_n, "prompts": len(prompts), "metrics": {}}
     per_prompt_all = {}
     for temp in cfg.eval_temperatures:
-        roll = engine.sample(prompts, cfg.eval_n, max_new_tokens=cfg.max_new_tokens, temperature=temp,
+        roll = engine.sample(prompts[rank::world], cfg.eval_n, max_new_tokens=cfg.max_new_tokens, temperature=temp,
                              top_p=cfg.top_p, top_k=cfg.top_k, stop_token_ids=_stop_ids(tokenizer),
                              seed=_step_seed(cfg, 0, f"eval/{temp}"))
-        R, r, answers = _judge(task, verifier, examples, roll, tokenizer)
+        R, r, answers = distributed.gather_rows(*_judge(task, verifier, examples[rank::world], roll, tokenizer))
         table = {}
         for k in cfg.eval_ks:
             per_prompt = {
@@ -257,10 +262,11 @@ def rl_step(cfg, step, model, ref_model, engine, opt, tokenizer, task, verifier,
     t0 = time.time()
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     opt.step()
+    distributed.copy_weights(engine.model, model)  # world > 1: the engine samples from a gathered replica
     engine.update_policy()  # nothing sampled or cached with the old weights is reused
     timings["optim"] = time.time() - t0
     # the step's only host syncs: scalars for the log record, after the optimizer step
-    stats = {name: float(value) for name, value in stats.items()}
+    stats = {name: float(value) for name, value in distributed.all_reduce_mean(stats).items()}  # mean over ranks
     return {"kind": "train", "step": step + 1, **stats, "grad_norm": float(gnorm),
             "lr": opt.param_groups[0]["lr"], "seconds": timings}
 
@@ -290,6 +296,9 @@ def _atomic_save_file(tensors: dict, path: str, save_file, metadata: dict | None
 
 
 def save_checkpoint(out_dir: str, model, opt, step: int) -> None:
+    if distributed.world_size() > 1:  # sharded: DCP directory checkpoint_dcp/ (bonfast.distributed.save_dcp)
+        distributed.save_dcp(out_dir, model, opt, step)
+        return
     from safetensors.torch import save_file
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     names = {p: n for n, p in model.named_parameters()}
@@ -301,12 +310,25 @@ def save_checkpoint(out_dir: str, model, opt, step: int) -> None:
 
 
 def load_checkpoint(out_dir: str, model, opt, device) -> int:
-    """Restore model and optimizer state; returns the step the checkpoint was written at."""
+    """Restore model and optimizer state from the newest checkpoint (safetensors or DCP, written by any
+    number of ranks, loaded into a sharded or plain model); returns the step it was written at."""
     from safetensors import safe_open
+    latest = distributed.newest_checkpoint(out_dir, CHECKPOINT)
+    if latest is not None and latest[0] == "dcp":  # written by a multi-process run
+        return distributed.load_dcp(out_dir, model, opt)
     path = os.path.join(out_dir, CHECKPOINT)
     with safe_open(path, framework="pt", device=str(device)) as f:
         step = int(f.metadata()["step"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if distributed.is_sharded(model):  # every rank keeps its shard of the full tensors
+        optim = {}
+        for key, v in tensors.items():
+            if key.startswith("optim."):
+                name, slot = key[len("optim."):].rsplit(".", 1)
+                optim.setdefault(name, {})[slot] = v
+        distributed.load_full_state(model, opt, {k[len("model."):]: v for k, v in tensors.items()
+                                                 if k.startswith("model.")}, optim)
+        return step
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     params = dict(model.named_parameters())
     for key, v in tensors.items():
@@ -323,15 +345,17 @@ def load_checkpoint(out_dir: str, model, opt, device) -> int:
 
 def _progress(cfg, total, desc):
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, disable=not cfg.progress, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, disable=not cfg.progress or not distributed.is_main(), dynamic_ncols=True)
 
 
 class _Log:
     """Appends JSON records to out_dir/metrics.jsonl and keeps them for the caller."""
 
-    def __init__(self, path: str, resume_step: int | None):
-        self.path = path
+    def __init__(self, path: str | None, resume_step: int | None):
+        self.path = path  # None: keep records in memory only (ranks other than 0)
         self.records = []
+        if path is None:
+            return
         if resume_step is not None and os.path.exists(path):
             # drop what a killed run logged after its last checkpoint: those steps are redone
             with open(path) as f:
@@ -345,6 +369,8 @@ class _Log:
 
     def __call__(self, record: dict) -> None:
         self.records.append(record)
+        if self.path is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps({k: v for k, v in record.items() if k != "per_prompt"}) + "\n")
 
@@ -352,51 +378,65 @@ class _Log:
 def train(cfg: TrainConfig) -> dict:
     """Run a BoN-aware fine-tuning run; returns {"before": eval, "after": eval, "records": [...]}."""
     cfg.validate()
-    device = _device(cfg)
+    rank, world, device = distributed.init(_device(cfg))  # torchrun: one process per device (bonfast.distributed)
+    distributed.check_config(cfg, world)
+    main = rank == 0  # only rank 0 prints, writes metrics.jsonl and plots
     os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=2, default=str)
+    if main:
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=2, default=str)
     model, tokenizer, task, verifier = build(cfg, device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     ckpt = os.path.join(cfg.out_dir, CHECKPOINT)
-    start = 0
-    resumed = cfg.resume and os.path.exists(ckpt)
-    if resumed:
-        start = load_checkpoint(cfg.out_dir, model, opt, device)
-        print(f"resumed from {ckpt} at step {start}")
-    log = _Log(os.path.join(cfg.out_dir, "metrics.jsonl"), resume_step=start if resumed else None)
+    latest = distributed.newest_checkpoint(cfg.out_dir, CHECKPOINT) if cfg.resume else None  # (format, step)
+    resumed = latest is not None
+    start = latest[1] if resumed else 0
+    log = _Log(os.path.join(cfg.out_dir, "metrics.jsonl") if main else None, resume_step=start if resumed else None)
     if not resumed:
         log({"kind": "config", "step": 0, **asdict(cfg)})
-        sft_warm_start(cfg, model, tokenizer, task, device, log)
-    engine = Engine(model, device=device)
+    if main and (not resumed or cfg.kl_coef > 0):  # a resumed run's KL reference is still the warm start
+        sft_warm_start(cfg, model, tokenizer, task, device, log if not resumed else lambda record: None)
     ref_model = None
     if cfg.kl_coef > 0:  # frozen copy of the policy the run started from
         ref_model = copy.deepcopy(model).requires_grad_(False)
-    before = next((r for r in log.records if r.get("tag") == "before"), None)
+    sampler = distributed.sampling_replica(model, cfg)  # world 1: the policy itself
+    model, ref_model = distributed.shard(model, cfg), distributed.shard(ref_model, cfg)  # rank 0's weights
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    if resumed:
+        start = load_checkpoint(cfg.out_dir, model, opt, device)
+        if main:
+            print(f"resumed from the {latest[0]} checkpoint in {cfg.out_dir} at step {start}")
+    distributed.copy_weights(sampler, model)  # world > 1: the replica gets rank 0's (or the loaded) weights
+    engine = Engine(sampler, device=device)
+    before = distributed.broadcast_object(next((r for r in log.records if r.get("tag") == "before"), None))
     if before is None:
-        before = evaluate(cfg, engine, tokenizer, task, verifier, step=start, tag="before")
+        before = evaluate(cfg, engine, tokenizer, task, verifier, step=start, tag="before", rank=rank, world=world)
         log(before)
-    print(format_table(before))
+    if main:
+        print(format_table(before))
     bar = _progress(cfg, cfg.steps, f"{cfg.method} (N'={cfg.n_bon}, n={cfg.n})")
     bar.update(start)
     for step in range(start, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
-        record = rl_step(cfg, step, model, ref_model, engine, opt, tokenizer, task, verifier, device)
+        record = rl_step(cfg, step, model, ref_model, engine, opt, tokenizer, task, verifier, device,
+                         rank=rank, world=world)
         log(record)
         bar.update(1)
         bar.set_postfix(reward=f"{record['reward']:.3f}", loss=f"{record['loss']:.4f}")
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            log(evaluate(cfg, engine, tokenizer, task, verifier, step=step + 1, tag="periodic"))
+            log(evaluate(cfg, engine, tokenizer, task, verifier, step=step + 1, tag="periodic", rank=rank,
+                         world=world))
         if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
             save_checkpoint(cfg.out_dir, model, opt, step + 1)
     bar.close()
     save_checkpoint(cfg.out_dir, model, opt, cfg.steps)
-    after = evaluate(cfg, engine, tokenizer, task, verifier, step=cfg.steps, tag="after")
+    after = evaluate(cfg, engine, tokenizer, task, verifier, step=cfg.steps, tag="after", rank=rank, world=world)
     log(after)
-    print(format_table(before, after))
-    plot_path = plot(before, after, os.path.join(cfg.out_dir, "pass_at_k.png"))
-    print(f"metrics: {log.path}\nplot:    {plot_path}\ncheckpoint: {ckpt}")
+    if main:
+        print(format_table(before, after))
+        plot_path = plot(before, after, os.path.join(cfg.out_dir, "pass_at_k.png"))
+        where = ckpt if world == 1 else os.path.join(cfg.out_dir, distributed.DCP_DIR)
+        print(f"metrics: {log.path}\nplot:    {plot_path}\ncheckpoint: {where}")
     return {"before": before, "after": after, "records": log.records}
 
 
@@ -464,7 +504,11 @@ def evaluate_checkpoint(cfg: TrainConfig) -> dict:
     device = _device(cfg)
     model, tokenizer, task, verifier = build(cfg, device)
     ckpt = os.path.join(cfg.out_dir, CHECKPOINT)
-    if os.path.exists(ckpt):
+    latest = distributed.newest_checkpoint(cfg.out_dir, CHECKPOINT)
+    if latest is not None and latest[0] == "dcp":  # written by a multi-process run
+        distributed.load_dcp(cfg.out_dir, model)
+        tag = f"checkpoint {os.path.join(cfg.out_dir, distributed.DCP_DIR)}"
+    elif os.path.exists(ckpt):
         from safetensors.torch import load_file
         state = load_file(ckpt, device=str(device))
         model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
