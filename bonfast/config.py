@@ -65,6 +65,7 @@ class TrainConfig:
     resume: bool = False                # resume from out_dir/checkpoint if present
     device: str = "auto"                # auto | cpu | cuda
     progress: bool = True               # progress bars
+    fsdp_mixed_precision: bool = False  # torchrun/FSDP2: bf16 params in compute, fp32 master weights and reduce
     # ---- tiny model shape (model="tiny") --------------------------------------------------------------
     tiny_dim: int = 128
     tiny_layers: int = 4
