@@ -100,8 +100,8 @@ def environment(threads: int) -> dict:
 # measurement
 
 
-def summarise(correct: list[int], lengths: list[int], truncated: int, answered: int, n: int, ks, seconds: float
-              ) -> dict:
+def summarise(correct: list[int], lengths: list[int], truncated: int, answered: int, n: int, ks, seconds: float,
+              correct_lengths: list[int]) -> dict:
     """pass@k (mean, 95% bootstrap CI over prompts) from per-prompt correct counts, plus length statistics."""
     from bonfast import metrics
     G = len(correct)
@@ -114,7 +114,10 @@ def summarise(correct: list[int], lengths: list[int], truncated: int, answered: 
     tokens = sum(lengths)
     out.update(mean_len=tokens / len(lengths), truncation_rate=truncated / len(lengths),
                answered_rate=answered / len(lengths), seconds=seconds, gen_tokens=tokens,
-               tokens_per_s=tokens / seconds if seconds > 0 else None)
+               tokens_per_s=tokens / seconds if seconds > 0 else None,
+               # is max_new_tokens binding? lengths of the samples that were right
+               mean_len_correct=sum(correct_lengths) / len(correct_lengths) if correct_lengths else None,
+               max_len_correct=max(correct_lengths) if correct_lengths else None)
     return out
 
 
@@ -125,7 +128,7 @@ def measure(engine, tokenizer, dataset: str, temperature: float, args, on_partia
     task = get_task(dataset)
     examples = task.examples("test", n=args.prompts, seed=args.seed)
     stop = _stop_ids(tokenizer)
-    correct, lengths, truncated, answered, seconds = [], [], 0, 0, 0.0
+    correct, lengths, correct_lengths, truncated, answered, seconds = [], [], [], 0, 0, 0.0
     for start in range(0, len(examples), args.batch_prompts):
         chunk = examples[start:start + args.batch_prompts]
         prompts = [task.prompt_ids(ex, tokenizer) for ex in chunk]
@@ -139,9 +142,10 @@ def measure(engine, tokenizer, dataset: str, temperature: float, args, on_partia
         R = torch.tensor(task.rewards(flat_ex, flat_txt), dtype=torch.float64).view(len(chunk), args.n)
         correct += (R > 0.5).sum(1).tolist()
         lengths += roll.lengths.flatten().tolist()
+        correct_lengths += roll.lengths.flatten()[R.flatten() > 0.5].tolist()
         truncated += sum(r == "length" for per_prompt in roll.finish_reasons for r in per_prompt)
         answered += sum(task.extract_answer(t) is not None for t in flat_txt)
-        summary = summarise(correct, lengths, truncated, answered, args.n, args.ks, seconds)
+        summary = summarise(correct, lengths, truncated, answered, args.n, args.ks, seconds, correct_lengths)
         summary["correct_per_prompt"] = list(correct)
         summary["task_ids"] = [ex.meta.get("task_id") for ex in examples[:len(correct)]]
         on_partial(summary)
@@ -183,6 +187,7 @@ def markdown(doc: dict) -> str:
         "chat-template prompts with the boxed-answer instruction, held-out split (`task.examples('test', seed)`), "
         "rewards `task.rewards` (math-verify). pass@k: unbiased estimator, in %, with a 95% percentile bootstrap "
         "interval over prompts (1000 resamples). `len`: mean generated tokens per sample (stop token included); "
+        "`len correct (max)`: mean (max) length of the correct samples (n/a: not recorded by that run); "
         "`trunc`: share of samples cut at max_new_tokens; `answered`: share with an extractable answer; "
         "tok/s: generated tokens / sampling wall time.",
         "",
@@ -193,14 +198,16 @@ def markdown(doc: dict) -> str:
     ]
     ks = sorted({k for run in doc["runs"] for k in run["ks"]})
     head = (["data set", "T", "max_new", "prompts x n"] + [f"pass@{k}" for k in ks]
-            + ["len", "trunc", "answered", "seconds", "tok/s", "status"])
+            + ["len", "len correct (max)", "trunc", "answered", "seconds", "tok/s", "status"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in sorted(doc["runs"], key=lambda r: (r["dataset"], r["temperature"], r["max_new_tokens"])):
         s = run["summary"]
         status = "done" if s["prompts_done"] == run["prompts"] else f"partial {s['prompts_done']}/{run['prompts']}"
         row = [run["dataset"], f"{run['temperature']:g}", str(run["max_new_tokens"]), f"{s['prompts_done']} x {run['n']}"]
         row += [_ci(s[f"pass@{k}"]) if f"pass@{k}" in s else "" for k in ks]
-        row += [f"{s['mean_len']:.0f}", f"{100 * s['truncation_rate']:.1f}%", f"{100 * s['answered_rate']:.0f}%",
+        lc = s.get("mean_len_correct")
+        row += [f"{s['mean_len']:.0f}", "n/a" if "mean_len_correct" not in s else "-" if lc is None
+                else f"{lc:.0f} ({s['max_len_correct']})", f"{100 * s['truncation_rate']:.1f}%", f"{100 * s['answered_rate']:.0f}%",
                 f"{s['seconds']:.0f}", f"{s['tokens_per_s']:.1f}", status]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")

@@ -29,8 +29,10 @@ def _work_dirs():
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
     dirs = _work_dirs()
+    # children that predate the test (e.g. multiprocessing's resource tracker from an earlier test) are not ours
+    before = set(_children(os.getpid()))
     yield
-    assert _children(os.getpid()) == [], "a sandbox process outlived its run"
+    assert set(_children(os.getpid())) - before == set(), "a sandbox process outlived its run"
     assert _sandbox_uid_processes() == [], "a process of a sandbox uid is still alive"
     assert _work_dirs() == dirs, "a work directory was not deleted"
 
