@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench_linear_logprobs import _sync, make_inputs, measure_peak, peak_extra_bytes, record
+from bench_linear_logprobs import _sync, make_inputs, measure_peak, mode_runner, peak_extra_bytes, record
 from bonfast.ops import bon_loss, fused_bon_loss
 from bonfast.reference import bon_loss_ref
 
@@ -78,27 +78,7 @@ def make_head_case(fn, mode, inputs, device):
         x.grad = w.grad = None
         return fn(x, w, y)
 
-    if mode == "fwd":
-        def run():
-            out = forward()
-            _sync(device)
-            return out
-        return run, None
-    if mode == "full":
-        def run():
-            forward().backward()
-            _sync(device)
-        return run, None
-
-    def setup():
-        loss = forward()
-        _sync(device)
-        return (loss,), {}
-
-    def run(loss):
-        loss.backward()
-        _sync(device)
-    return run, setup
+    return mode_runner(forward, mode, device)
 
 
 @pytest.mark.parametrize("form", FORMS)

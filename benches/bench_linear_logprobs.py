@@ -87,7 +87,12 @@ def make_case(fn, mode, inputs, device):
     def forward():
         x.grad = w.grad = None
         return (fn(x, w, y).float() * upstream).sum()
+    return mode_runner(forward, mode, device)
 
+
+def mode_runner(forward, mode, device):
+    """(target, setup) timing `forward` ("fwd"), `forward().backward()` ("full") or, with the forward as
+    untimed setup, the backward alone ("bwd"); every target ends with a device sync."""
     if mode == "fwd":
         def run():
             out = forward()

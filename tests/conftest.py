@@ -2,6 +2,8 @@
 
 Tests marked `@pytest.mark.cuda` are skipped at collection when no CUDA device is present.
 """
+import os
+
 import pytest
 import torch
 
@@ -13,6 +15,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One intra-op thread: the suite's tiny shapes gain nothing from threads, and lose a lot to them on a
+    shared 2-core machine (several times slower under load). Subprocesses a test starts get OMP_NUM_THREADS=1."""
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if omp is None:
+        os.environ.pop("OMP_NUM_THREADS")
+    else:
+        os.environ["OMP_NUM_THREADS"] = omp
 
 
 @pytest.fixture(autouse=True)

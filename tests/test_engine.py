@@ -8,14 +8,6 @@ import torch
 from bonfast.engine import Engine, Rollouts, sample_from_logits, sample_keys, sample_uniforms
 from bonfast.model import ModelConfig, from_config
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and lose a lot to them on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 PROMPTS = [[5, 17, 3, 88, 41, 9, 60], [12, 7], [33, 2, 71, 71, 19]]   # ragged
 

@@ -8,14 +8,6 @@ import torch
 from bonfast.kernels.prefix_attention import prefix_attention, prefix_attention_fwd, prefix_attention_torch
 from precision import DTYPES, assert_three_way
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and lose a lot to them on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # (G, n, Hq, Hkv, Dh, P, t): GQA with odd sizes, MHA, MQA with n = 1, no suffix yet (t = 0), a big group
 CASES = [
