@@ -11,8 +11,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 
-METHODS = ("sft", "rl", "rl_v", "pass_at_k", "bon_rl_s", "bon_rl_v", "bon_rlb", "bon_rlb_p")
-RL_METHODS = METHODS[1:]
+METHODS = ("sft", "bon_sft", "rl", "rl_v", "pass_at_k", "bon_rl_s", "bon_rl_v", "bon_rlb", "bon_rlb_p")
 
 
 @dataclass
@@ -27,7 +26,7 @@ class TrainConfig:
     verifier_fnr: float = 0.0           # noisy verifier: false-negative rate
     # ---- objective ------------------------------------------------------------------------------------
     method: str = "bon_rlb_p"           # one of METHODS (bonfast.objectives)
-    n: int = 8                          # samples per prompt drawn at every step
+    n: int = 16                         # samples per prompt drawn at every step
     n_bon: int = 8                      # N': the BoN size the objective is aware of (1 = inference-unaware)
     bonrlb_negative_sign: int = -1      # bon_rlb: +1 exact identity, -1 penalise negatives (published)
     bonrlb_sample_source: str = "bon"   # bon_rlb / bon_rlb_p: "bon" picks or "policy_group" samples
@@ -39,8 +38,8 @@ class TrainConfig:
     top_k: int = 0
     max_new_tokens: int = 8             # response length cap (also the loss normaliser's length)
     # ---- optimisation ---------------------------------------------------------------------------------
-    steps: int = 60                     # RL (or SFT, for method=sft) optimizer steps
-    prompts_per_step: int = 32          # G: prompts per optimizer step (split into grad_accum micro-batches)
+    steps: int = 200                    # RL optimizer steps
+    prompts_per_step: int = 64          # G: prompts per optimizer step (split into grad_accum micro-batches)
     grad_accum: int = 1                 # micro-batches per step
     lr: float = 3e-4                    # peak AdamW learning rate
     weight_decay: float = 0.0
@@ -49,11 +48,11 @@ class TrainConfig:
     grad_clip: float = 1.0              # global grad-norm clip (0 = off)
     kl_coef: float = 0.0                # k3 KL penalty to a frozen copy of the initial policy (0 = no reference model)
     # ---- supervised warm start (embedded default) -----------------------------------------------------
-    sft_steps: int = 600                # supervised steps on task gold answers before RL (0 = none); cached
+    sft_steps: int = 200                # supervised steps on task gold answers before RL (0 = none); cached
     sft_lr: float = 3e-3
     sft_batch: int = 128
     # ---- evaluation -----------------------------------------------------------------------------------
-    eval_prompts: int = 200             # held-out prompts per evaluation
+    eval_prompts: int = 800             # held-out prompts per evaluation
     eval_n: int = 16                    # samples per eval prompt (>= max(eval_ks))
     eval_ks: tuple[int, ...] = (1, 2, 4, 8)
     eval_temperatures: tuple[float, ...] = (1.0,)
@@ -86,6 +85,8 @@ class TrainConfig:
         for name in ("steps", "sft_steps", "sft_batch", "warmup_steps", "eval_every", "ckpt_every", "top_k"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 bad(name, "a non-negative integer")
+        if self.method in ("sft", "rl", "rl_v") and self.n_bon != 1:
+            bad("n_bon", f"1 for the inference-unaware method {self.method!r} (use its BoN-aware counterpart for N' > 1)")
         if self.n_bon > self.n:
             bad("n_bon", f"n_bon <= n (= {self.n}) samples per prompt")
         if self.prompts_per_step % self.grad_accum:

@@ -4,8 +4,9 @@ Each function validates once, then dispatches on `impl`:
 
 * "triton": the kernels in `bonfast.kernels` (on CPU only under TRITON_INTERPRET=1, for tests);
 * "torch":  a chunked PyTorch path with identical semantics and bounded memory: tokens are processed in
-  chunks of about `_TORCH_CHUNK_ELEMENTS / V` rows, and the backward recomputes each chunk's logits, so the
-  extra memory is O(chunk * V + V * D), independent of T;
+  chunks of `_TORCH_CHUNK_ELEMENTS // V` rows (one 16 MiB fp32 logit tile), every elementwise step works in
+  place on that tile, and the backward recomputes each chunk's logits, so the extra memory is one tile
+  (two with entropy) plus the gradients themselves, independent of T;
 * "auto":   "triton" for CUDA tensors, "torch" otherwise.
 
 No function here synchronises the host with the device (no `.item()`, no data-dependent Python branches);
@@ -21,8 +22,10 @@ from bonfast.reference import resolve_clip_eps
 
 __all__ = ["linear_logprobs", "bon_loss", "fused_bon_loss"]
 
-# About 8M fp32 logits (32 MB) per chunk on the torch path; the backward holds ~4 such temporaries.
-_TORCH_CHUNK_ELEMENTS = 1 << 23
+# Logits per chunk on the torch path: 4M (16 MiB in fp32), the only (C, V) buffer alive at a time (a second one
+# only when the entropy is returned or differentiated). Small enough that the tile stays a small fraction of the
+# unavoidable fp32 dW (V x D), large enough (C ~ 80 rows at V = 50k) that the GEMMs keep their throughput.
+_TORCH_CHUNK_ELEMENTS = 1 << 22
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -140,8 +143,9 @@ def _chunk_rows(T, V, chunk_size):
 
 
 def _chunk_logits(x, w, temperature):
-    """Scaled logits z = x @ w.T / temperature in the compute dtype of `w`.  # (C, V)"""
-    return (x.to(w.dtype) @ w.T) / temperature
+    """Scaled logits z = x @ w.T / temperature in the compute dtype of `w`, in one fresh buffer.  # (C, V)"""
+    z = x.to(w.dtype) @ w.T
+    return z if temperature == 1.0 else z.div_(temperature)
 
 
 class _LinearLogprobsTorch(torch.autograd.Function):
@@ -174,7 +178,8 @@ class _LinearLogprobsTorch(torch.autograd.Function):
             lse[s:s + chunk] = torch.where(v, m[:, 0] + log_sum[s:s + chunk], 0.0)
             logp[s:s + chunk] = torch.where(v, (z_y - m[:, 0]) - log_sum[s:s + chunk], 0.0)
             if want_entropy:  # H = log s - sum_v e_v (z_v - m) / s
-                entropy[s:s + chunk] = torch.where(v, log_sum[s:s + chunk] - (e * z).sum(-1) / sum_e, 0.0)
+                entropy[s:s + chunk] = torch.where(v, log_sum[s:s + chunk] - e.mul_(z).sum(-1) / sum_e, 0.0)
+            del z, e  # free the tile before the next chunk's is allocated
         ctx.save_for_backward(hidden, weight, targets, row_max, log_sum, entropy)
         ctx.temperature, ctx.ignore_index, ctx.chunk = temperature, ignore_index, chunk
         ctx.set_materialize_grads(False)  # unused outputs arrive as None: no entropy work unless needed
@@ -197,7 +202,8 @@ class _LinearLogprobsTorch(torch.autograd.Function):
         safe = torch.where(valid, targets, 0)
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dx = torch.empty(hidden.shape, dtype=compute, device=hidden.device) if need_x else None
-        dw = torch.zeros(w.shape, dtype=compute, device=hidden.device) if need_w else None  # fp32 accumulator
+        # the fp32 (fp64) dW accumulator is itself the returned gradient for fp32 (fp64) weights: no second copy
+        dw = torch.zeros(w.shape, dtype=compute, device=hidden.device) if need_w else None
         for s in range(0, T, chunk):
             x = hidden[s:s + chunk].to(compute)  # (C, D)
             z = _chunk_logits(x, w, tau)  # (C, V)
@@ -208,15 +214,19 @@ class _LinearLogprobsTorch(torch.autograd.Function):
                 coef = coef + g_lse[s:s + chunk]
             if g_entropy is None:
                 dz = logq.exp_().mul_(coef[:, None])  # one (C, V) buffer throughout
-            else:
+            else:  # p (coef - g_H (log p + H)), built in place in the log p tile: two (C, V) buffers
                 p = torch.exp(logq)
-                dz = p * (coef[:, None] - g_entropy[s:s + chunk, None] * (logq + entropy[s:s + chunk, None]))
+                dz = logq.add_(entropy[s:s + chunk, None]).mul_(-g_entropy[s:s + chunk, None])
+                dz = dz.add_(coef[:, None]).mul_(p)
+                del p
             dz.scatter_add_(-1, safe[s:s + chunk, None], g_logp[s:s + chunk, None])
-            dz /= tau  # z = x w^T / tau
+            if tau != 1.0:
+                dz /= tau  # z = x w^T / tau
             if need_x:
-                dx[s:s + chunk] = dz @ w
+                torch.mm(dz, w, out=dx[s:s + chunk])  # straight into dX: no (C, D) temporary
             if need_w:
-                dw.addmm_(dz.T, x)
+                dw.addmm_(dz.T, x)  # dW accumulates in place; for fp32 / fp64 weights it is the returned grad
+            del z, logq, dz  # free the tile before the next chunk's is allocated
         dx = dx.to(hidden.dtype) if need_x else None
         dw = dw.to(weight.dtype) if need_w else None
         return dx, dw, None, None, None, None, None

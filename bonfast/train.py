@@ -125,8 +125,7 @@ def sft_warm_start(cfg: TrainConfig, model, tokenizer, task, device, log) -> Non
             group["lr"] = lr
         examples = task.examples("train", n=cfg.sft_batch, seed=_step_seed(cfg, step, "sft"))
         prompts = [task.prompt_ids(ex, tokenizer) for ex in examples]
-        answers = [[tokenizer.encode(task.reference_response(ex))[:cfg.max_new_tokens - 1] + [tokenizer.eos_token_id]]
-                   for ex in examples]
+        answers = [[_encode_response(tokenizer, task.reference_response(ex), cfg.max_new_tokens)] for ex in examples]
         batch = pack(prompts, answers, pad_id=tokenizer.pad_token_id or 0)
         logp, _ = packed_logprobs(model, batch.to(device), temperature=1.0)
         loss = -logp.sum() / logp.numel()
@@ -217,6 +216,31 @@ def method_weights(cfg: TrainConfig, R: torch.Tensor, r: torch.Tensor) -> torch.
     return objectives.weights(cfg.method, R, n_bon=cfg.n_bon, scores=scores, **options)
 
 
+def expert_weights(cfg, task, verifier, tokenizer, examples, R, r):
+    """(w [G, 1 + n], expert token ids) for sft / bon_sft: the task's reference response is the expert y*,
+    scored by the same verifier as the samples; column 0 of w is its weight (bonfast.objectives.bon_sft)."""
+    texts = [task.reference_response(ex) for ex in examples]
+    if any(t is None for t in texts):
+        raise ValueError(f"TrainConfig.method: {cfg.method} needs expert responses, and task {cfg.task!r} has "
+                         "no reference response for some prompts")
+    expert = [_encode_response(tokenizer, t, cfg.max_new_tokens) for t in texts]
+    s_star = torch.tensor([verifier.score(ex, [t])[0] for ex, t in zip(examples, texts)], dtype=torch.float64)
+    w_expert, w_samples = objectives.weights(cfg.method, None if cfg.method == "sft" else R, n_bon=cfg.n_bon,
+                                             scores=r, expert_scores=s_star)
+    if w_samples.shape[1] == 0:
+        w_samples = torch.zeros_like(R)
+    return torch.cat([w_expert[:, None], w_samples], 1), expert
+
+
+def _encode_response(tokenizer, text: str, max_tokens: int) -> list[int]:
+    """Token ids of a response text, capped at max_tokens, ending with <eos>."""
+    try:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    except TypeError:  # the arithmetic tokenizer adds no special tokens anyway
+        ids = tokenizer.encode(text)
+    return ids[:max_tokens - 1] + [tokenizer.eos_token_id]
+
+
 def rl_step(cfg, step, model, ref_model, engine, opt, tokenizer, task, verifier, device, *,
             rank: int = 0, world: int = 1) -> dict:
     """One optimizer step; returns a metrics record with the time spent in each phase.
@@ -241,9 +265,15 @@ def rl_step(cfg, step, model, ref_model, engine, opt, tokenizer, task, verifier,
                              seed=_step_seed(cfg, step, f"sample/{mb}"))
         t1 = time.time()
         R, r, _ = _judge(task, verifier, examples, roll, tokenizer)
-        w = method_weights(cfg, R.to(device), r.to(device))                       # (G, n) float64
+        responses = roll.tokens
+        if cfg.method in ("sft", "bon_sft"):  # the expert response rides in front: [y*, y_1, ..., y_n]
+            w, expert = expert_weights(cfg, task, verifier, tokenizer, examples, R, r)  # (G, 1 + n)
+            responses = [[e, *toks] for e, toks in zip(expert, roll.tokens)]
+        else:
+            w = method_weights(cfg, R, r)                                          # (G, n) float64
+        w = w.to(device)
         t2 = time.time()
-        batch = pack(prompts, roll.tokens, pad_id=tokenizer.pad_token_id or 0).to(device)
+        batch = pack(prompts, responses, pad_id=tokenizer.pad_token_id or 0).to(device)
         logp, sample_index = packed_logprobs(model, batch, temperature=cfg.temperature)
         ref_logp = None
         if ref_model is not None:

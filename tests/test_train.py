@@ -46,7 +46,8 @@ def test_train_writes_metrics_plot_and_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("method,extra", [("rl", {"n_bon": 1}), ("bon_rl_v", {"verifier": "noisy",
                                           "verifier_fpr": 0.3}), ("bon_rlb", {}), ("pass_at_k", {}),
-                                          ("rl_v", {"n_bon": 1, "verifier": "noisy"})])
+                                          ("rl_v", {"n_bon": 1, "verifier": "noisy"}), ("sft", {"n_bon": 1}),
+                                          ("bon_sft", {"verifier": "noisy", "verifier_fpr": 0.2})])
 def test_every_method_runs_a_step(tmp_path, method, extra):
     from bonfast.train import train
     cfg = small(tmp_path, method=method, steps=1, sft_steps=0, eval_prompts=4, **extra)
@@ -82,7 +83,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,match", [
-    ("method", "bon_magic", "TrainConfig.method"), ("n_bon", 16, "TrainConfig.n_bon"),
+    ("method", "bon_magic", "TrainConfig.method"), ("n_bon", 99, "TrainConfig.n_bon"),
     ("lr", -1.0, "TrainConfig.lr"), ("model", "/does/not/exist", "TrainConfig.model"),
     ("task", "no_such_task", "TrainConfig.task"), ("verifier", "psychic", "TrainConfig.verifier"),
     ("temperature", 0.0, "TrainConfig.temperature"), ("eval_ks", (1, 64), "TrainConfig.eval_ks"),
