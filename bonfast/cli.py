@@ -1,7 +1,7 @@
 """`bonfast train | eval | bench`.
 
     bonfast train                          the embedded default: tiny model, arithmetic, warm start, BoN-RLB(P)
-    bonfast train --preset smollm2-gsm8k   a named preset; any field can still be overridden
+    bonfast train --preset smollm2-svamp  a named preset; any field can still be overridden
     bonfast train --method bon_rl_v --verifier noisy --verifier_fpr 0.2 --n 16 --n_bon 8
     bonfast eval --out_dir runs/default    pass@k / BoK / majority table and plot of a run's checkpoint
     bonfast bench [pytest args]            the kernel benchmark suites (pytest-benchmark)
@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     fields = dataclasses.fields(TrainConfig)
     for name, helptext in (("train", "BoN-aware fine-tuning run (default: the embedded arithmetic run)"),
                            ("eval", "evaluate a run's checkpoint (or a base model) on a task: BoN / pass@k table + plot")):
-        p = sub.add_parser(name, help=helptext, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="named preset to start from")
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="named preset to start from (default: default)")
         _parser_for(fields, hints, comments, p)
     b = sub.add_parser("bench", help="run the benchmark suites (extra args go to pytest)")
     b.add_argument("pytest_args", nargs=argparse.REMAINDER)

@@ -157,7 +157,8 @@ def evaluate(cfg: TrainConfig, engine: Engine, tokenizer, task, verifier, *, ste
         roll = engine.sample(prompts[rank::world], cfg.eval_n, max_new_tokens=cfg.max_new_tokens, temperature=temp,
                              top_p=cfg.top_p, top_k=cfg.top_k, stop_token_ids=_stop_ids(tokenizer),
                              seed=_step_seed(cfg, 0, f"eval/{temp}"))
-        R, r, answers = distributed.gather_rows(*_judge(task, verifier, examples[rank::world], roll, tokenizer))
+        R, r, answers = distributed.gather_rows(*_judge(task, verifier, examples[rank::world], roll, tokenizer,
+                                                        cfg.reward_truncated))
         table = {}
         for k in cfg.eval_ks:
             per_prompt = {
@@ -181,12 +182,18 @@ def _binary(R: torch.Tensor) -> bool:
     return bool(((R == 0) | (R == 1)).all())
 
 
-def _judge(task, verifier, examples, roll, tokenizer):
-    """Rewards R [G, n], verifier scores r [G, n] and extracted answers for a batch of rollouts."""
+def _judge(task, verifier, examples, roll, tokenizer, reward_truncated: bool = False):
+    """Rewards R [G, n], verifier scores r [G, n] and extracted answers for a batch of rollouts.
+
+    A response cut at max_new_tokens gets reward 0 unless `reward_truncated`: otherwise an answer extractor's
+    fallback (e.g. "the last number in the text") can score truncated rambling as correct by luck."""
     texts = [[_decode(tokenizer, toks) for toks in per_prompt] for per_prompt in roll.tokens]
     flat_ex = [ex for ex, per_prompt in zip(examples, texts) for _ in per_prompt]
     flat_txt = [t for per_prompt in texts for t in per_prompt]
     R = torch.tensor(task.rewards(flat_ex, flat_txt), dtype=torch.float64).view(len(examples), -1)
+    if not reward_truncated:
+        stopped = torch.tensor([[reason == "stop" for reason in row] for row in roll.finish_reasons])
+        R = R * stopped
     scores = []
     for ex, per_prompt, lps in zip(examples, texts, roll.logprobs):
         mean_lp = [float(lp.mean()) if lp.numel() else 0.0 for lp in lps]
@@ -264,7 +271,7 @@ def rl_step(cfg, step, model, ref_model, engine, opt, tokenizer, task, verifier,
                              top_p=cfg.top_p, top_k=cfg.top_k, stop_token_ids=_stop_ids(tokenizer),
                              seed=_step_seed(cfg, step, f"sample/{mb}"))
         t1 = time.time()
-        R, r, _ = _judge(task, verifier, examples, roll, tokenizer)
+        R, r, _ = _judge(task, verifier, examples, roll, tokenizer, cfg.reward_truncated)
         responses = roll.tokens
         if cfg.method in ("sft", "bon_sft"):  # the expert response rides in front: [y*, y_1, ..., y_n]
             w, expert = expert_weights(cfg, task, verifier, tokenizer, examples, R, r)  # (G, 1 + n)

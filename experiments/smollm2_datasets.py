@@ -196,6 +196,9 @@ def markdown(doc: dict) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ".",
         "",
     ]
+    for prev in doc.get("previous_environments", []):
+        lines += [f"Earlier rows (see each run's `date` in the JSON) ran on {prev['machine']}, load average "
+                  f"{prev['load_avg_at_start']}, bonfast git {prev['bonfast_git']}, started {prev['date']}.", ""]
     ks = sorted({k for run in doc["runs"] for k in run["ks"]})
     head = (["data set", "T", "max_new", "prompts x n"] + [f"pass@{k}" for k in ks]
             + ["len", "len correct (max)", "trunc", "answered", "seconds", "tok/s", "status"])
