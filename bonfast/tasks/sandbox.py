@@ -42,6 +42,7 @@ imported before the uid drop, because the interpreter may live in a directory th
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -63,6 +64,11 @@ __all__ = ["Program", "SandboxResult", "Sandbox", "run_program", "isolation_avai
            "ALLOWED_MODULES"]
 
 HARNESS = Path(__file__).with_name("_harness.py")
+
+
+@functools.lru_cache(maxsize=1)
+def _harness_source() -> str:
+    return HARNESS.read_text()
 # The standard library a test program may import (preloaded before the uid drop, see the module docstring).
 ALLOWED_MODULES = (
     "abc", "array", "bisect", "calendar", "cmath", "collections", "collections.abc", "contextlib", "copy",
@@ -299,7 +305,9 @@ class Sandbox:
         return json.dumps(job).encode()
 
     def _command(self) -> list[str]:
-        python = [sys.executable, "-I", "-B", str(HARNESS)]
+        # The base interpreter and the harness *source* (not paths under the project): in namespace mode a fresh
+        # tmpfs covers /tmp, so a checkout or virtual environment under /tmp would vanish from the sandbox's view.
+        python = [os.path.realpath(sys.executable), "-I", "-B", "-c", _harness_source()]
         if self.isolation == "namespace":
             return _unshare_prefix() + ["sh", "-c", _mask_script(self.max_file_mb), "sh"] + python
         return python
