@@ -88,6 +88,13 @@ def shutdown() -> None:
     """Destroy the process group if `init` created it (end of a torchrun program)."""
     global _OWNS_GROUP
     if _OWNS_GROUP and dist.is_initialized():
+        if dist.get_world_size() > 1 and dist.get_backend() == "gloo":
+            # let every rank finish its outstanding collectives first: a gloo group destroyed while a peer still
+            # talks to it can abort the process at exit ("terminate called without an active exception")
+            try:
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            except RuntimeError:
+                pass  # a peer already failed; its error is the one worth reporting
         dist.destroy_process_group()
     _OWNS_GROUP = False
 
