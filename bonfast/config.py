@@ -39,7 +39,7 @@ class TrainConfig:
     max_new_tokens: int = 8             # response length cap (also the loss normaliser's length)
     reward_truncated: bool = False      # score responses cut at max_new_tokens (False: reward 0, not an answer)
     # ---- optimisation ---------------------------------------------------------------------------------
-    steps: int = 200                    # RL optimizer steps
+    steps: int = 400                    # RL optimizer steps
     prompts_per_step: int = 64          # G: prompts per optimizer step (split into grad_accum micro-batches)
     grad_accum: int = 1                 # micro-batches per step
     lr: float = 3e-4                    # peak AdamW learning rate
