@@ -119,6 +119,22 @@ def _linear_logprobs_fwd_kernel(
 
 
 @triton.jit
+def _row_stats(Y_ptr, M_ptr, LOGS_ptr, ENT_ptr, GL_ptr, GH_ptr, GS_ptr, offs_t, mask_t, HAS_ENTROPY: tl.constexpr):
+    """Per-token forward statistics and upstream gradients of a token tile, for the backward kernels."""
+    y = tl.load(Y_ptr + offs_t, mask=mask_t, other=-1)
+    m = tl.load(M_ptr + offs_t, mask=mask_t, other=0.0)
+    logs = tl.load(LOGS_ptr + offs_t, mask=mask_t, other=0.0)
+    g_logp = tl.load(GL_ptr + offs_t, mask=mask_t, other=0.0)
+    g_lse = tl.load(GS_ptr + offs_t, mask=mask_t, other=0.0)
+    ent = g_lse  # placeholders, unused without entropy
+    g_ent = g_lse
+    if HAS_ENTROPY:
+        ent = tl.load(ENT_ptr + offs_t, mask=mask_t, other=0.0)
+        g_ent = tl.load(GH_ptr + offs_t, mask=mask_t, other=0.0)
+    return y, m, logs, ent, g_logp, g_ent, g_lse
+
+
+@triton.jit
 def _dlogits_tile(z, offs_v, mask_v, y, m, logs, ent, g_logp, g_ent, g_lse, inv_temp,
                   HAS_ENTROPY: tl.constexpr):
     """dL/d(x.w) for a (BLOCK_T, BLOCK_V) tile of scaled logits z; zero on masked vocabulary lanes.
@@ -145,16 +161,8 @@ def _linear_logprobs_bwd_dx_kernel(
     pid_t = tl.program_id(0).to(tl.int64)
     offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
     mask_t = offs_t < T
-    y = tl.load(Y_ptr + offs_t, mask=mask_t, other=-1)
-    m = tl.load(M_ptr + offs_t, mask=mask_t, other=0.0)
-    logs = tl.load(LOGS_ptr + offs_t, mask=mask_t, other=0.0)
-    g_logp = tl.load(GL_ptr + offs_t, mask=mask_t, other=0.0)
-    g_lse = tl.load(GS_ptr + offs_t, mask=mask_t, other=0.0)
-    ent = g_lse  # placeholders, unused without entropy
-    g_ent = g_lse
-    if HAS_ENTROPY:
-        ent = tl.load(ENT_ptr + offs_t, mask=mask_t, other=0.0)
-        g_ent = tl.load(GH_ptr + offs_t, mask=mask_t, other=0.0)
+    y, m, logs, ent, g_logp, g_ent, g_lse = _row_stats(Y_ptr, M_ptr, LOGS_ptr, ENT_ptr, GL_ptr, GH_ptr, GS_ptr,
+                                                       offs_t, mask_t, HAS_ENTROPY)
     for v0 in range(0, V, BLOCK_V):
         offs_v = v0 + tl.arange(0, BLOCK_V)
         mask_v = offs_v < V
@@ -192,16 +200,8 @@ def _linear_logprobs_bwd_dw_kernel(
     for t0 in range(0, T, BLOCK_T):
         offs_t = t0 + tl.arange(0, BLOCK_T)
         mask_t = offs_t < T
-        y = tl.load(Y_ptr + offs_t, mask=mask_t, other=-1)
-        m = tl.load(M_ptr + offs_t, mask=mask_t, other=0.0)
-        logs = tl.load(LOGS_ptr + offs_t, mask=mask_t, other=0.0)
-        g_logp = tl.load(GL_ptr + offs_t, mask=mask_t, other=0.0)
-        g_lse = tl.load(GS_ptr + offs_t, mask=mask_t, other=0.0)
-        ent = g_lse  # placeholders, unused without entropy
-        g_ent = g_lse
-        if HAS_ENTROPY:
-            ent = tl.load(ENT_ptr + offs_t, mask=mask_t, other=0.0)
-            g_ent = tl.load(GH_ptr + offs_t, mask=mask_t, other=0.0)
+        y, m, logs, ent, g_logp, g_ent, g_lse = _row_stats(Y_ptr, M_ptr, LOGS_ptr, ENT_ptr, GL_ptr, GH_ptr,
+                                                           GS_ptr, offs_t, mask_t, HAS_ENTROPY)
         z = _logit_tile(X_ptr, W_ptr, offs_t, offs_v, mask_t, mask_v, D, stride_xt, stride_xd, stride_wv,
                         stride_wd, inv_temp, BLOCK_T, BLOCK_V, BLOCK_D, UPCAST, PRECISION)
         dz = _dlogits_tile(z, offs_v, mask_v, y, m, logs, ent, g_logp, g_ent, g_lse, inv_temp, HAS_ENTROPY)
