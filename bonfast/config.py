@@ -142,18 +142,12 @@ class TrainConfig:
         if self.verifier not in tasks.VERIFIERS and ":" not in self.verifier:
             raise ValueError(f"TrainConfig.verifier: expected one of {', '.join(tasks.VERIFIERS)} or an import path "
                              f"'pkg.module:Class', got {self.verifier!r}")
-        if self.method in ("rl_v", "bon_rl_v") and self.verifier == "oracle":
-            pass  # allowed: the oracle verifier makes RL-V == RL and BoN-RL-V == BoN-RL-S
 
     def task_kwargs(self) -> dict:
         return {"levels": tuple(self.task_levels)} if self.task == "arithmetic" else {}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 def smollm2_path() -> str:

@@ -191,15 +191,19 @@ def _judge(task, verifier, examples, roll, tokenizer, reward_truncated: bool = F
     texts = [[_decode(tokenizer, toks) for toks in per_prompt] for per_prompt in roll.tokens]
     flat_ex = [ex for ex, per_prompt in zip(examples, texts) for _ in per_prompt]
     flat_txt = [t for per_prompt in texts for t in per_prompt]
-    R = torch.tensor(task.rewards(flat_ex, flat_txt), dtype=torch.float64).view(len(examples), -1)
+    raw = torch.tensor(task.rewards(flat_ex, flat_txt), dtype=torch.float64).view(len(examples), -1)
+    R = raw
     if not reward_truncated:
         stopped = torch.tensor([[reason == "stop" for reason in row] for row in roll.finish_reasons])
-        R = R * stopped
-    scores = []
-    for ex, per_prompt, lps in zip(examples, texts, roll.logprobs):
-        mean_lp = [float(lp.mean()) if lp.numel() else 0.0 for lp in lps]
-        scores.append(verifier.score(ex, per_prompt, logprobs=mean_lp))
-    r = torch.tensor(scores, dtype=torch.float64)
+        R = raw * stopped
+    if isinstance(verifier, tasks.OracleVerifier) and verifier.task is task:
+        r = raw  # the oracle's score is the task reward: do not grade (e.g. run in the sandbox) every response twice
+    else:
+        scores = []
+        for ex, per_prompt, lps in zip(examples, texts, roll.logprobs):
+            mean_lp = [float(lp.mean()) if lp.numel() else 0.0 for lp in lps]
+            scores.append(verifier.score(ex, per_prompt, logprobs=mean_lp))
+        r = torch.tensor(scores, dtype=torch.float64)
     answers = [[task.extract_answer(t) for t in per_prompt] for per_prompt in texts]
     return R, r, answers
 
