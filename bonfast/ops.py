@@ -3,10 +3,10 @@
 Each function validates once, then dispatches on `impl`:
 
 * "triton": the kernels in `bonfast.kernels` (on CPU only under TRITON_INTERPRET=1, for tests);
-* "torch":  a chunked PyTorch path with identical semantics and bounded memory: tokens are processed in
-  chunks of `_TORCH_CHUNK_ELEMENTS // V` rows (one 16 MiB fp32 logit tile), every elementwise step works in
-  place on that tile, and the backward recomputes each chunk's logits, so the extra memory is one tile
-  (two with entropy) plus the gradients themselves, independent of T;
+* "torch":  a tiled PyTorch path with identical semantics and bounded memory: logits are formed one
+  (token chunk x vocabulary block) tile at a time (at most 16 MiB in fp32), with an online softmax across
+  the blocks, every elementwise step works in place on that tile, and the backward recomputes each tile,
+  so the extra memory is one tile (two with entropy) plus the gradients themselves, independent of T;
 * "auto":   "triton" for CUDA tensors, "torch" otherwise.
 
 No function here synchronises the host with the device (no `.item()`, no data-dependent Python branches);
@@ -22,11 +22,13 @@ from bonfast.reference import resolve_clip_eps
 
 __all__ = ["linear_logprobs", "bon_loss", "fused_bon_loss"]
 
-# Logits per chunk on the torch path: 4M (16 MiB in fp32), the only (C, V) buffer alive at a time (a second one
+# Logits per tile on the torch path: 4M (16 MiB in fp32), the only (C, Vb) buffer alive at a time (a second one
 # only when the entropy is returned or differentiated), so the op's extra memory is the gradients plus ~one tile.
-# Each chunk streams W (and dW) through memory once more, so halving the tile costs time: on a 2-core CPU at
-# V = 50257, D = 512, a 32 MiB tile (C = 166) ran fwd + bwd ~15 % faster than this 16 MiB one (C = 83).
+# A tile has at most _TORCH_MAX_ROWS token rows; a larger vocabulary is split into blocks of 4M / rows columns.
+# W and dW stream through memory once per token chunk, so thin full-vocabulary chunks (83 rows at V = 50257)
+# were memory-bound on a 2-core CPU; see benches/README.md for the measured choice of rows.
 _TORCH_CHUNK_ELEMENTS = 1 << 22
+_TORCH_MAX_ROWS = 2048
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -137,29 +139,47 @@ def _check_loss_inputs(T, device, sample_index, weights, normaliser, old_logp, r
 # chunked torch path for linear_logprobs
 
 
-def _chunk_rows(T, V, chunk_size):
-    if chunk_size is None:
-        chunk_size = max(1, _TORCH_CHUNK_ELEMENTS // V)
-    return max(1, min(T, chunk_size))
+def _tiles(T, V, rows=None, cols=None):
+    """(rows, cols) of the (token, vocabulary) tiles: at most _TORCH_CHUNK_ELEMENTS logits each.
+
+    A large V is split into vocabulary blocks beside _TORCH_MAX_ROWS token rows instead of into thin token
+    chunks, so W and dW stream through memory T / rows times (not T * V / 4M times); a small V fills the
+    tile with more rows and one block."""
+    if rows is None:
+        rows = max(_TORCH_MAX_ROWS, _TORCH_CHUNK_ELEMENTS // V)
+    rows = max(1, min(T, rows))
+    if cols is None:
+        cols = _TORCH_CHUNK_ELEMENTS // rows
+    return rows, max(1, min(V, cols))
 
 
 def _chunk_logits(x, w, temperature):
-    """Scaled logits z = x @ w.T / temperature in the compute dtype of `w`, in one fresh buffer.  # (C, V)"""
+    """Scaled logits z = x @ w.T / temperature in the compute dtype of `w`, in one fresh buffer.  # (C, Vb)"""
     z = x.to(w.dtype) @ w.T
     return z if temperature == 1.0 else z.div_(temperature)
 
 
-class _LinearLogprobsTorch(torch.autograd.Function):
-    """Chunked forward (logp, entropy, lse) and chunked recomputing backward (dX, dW).
+def _target_logit(z, targets, v0):
+    """z[i, targets[i] - v0] where the target lies in this vocabulary block [v0, v0 + Vb), else 0.  # (C,)"""
+    local = targets - v0
+    inside = (local >= 0) & (local < z.shape[1])
+    return torch.where(inside, z.gather(-1, local.clamp(0, z.shape[1] - 1)[:, None])[:, 0], 0.0)
 
-    The backward rebuilds softmax as exp((z - m) - log s) from the saved row max m and log-sum log s, not
-    as exp(z - lse): lse = m + log s is rounded at the magnitude of the logits, which would cost a relative
-    error of ulp(|lse|) in every probability (visible with large negative logits).
+
+class _LinearLogprobsTorch(torch.autograd.Function):
+    """Tiled forward (logp, entropy, lse) and tiled recomputing backward (dX, dW).
+
+    The forward walks each token chunk's vocabulary blocks with an online softmax: running row max m, sum
+    s = sum_v e^(z_v - m) and, for the entropy, B = sum_v e^(z_v - m) (z_v - m), rescaled exactly when m grows
+    (B' = e^(m - m') (B + (m - m') s)); then H = log s - B / s. The backward rebuilds softmax as
+    exp((z - m) - log s) from the saved m and log s, not as exp(z - lse): lse = m + log s is rounded at the
+    magnitude of the logits, which would cost a relative error of ulp(|lse|) in every probability.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, ignore_index, want_entropy, chunk):
-        T = hidden.shape[0]
+    def forward(ctx, hidden, weight, targets, temperature, ignore_index, want_entropy, tiles):
+        T, V = hidden.shape[0], weight.shape[0]
+        rows, cols = tiles
         compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         w = weight.to(compute)  # (V, D); a no-op for fp32 / fp64 weights
         logp = torch.zeros(T, dtype=compute, device=hidden.device)
@@ -167,22 +187,37 @@ class _LinearLogprobsTorch(torch.autograd.Function):
         row_max, log_sum = torch.zeros_like(logp), torch.zeros_like(logp)
         valid = targets != ignore_index
         safe = torch.where(valid, targets, 0)
-        for s in range(0, T, chunk):
-            z = _chunk_logits(hidden[s:s + chunk], w, temperature)  # (C, V)
-            m = z.amax(-1, keepdim=True)
-            z_y = z.gather(-1, safe[s:s + chunk, None])[:, 0]
-            z -= m  # in place from here on: one (C, V) buffer (two with entropy)
-            e = torch.exp(z) if want_entropy else z.exp_()
-            sum_e = e.sum(-1)
-            row_max[s:s + chunk], log_sum[s:s + chunk] = m[:, 0], torch.log(sum_e)
-            v = valid[s:s + chunk]
-            lse[s:s + chunk] = torch.where(v, m[:, 0] + log_sum[s:s + chunk], 0.0)
-            logp[s:s + chunk] = torch.where(v, (z_y - m[:, 0]) - log_sum[s:s + chunk], 0.0)
-            if want_entropy:  # H = log s - sum_v e_v (z_v - m) / s
-                entropy[s:s + chunk] = torch.where(v, log_sum[s:s + chunk] - e.mul_(z).sum(-1) / sum_e, 0.0)
-            del z, e  # free the tile before the next chunk's is allocated
+        for s in range(0, T, rows):
+            x, y = hidden[s:s + rows], safe[s:s + rows]
+            m = s_sum = b = z_y = None
+            for v0 in range(0, V, cols):
+                z = _chunk_logits(x, w[v0:v0 + cols], temperature)  # (C, Vb): the one live tile
+                zy = _target_logit(z, y, v0)
+                z_y = zy if z_y is None else z_y + zy
+                m_blk = z.amax(-1)
+                m_new = m_blk if m is None else torch.maximum(m, m_blk)
+                z -= m_new[:, None]
+                e = torch.exp(z) if want_entropy else z.exp_()  # a second tile only for the entropy
+                e_sum = e.sum(-1)
+                e_z = e.mul_(z).sum(-1) if want_entropy else None
+                if m is None:
+                    s_sum, b = e_sum, e_z
+                else:
+                    scale = torch.exp(m - m_new)
+                    if want_entropy:
+                        b = scale * (b + (m - m_new) * s_sum) + e_z
+                    s_sum = s_sum * scale + e_sum
+                m = m_new
+                del z, e  # free the tile before the next one is allocated
+            v = valid[s:s + rows]
+            ls = torch.log(s_sum)
+            row_max[s:s + rows], log_sum[s:s + rows] = m, ls
+            lse[s:s + rows] = torch.where(v, m + ls, 0.0)
+            logp[s:s + rows] = torch.where(v, (z_y - m) - ls, 0.0)
+            if want_entropy:
+                entropy[s:s + rows] = torch.where(v, ls - b / s_sum, 0.0)
         ctx.save_for_backward(hidden, weight, targets, row_max, log_sum, entropy)
-        ctx.temperature, ctx.ignore_index, ctx.chunk = temperature, ignore_index, chunk
+        ctx.temperature, ctx.ignore_index, ctx.tiles = temperature, ignore_index, tiles
         ctx.set_materialize_grads(False)  # unused outputs arrive as None: no entropy work unless needed
         if not want_entropy:
             ctx.mark_non_differentiable(entropy)
@@ -191,8 +226,8 @@ class _LinearLogprobsTorch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_logp, g_entropy, g_lse):
         hidden, weight, targets, row_max, log_sum, entropy = ctx.saved_tensors
-        tau, chunk = ctx.temperature, ctx.chunk
-        T = hidden.shape[0]
+        tau, (rows, cols) = ctx.temperature, ctx.tiles
+        T, V = hidden.shape[0], weight.shape[0]
         compute = row_max.dtype
         w = weight.to(compute)
         valid = targets != ctx.ignore_index
@@ -205,39 +240,49 @@ class _LinearLogprobsTorch(torch.autograd.Function):
         dx = torch.empty(hidden.shape, dtype=compute, device=hidden.device) if need_x else None
         # the fp32 (fp64) dW accumulator is itself the returned gradient for fp32 (fp64) weights: no second copy
         dw = torch.zeros(w.shape, dtype=compute, device=hidden.device) if need_w else None
-        for s in range(0, T, chunk):
-            x = hidden[s:s + chunk].to(compute)  # (C, D)
-            z = _chunk_logits(x, w, tau)  # (C, V)
-            logq = z.sub_(row_max[s:s + chunk, None]).sub_(log_sum[s:s + chunk, None])  # in place, (z - m) - log s
+        for s in range(0, T, rows):
+            x = hidden[s:s + rows].to(compute)  # (C, D)
+            shift = row_max[s:s + rows, None], log_sum[s:s + rows, None]
             # dL/dz = g_logp (onehot - p) - g_H p (log p + H) + g_lse p
-            coef = -g_logp[s:s + chunk]
+            coef = -g_logp[s:s + rows]
             if g_lse is not None:
-                coef = coef + g_lse[s:s + chunk]
-            if g_entropy is None:
-                dz = logq.exp_().mul_(coef[:, None])  # one (C, V) buffer throughout
-            else:  # p (coef - g_H (log p + H)), built in place in the log p tile: two (C, V) buffers
-                p = torch.exp(logq)
-                dz = logq.add_(entropy[s:s + chunk, None]).mul_(-g_entropy[s:s + chunk, None])
-                dz = dz.add_(coef[:, None]).mul_(p)
-                del p
-            dz.scatter_add_(-1, safe[s:s + chunk, None], g_logp[s:s + chunk, None])
-            if tau != 1.0:
-                dz /= tau  # z = x w^T / tau
-            if need_x:
-                torch.mm(dz, w, out=dx[s:s + chunk])  # straight into dX: no (C, D) temporary
-            if need_w:
-                dw.addmm_(dz.T, x)  # dW accumulates in place; for fp32 / fp64 weights it is the returned grad
-            del z, logq, dz  # free the tile before the next chunk's is allocated
+                coef = coef + g_lse[s:s + rows]
+            for v0 in range(0, V, cols):
+                w_b = w[v0:v0 + cols]
+                z = _chunk_logits(x, w_b, tau)  # (C, Vb)
+                logq = z.sub_(shift[0]).sub_(shift[1])  # in place, (z - m) - log s
+                if g_entropy is None:
+                    dz = logq.exp_().mul_(coef[:, None])  # one (C, Vb) buffer throughout
+                else:  # p (coef - g_H (log p + H)), built in place in the log p tile: two (C, Vb) buffers
+                    p = torch.exp(logq)
+                    dz = logq.add_(entropy[s:s + rows, None]).mul_(-g_entropy[s:s + rows, None])
+                    dz = dz.add_(coef[:, None]).mul_(p)
+                    del p
+                local = safe[s:s + rows] - v0
+                inside = (local >= 0) & (local < dz.shape[1])
+                dz.scatter_add_(-1, local.clamp(0, dz.shape[1] - 1)[:, None],
+                                torch.where(inside, g_logp[s:s + rows], 0.0)[:, None])
+                if tau != 1.0:
+                    dz /= tau  # z = x w^T / tau
+                if need_x:
+                    if v0 == 0:
+                        torch.mm(dz, w_b, out=dx[s:s + rows])  # straight into dX: no (C, D) temporary
+                    else:
+                        dx[s:s + rows].addmm_(dz, w_b)
+                if need_w:
+                    dw[v0:v0 + cols].addmm_(dz.T, x)  # dW accumulates in place (the returned grad for fp32)
+                del z, logq, dz  # free the tile before the next one is allocated
         dx = dx.to(hidden.dtype) if need_x else None
         dw = dw.to(weight.dtype) if need_w else None
         return dx, dw, None, None, None, None, None
 
 
-def _linear_logprobs_torch(hidden, weight, targets, temperature, ignore_index, want_entropy, chunk_size=None):
-    """Chunked torch path on validated 2-d inputs; returns (logp, entropy, lse)."""
-    chunk = _chunk_rows(hidden.shape[0], weight.shape[0], chunk_size)
+def _linear_logprobs_torch(hidden, weight, targets, temperature, ignore_index, want_entropy, chunk_size=None,
+                           chunk_cols=None):
+    """Tiled torch path on validated 2-d inputs; returns (logp, entropy, lse)."""
+    tiles = _tiles(hidden.shape[0], weight.shape[0], chunk_size, chunk_cols)
     return _LinearLogprobsTorch.apply(hidden, weight, targets, float(temperature), int(ignore_index),
-                                      bool(want_entropy), chunk)
+                                      bool(want_entropy), tiles)
 
 
 def linear_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-100, return_entropy=False,

@@ -482,10 +482,10 @@ def train(cfg: TrainConfig) -> dict:
     return {"before": before, "after": after, "records": log.records}
 
 
-def evaluate_checkpoint(cfg: TrainConfig) -> dict:
-    """`bonfast eval`: the pass@k / BoK / majority table and plot of out_dir's checkpoint (or of the base model)."""
-    cfg.validate()
-    device = _device(cfg)
+def load_policy(cfg: TrainConfig, device: torch.device | None = None):
+    """(model, tokenizer, task, verifier, tag) of out_dir's checkpoint, else the tiny warm start or the base
+    model; tag says which was loaded."""
+    device = device or _device(cfg)
     model, tokenizer, task, verifier = build(cfg, device)
     ckpt = os.path.join(cfg.out_dir, CHECKPOINT)
     latest = distributed.newest_checkpoint(cfg.out_dir, CHECKPOINT)
@@ -502,6 +502,14 @@ def evaluate_checkpoint(cfg: TrainConfig) -> dict:
         tag = "tiny warm start"
     else:
         tag = f"base model {cfg.model}"
+    return model, tokenizer, task, verifier, tag
+
+
+def evaluate_checkpoint(cfg: TrainConfig) -> dict:
+    """`bonfast eval`: the pass@k / BoK / majority table and plot of out_dir's checkpoint (or of the base model)."""
+    cfg.validate()
+    device = _device(cfg)
+    model, tokenizer, task, verifier, tag = load_policy(cfg, device)
     os.makedirs(cfg.out_dir, exist_ok=True)
     result = evaluate(cfg, Engine(model, device=device), tokenizer, task, verifier, step=0, tag="eval")
     print(f"{tag}\n{format_table(result)}")

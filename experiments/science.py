@@ -1,97 +1,171 @@
-"""BoN-aware vs inference-unaware training on the embedded arithmetic task, several seeds, equal sample budgets.
+"""The paper's comparison at small scale: every method on the embedded arithmetic task, several seeds.
 
-    python experiments/science.py --methods rl,bon_rlb_p,pass_at_k,bon_rl_s --seeds 0,1 --jobs 2 \\
-        --out docs/results/science
+    python experiments/science.py                       # all methods, seeds 0,1,2, two processes at a time
+    python experiments/science.py --methods rl,bon_rlb_p --seeds 0 --jobs 1    # a subset
 
-Every run is `bonfast train` with the default preset (same warm start per seed, 400 steps, 64 prompts x 16
-samples per step: equal sample budgets), varying only `--method` (and `--n_bon 1` for the inference-unaware
-`rl`). Each run's final evaluation (800 held-out prompts x 16 samples, T = 1) is collected into `<out>.json`, and
-`<out>.md` tabulates, per method, the change of pass@k / Bo@k / majority@k against the shared warm start: the
-mean over seeds of the paired change, with each seed's paired 95% bootstrap interval.
-Runs execute as separate processes (`--jobs` at a time, one torch thread each); finished runs are reused.
+Each (method, seed) is one `bonfast train` run with the default preset (the seed's shared supervised warm start,
+then 400 steps of 64 prompts x 16 samples: equal sample budgets), varying only the method, N' and the verifier
+(METHODS below). "base" is the seed's warm start itself. Every policy is then evaluated the same way
+(`eval_policy`): the same 800 held-out prompts x 32 samples at T = 0.5, 1.0 and 1.5, judged by the task (pass@k,
+majority@k) and by the seed's noisy verifier (BoK: the verifier picks, the task scores). `report` turns the
+per-prompt numbers into docs/results/science.{md,json} and the PNG plots beside them: every interval is a 95%
+bootstrap over prompts, paired where a change is shown, pooled over seeds by resampling prompts within each seed.
+
+Runs execute as separate processes (`--jobs` at a time, one torch thread each, so results are bitwise
+reproducible on one machine); finished runs and evaluations are reused, so an interrupted call resumes.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+NOISY = {"fpr": 0.25, "fnr": 0.1}  # the noisy verifier: accepts 25% of wrong responses, rejects 10% of right ones
+NOISY_ARGS = ["--verifier", "noisy", "--verifier_fpr", str(NOISY["fpr"]), "--verifier_fnr", str(NOISY["fnr"])]
+# method -> (extra `bonfast train` arguments, label). N' = 8 unless --n_bon 1; oracle verifier unless NOISY_ARGS.
+METHODS = {
+    "sft": (["--n_bon", "1"], "SFT (N'=1)"),
+    "rl": (["--n_bon", "1"], "RL (N'=1)"),
+    "rl_v": (["--n_bon", "1", *NOISY_ARGS], "RL-V (N'=1, noisy verifier)"),
+    "bon_sft": ([], "BoN-SFT (N'=8)"),
+    "bon_rl_v": (NOISY_ARGS, "BoN-RL-V (N'=8, noisy verifier)"),
+    "bon_rl_s": ([], "BoN-RL-S (N'=8)"),
+    "bon_rlb": ([], "BoN-RLB (N'=8)"),
+    "bon_rlb_p": ([], "BoN-RLB(P) (N'=8)"),
+    "pass_at_k": ([], "PKPO pass@k weights (k=8)"),
+}
+LABELS = {"base": "base (warm start)", **{m: label for m, (_, label) in METHODS.items()}}
+TEMPS = (0.5, 1.0, 1.5)
+KS = (1, 2, 4, 8, 16, 32)
+MAJ_KS = (8, 32)
+EVAL_SEED = 1234  # the held-out prompts are the same for every method and seed (paired comparisons)
+TRAIN_N_BON = 8
 
 
-def run_one(method: str, seed: int, root: str, steps: int) -> str:
-    out = os.path.join(root, f"{method}-seed{seed}")
-    if os.path.exists(os.path.join(out, "done.json")):
-        return out
-    args = [sys.executable, "-m", "bonfast.cli", "train", "--method", method, "--seed", str(seed), "--out_dir", out,
-            "--steps", str(steps), "--progress", "false", "--eval_ks", "1,2,4,8,16"]
-    if method in ("rl", "rl_v", "sft"):
-        args += ["--n_bon", "1"]
+# ------------------------------------------------------------------------------------------------------------
+# running
+
+
+def _run(args: list[str], log_path: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log_path, "w") as log:
+        proc = subprocess.run(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed with exit code {proc.returncode}; see {log_path}")
+
+
+def run_job(method: str, seed: int, root: str, steps: int, eval_prompts: int) -> str:
+    """Train (unless base) and evaluate one (method, seed); finished steps are skipped. Returns the run dir."""
+    out = os.path.join(root, f"{method}-seed{seed}")
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "stdout.log"), "w") as log:
-        subprocess.run(args, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-    with open(os.path.join(out, "done.json"), "w") as f:
-        json.dump({"method": method, "seed": seed}, f)
+    t0 = time.time()
+    if method != "base" and not os.path.exists(os.path.join(out, "done.json")):
+        extra, _ = METHODS[method]
+        _run([sys.executable, "-m", "bonfast.cli", "train", "--method", method, "--seed", str(seed),
+              "--out_dir", out, "--steps", str(steps), "--progress", "false",
+              # the in-run evaluation is a small sanity check only; eval_policy below is the measurement
+              "--eval_prompts", "64", "--eval_n", "8", "--eval_ks", "1,8", *extra],
+             os.path.join(out, "stdout.log"))
+        with open(os.path.join(out, "done.json"), "w") as f:
+            json.dump({"method": method, "seed": seed, "train_seconds": time.time() - t0}, f)
+    if not os.path.exists(os.path.join(out, "eval.json")):
+        _run([sys.executable, __file__, "--eval-one", out, "--seeds", str(seed), "--eval_prompts", str(eval_prompts)],
+             os.path.join(out, "eval.log"))
+    print(f"  {method} seed {seed}: done ({time.time() - t0:.0f} s)", flush=True)
     return out
 
 
-def evals(out: str) -> tuple[dict, dict]:
-    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if line.strip()]
-    before = next(r for r in records if r.get("tag") == "before")
-    after = next(r for r in records if r.get("tag") == "after")
-    return before, after
+def eval_policy(run_dir: str, seed: int, eval_prompts: int) -> None:
+    """Per-prompt pass@k, BoK (noisy verifier), majority@k and answer diversity of one policy -> eval.json."""
+    from bonfast import metrics, tasks, train
+    from bonfast.config import preset
+    from bonfast.engine import Engine
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    cfg = preset("default", seed=seed, out_dir=run_dir)
+    model, tokenizer, task, _, tag = train.load_policy(cfg, torch.device("cpu"))
+    model.eval()
+    verifier = tasks.get_verifier("noisy", task, false_positive_rate=NOISY["fpr"], false_negative_rate=NOISY["fnr"],
+                                  seed=seed)  # the verifier the seed's noisy runs trained against
+    examples = task.examples("test", n=eval_prompts, seed=EVAL_SEED)
+    prompts = [task.prompt_ids(ex, tokenizer) for ex in examples]
+    n = max(KS)
+    result = {"tag": tag, "seed": seed, "n": n, "levels": [ex.meta["level"] for ex in examples], "temps": {}}
+    for temp in TEMPS:
+        roll = Engine(model).sample(prompts, n, max_new_tokens=cfg.max_new_tokens, temperature=temp,
+                                    stop_token_ids=train._stop_ids(tokenizer), seed=EVAL_SEED + int(100 * temp))
+        R, r, answers = train._judge(task, verifier, examples, roll, tokenizer)
+        correct = R > 0.5
+        per = {f"pass@{k}": metrics.pass_at_k(torch.full((len(prompts),), n), correct.sum(1), k) for k in KS}
+        per.update({f"bo@{k}": metrics.bo_k(r, R, k) for k in KS})
+        per.update({f"maj@{k}": metrics.majority_at_k(answers, R, k) for k in MAJ_KS})
+        distinct, entropy, modal_share, modal_correct = [], [], [], []
+        for row, ok in zip(answers, correct.tolist()):
+            counts = Counter(row)
+            top, top_count = counts.most_common(1)[0]
+            distinct.append(len(counts))
+            entropy.append(-sum(c / n * math.log(c / n) for c in counts.values()))
+            modal_share.append(top_count / n)
+            modal_correct.append(float(ok[row.index(top)]))
+        per.update(distinct=distinct, entropy=entropy, modal_share=modal_share, modal_correct=modal_correct,
+                   verifier_accepts=(r > 0.5).double().mean(1), length=[
+                       sum(len(t) for t in toks) / n for toks in roll.tokens])
+        result["temps"][f"{temp:g}"] = {k: torch.as_tensor(v, dtype=torch.float64).tolist() for k, v in per.items()}
+    result["seconds"] = time.time() - t0
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "eval.json.tmp"), "w") as f:
+        json.dump(result, f)
+    os.replace(os.path.join(run_dir, "eval.json.tmp"), os.path.join(run_dir, "eval.json"))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# report
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="rl,bon_rlb_p,pass_at_k,bon_rl_s")
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated; base is always included")
+    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--eval_prompts", type=int, default=800)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--runs", default="runs/science", help="directory of the individual runs")
-    ap.add_argument("--out", default="docs/results/science", help="output prefix (.json and .md)")
+    ap.add_argument("--out", default="docs/results/science", help="output prefix (.md, .json, -*.png)")
+    ap.add_argument("--eval-one", metavar="RUN_DIR", help=argparse.SUPPRESS)
+    ap.add_argument("--report-only", action="store_true", help="tabulate the runs that exist; train nothing")
     args = ap.parse_args()
-    methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    if args.eval_one:
+        eval_policy(args.eval_one, seeds[0], args.eval_prompts)
+        return
+    methods = [m for m in args.methods.split(",") if m and m != "base"]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; expected a subset of {', '.join(METHODS)}")
     start = datetime.datetime.now(datetime.timezone.utc)
-    jobs = [(m, s) for s in seeds for m in methods]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        outs = dict(zip(jobs, pool.map(lambda job: run_one(*job, args.runs, args.steps), jobs)))
-    table = {}
-    for (method, seed), out in outs.items():
-        before, after = evals(out)
-        for temp, rows in after["metrics"].items():
-            for name, value in rows.items():
-                table.setdefault((method, temp, name), []).append(
-                    {"seed": seed, "before": before["metrics"][temp][name], "after": value})
-    seconds = (datetime.datetime.now(datetime.timezone.utc) - start).total_seconds()
-    meta = {"date": start.isoformat(timespec="seconds"), "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
-            "torch": torch.__version__, "command": " ".join(sys.argv), "seconds": seconds, "steps": args.steps}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump({"meta": meta, "results": [{"method": m, "temperature": t, "metric": n, "seeds": v}
-                                             for (m, t, n), v in table.items()]}, f, indent=1)
-    names = [f"{m}@{k}" for m in ("pass", "bo", "maj") for k in (1, 8, 16)]
-    lines = [f"Generated by `{meta['command']}` on {meta['date']} ({meta['machine']}, torch {meta['torch']}, "
-             f"{seconds / 60:.0f} min). Change against each seed's warm start, in points; per seed: after - before "
-             "of the means (the paired interval is in the run's stdout.log).", "",
-             "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for method in methods:
-        cells = []
-        for name in names:
-            per_seed = [100 * (v["after"]["mean"] - v["before"]["mean"]) for v in table[(method, "T=1", name)]]
-            cells.append(f"{sum(per_seed) / len(per_seed):+.1f} ({', '.join(f'{x:+.1f}' for x in per_seed)})")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if not args.report_only:
+        jobs = [(m, s) for s in seeds for m in ["base", *methods]]
+        print(f"{len(jobs)} jobs, {args.jobs} at a time, runs in {args.runs}", flush=True)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda job: run_job(*job, args.runs, args.steps, args.eval_prompts), jobs))
+    from science_report import report
+    report(args.runs, ["base", *methods], seeds, args.out, meta={
+        "date": start.isoformat(timespec="seconds"), "command": "python " + " ".join(sys.argv),
+        "minutes": (datetime.datetime.now(datetime.timezone.utc) - start).total_seconds() / 60,
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores", "torch": torch.__version__,
+        "steps": args.steps, "eval_prompts": args.eval_prompts, "noisy_verifier": NOISY, "labels": LABELS,
+        "temps": TEMPS, "ks": KS, "n_bon": TRAIN_N_BON})
 
 
 if __name__ == "__main__":

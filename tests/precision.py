@@ -24,3 +24,9 @@ def assert_three_way(out, pt, gt, dtype, *, name="output", factor=2.0, atol=None
             f"{name} ({dtype}): {int(bad.sum())}/{bad.numel()} elements off; first at flat index {i}: "
             f"out={out.flatten()[i]:.6g} torch={pt.flatten()[i]:.6g} truth={gt.flatten()[i]:.6g} "
             f"max err={err.max():.3g}")
+
+
+def impl_name(impl: str) -> str:
+    """The `impl=` argument for a test's impl parameter: "torch-tiled" is the torch path with small tiles
+    (the autouse fixture in tests/conftest.py shrinks them)."""
+    return "torch" if impl == "torch-tiled" else impl

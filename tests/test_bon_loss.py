@@ -6,7 +6,7 @@ import torch
 
 from bonfast.ops import bon_loss, fused_bon_loss, linear_logprobs
 from bonfast.reference import bon_loss_ref, linear_logprobs_ref
-from precision import assert_three_way
+from precision import assert_three_way, impl_name
 
 IMPLS = ["torch", "triton"]
 FORMS = {
@@ -77,7 +77,7 @@ def test_padding_is_inert(impl):
     assert torch.isfinite(loss) and torch.isfinite(g).all() and (g[si < 0] == 0).all()
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPLS + ["torch-tiled"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("form", list(FORMS))
 def test_fused_matches_reference(impl, dtype, form):
@@ -100,7 +100,8 @@ def test_fused_matches_reference(impl, dtype, form):
         loss = fn(a, b)
         return [loss.detach(), *torch.autograd.grad(loss, (a, b))]
 
-    out = run(lambda a, b: fused_bon_loss(a, b, y, si, w, normaliser=74.0, temperature=tau, impl=impl, **kw), x, W)
+    out = run(lambda a, b: fused_bon_loss(a, b, y, si, w, normaliser=74.0, temperature=tau,
+                                          impl=impl_name(impl), **kw), x, W)
 
     def naive(a, b):
         logq = torch.log_softmax((a.reshape(-1, D) @ b.T).float() / tau, -1)

@@ -11,9 +11,12 @@ import torch
 import bonfast.ops as ops
 from bonfast.ops import linear_logprobs
 from bonfast.reference import linear_logprobs_ref
-from precision import DTYPES, assert_three_way
+from precision import DTYPES, assert_three_way, impl_name as _impl
 
-IMPLS = ["torch", "triton"]
+# "torch-tiled" (tests/conftest.py): the torch path with 7 x 64 tiles, so every shape below crosses several
+# token chunks and vocabulary blocks (the online softmax across blocks, a ragged last block)
+IMPLS = ["torch", "torch-tiled", "triton"]
+
 # (T, D, V, temperature): T = 1, D odd, V prime and above one vocabulary tile (two vocabulary splits)
 SHAPES = [(1, 33, 521, 1.0), (40, 67, 509, 0.5), (23, 64, 300, 1.7)]
 
@@ -42,7 +45,7 @@ def _check_three_way(impl, x, w, y, temperature, dtype, ignore_index=-100):
     T = y.shape[0]
     grads = [torch.randn(T, dtype=torch.float64, device=y.device) for _ in range(3)]
     out = _run_all(lambda a, b: linear_logprobs(a, b, y, temperature=temperature, ignore_index=ignore_index,
-                                                return_entropy=True, return_lse=True, impl=impl), x, w, grads)
+                                                return_entropy=True, return_lse=True, impl=_impl(impl)), x, w, grads)
     pt = _run_all(lambda a, b: _naive(a, b, y, temperature, ignore_index), x, w, grads)
     gt = _run_all(lambda a, b: linear_logprobs_ref(a, b, y, temperature=temperature, ignore_index=ignore_index),
                   x.double(), w.double(), grads)
@@ -99,7 +102,7 @@ def test_all_ignored(impl):
     x = torch.randn(T, D, requires_grad=True)
     w = torch.randn(V, D, requires_grad=True)
     y = torch.full((T,), -100)
-    logp, entropy, lse = linear_logprobs(x, w, y, return_entropy=True, return_lse=True, impl=impl)
+    logp, entropy, lse = linear_logprobs(x, w, y, return_entropy=True, return_lse=True, impl=_impl(impl))
     assert not logp.any() and not entropy.any() and not lse.any()
     dx, dw = torch.autograd.grad((logp + entropy + lse).sum(), (x, w))
     assert not dx.any() and not dw.any()
@@ -110,9 +113,9 @@ def test_leading_dims_and_return_order(impl):
     x = torch.randn(2, 3, 21)
     w = torch.randn(130, 21)
     y = torch.randint(0, 130, (2, 3))
-    logp = linear_logprobs(x, w, y, impl=impl)
+    logp = linear_logprobs(x, w, y, impl=_impl(impl))
     assert logp.shape == (2, 3)
-    logp2, lse = linear_logprobs(x, w, y, return_lse=True, impl=impl)
+    logp2, lse = linear_logprobs(x, w, y, return_lse=True, impl=_impl(impl))
     ref = linear_logprobs_ref(x.reshape(6, 21), w, y.reshape(6))
     torch.testing.assert_close(logp2.reshape(6), ref[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lse.reshape(6), ref[2], rtol=1e-5, atol=1e-5)
@@ -124,7 +127,7 @@ def test_only_hidden_needs_grad(impl):
     x = torch.randn(5, 16, requires_grad=True)
     w = torch.randn(140, 16)
     y = torch.randint(0, 140, (5,))
-    (dx,) = torch.autograd.grad(linear_logprobs(x, w, y, impl=impl).sum(), (x,))
+    (dx,) = torch.autograd.grad(linear_logprobs(x, w, y, impl=_impl(impl)).sum(), (x,))
     x64 = x.detach().double().requires_grad_()
     (ref,) = torch.autograd.grad(linear_logprobs_ref(x64, w.double(), y)[0].sum(), (x64,))
     torch.testing.assert_close(dx.double(), ref, rtol=1e-5, atol=1e-5)
@@ -141,28 +144,38 @@ def test_docstring_naive_equivalent():
 
 
 def test_torch_path_memory_does_not_grow_with_T(monkeypatch):
-    """The chunked path never holds more than chunk x V logits, forward or backward, whatever T is."""
+    """The tiled path never holds more than rows x cols logits, forward or backward, whatever T is."""
     seen = []
     real = ops._chunk_logits
 
     def spy(x, w, temperature):
         z = real(x, w, temperature)
-        seen.append(z.numel())
+        seen.append(tuple(z.shape))
         return z
 
     monkeypatch.setattr(ops, "_chunk_logits", spy)
-    V, D, chunk = 150, 12, 4
+    V, D, rows, cols = 150, 12, 4, 64
     w = torch.randn(V, D, requires_grad=True)
     for T in (9, 57):
         x = torch.randn(T, D, requires_grad=True)
         y = torch.randint(0, V, (T,))
         seen.clear()
-        logp, entropy, lse = ops._linear_logprobs_torch(x, w, y, 1.0, -100, True, chunk_size=chunk)
+        logp, entropy, lse = ops._linear_logprobs_torch(x, w, y, 1.0, -100, True, chunk_size=rows,
+                                                        chunk_cols=cols)
         (logp + entropy).sum().backward()
-        assert max(seen) == chunk * V and len(seen) == 2 * -(-T // chunk)
+        assert max(r for r, _ in seen) == rows and max(c for _, c in seen) == cols
+        assert len(seen) == 2 * -(-T // rows) * -(-V // cols)  # every tile once forward, once backward
         ref = linear_logprobs_ref(x.detach(), w.detach(), y)
         torch.testing.assert_close(logp, ref[0], rtol=1e-5, atol=1e-5)
-    assert ops._chunk_rows(10 ** 6, 50257, None) == ops._TORCH_CHUNK_ELEMENTS // 50257
+        torch.testing.assert_close(entropy, ref[1], rtol=1e-5, atol=1e-5)
+
+
+def test_default_tiles():
+    """Large V: _TORCH_MAX_ROWS rows beside vocabulary blocks; small V: one block, the tile filled with rows."""
+    budget, rows = ops._TORCH_CHUNK_ELEMENTS, ops._TORCH_MAX_ROWS
+    assert ops._tiles(10 ** 6, 50257) == (rows, budget // rows)
+    assert ops._tiles(10 ** 6, 300) == (budget // 300, 300)
+    assert ops._tiles(3, 50257) == (3, 50257)
 
 
 @pytest.mark.parametrize("bad, match", [
