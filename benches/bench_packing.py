@@ -135,8 +135,9 @@ def _rounds(shape):
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("shape", SELECTED)
-def test_body_fwd_bwd(benchmark, provider, shape):
+@pytest.mark.parametrize("workload", SELECTED)
+def test_body_fwd_bwd(benchmark, provider, workload):
+    shape = workload
     """Decoder body only (forward + backward of the response hidden rows): what packing changes."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = SHAPES[shape]
@@ -161,8 +162,9 @@ def test_body_fwd_bwd(benchmark, provider, shape):
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("shape", SELECTED)
-def test_train_step(benchmark, provider, shape):
+@pytest.mark.parametrize("workload", SELECTED)
+def test_train_step(benchmark, provider, workload):
+    shape = workload
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = SHAPES[shape]
     model, batch, weights = _setup(provider, device, shape)

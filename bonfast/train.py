@@ -415,6 +415,11 @@ class _Log:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({k: v for k, v in record.items() if k != "per_prompt"}) + "\n")
+        if "per_prompt" in record:  # eval-before.json / eval-after.json: per-prompt values, for paired comparisons
+            suffix = f"-{record['step']}" if record["tag"] == "periodic" else ""
+            path = os.path.join(os.path.dirname(self.path), f"eval-{record['tag']}{suffix}.json")
+            with open(path, "w") as f:
+                json.dump({k: torch.as_tensor(v).tolist() for k, v in record["per_prompt"].items()}, f)
 
 
 def train(cfg: TrainConfig) -> dict:

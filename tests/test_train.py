@@ -42,6 +42,9 @@ def test_train_writes_metrics_plot_and_checkpoint(tmp_path):
             assert 0 <= v["lo"] <= v["mean"] <= v["hi"] <= 1
     train_rec = [r for r in records if r["kind"] == "train"]
     assert all(set(r["seconds"]) == {"sample", "reward", "score", "optim"} for r in train_rec)
+    per_prompt = json.load(open(run / "eval-after.json"))  # per-prompt values for paired comparisons
+    assert len(per_prompt["T=1/pass@1"]) == 12
+    assert sum(per_prompt["T=1/pass@4"]) / 12 == pytest.approx(out["after"]["metrics"]["T=1"]["pass@4"]["mean"])
 
 
 @pytest.mark.parametrize("method,extra", [("rl", {"n_bon": 1}), ("bon_rl_v", {"verifier": "noisy",
