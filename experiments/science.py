@@ -1,7 +1,7 @@
 """The paper's comparison at small scale: every method on the embedded arithmetic task, several seeds.
 
-    python experiments/science.py                       # all methods, seeds 0,1,2, two processes at a time
-    python experiments/science.py --methods rl,bon_rlb_p --seeds 0 --jobs 1    # a subset
+    python experiments/science.py        # all methods on seeds 0,1; base, RL and BoN-RLB(P) also on seed 2
+    python experiments/science.py --methods rl,bon_rlb_p --seeds 0 --headline_seeds "" --jobs 1   # a subset
 
 Each (method, seed) is one `bonfast train` run with the default preset (the seed's shared supervised warm start,
 then 400 steps of 64 prompts x 16 samples: equal sample budgets), varying only the method, N' and the verifier
@@ -12,7 +12,8 @@ per-prompt numbers into docs/results/science.{md,json} and the PNG plots beside 
 bootstrap over prompts, paired where a change is shown, pooled over seeds by resampling prompts within each seed.
 
 Runs execute as separate processes (`--jobs` at a time, one torch thread each, so results are bitwise
-reproducible on one machine); finished runs and evaluations are reused, so an interrupted call resumes.
+reproducible on one machine); finished runs and evaluations are reused, and an interrupted run resumes from
+its last checkpoint (every 20 steps), so an interrupted call picks up where it stopped.
 """
 from __future__ import annotations
 
@@ -50,15 +51,16 @@ KS = (1, 2, 4, 8, 16, 32)
 MAJ_KS = (8, 32)
 EVAL_SEED = 1234  # the held-out prompts are the same for every method and seed (paired comparisons)
 TRAIN_N_BON = 8
+HEADLINE = ("rl", "bon_rlb_p")  # the comparison the issue asks for with its interval: inference-unaware vs BoN-aware
 
 
 # ------------------------------------------------------------------------------------------------------------
 # running
 
 
-def _run(args: list[str], log_path: str) -> None:
+def _run(args: list[str], log_path: str, append: bool = False) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log_path, "w") as log:
+    with open(log_path, "a" if append else "w") as log:
         proc = subprocess.run(args, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed with exit code {proc.returncode}; see {log_path}")
@@ -72,10 +74,10 @@ def run_job(method: str, seed: int, root: str, steps: int, eval_prompts: int) ->
     if method != "base" and not os.path.exists(os.path.join(out, "done.json")):
         extra, _ = METHODS[method]
         _run([sys.executable, "-m", "bonfast.cli", "train", "--method", method, "--seed", str(seed),
-              "--out_dir", out, "--steps", str(steps), "--progress", "false",
+              "--out_dir", out, "--steps", str(steps), "--progress", "false", "--resume", "true",
               # the in-run evaluation is a small sanity check only; eval_policy below is the measurement
               "--eval_prompts", "64", "--eval_n", "8", "--eval_ks", "1,8", *extra],
-             os.path.join(out, "stdout.log"))
+             os.path.join(out, "stdout.log"), append=True)
         with open(os.path.join(out, "done.json"), "w") as f:
             json.dump({"method": method, "seed": seed, "train_seconds": time.time() - t0}, f)
     if not os.path.exists(os.path.join(out, "eval.json")):
@@ -136,7 +138,9 @@ def eval_policy(run_dir: str, seed: int, eval_prompts: int) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated; base is always included")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default="0,1", help="seeds on which every method runs")
+    ap.add_argument("--headline_seeds", default="2",
+                    help=f"extra seeds for base and the headline pair {', '.join(HEADLINE)} only")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--eval_prompts", type=int, default=800)
     ap.add_argument("--jobs", type=int, default=2)
@@ -146,6 +150,7 @@ def main():
     ap.add_argument("--report-only", action="store_true", help="tabulate the runs that exist; train nothing")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    extra_seeds = [int(s) for s in args.headline_seeds.split(",") if s and int(s) not in seeds]
     if args.eval_one:
         eval_policy(args.eval_one, seeds[0], args.eval_prompts)
         return
@@ -156,11 +161,12 @@ def main():
     start = datetime.datetime.now(datetime.timezone.utc)
     if not args.report_only:
         jobs = [(m, s) for s in seeds for m in ["base", *methods]]
+        jobs += [(m, s) for s in extra_seeds for m in ["base", *HEADLINE] if m == "base" or m in methods]
         print(f"{len(jobs)} jobs, {args.jobs} at a time, runs in {args.runs}", flush=True)
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: run_job(*job, args.runs, args.steps, args.eval_prompts), jobs))
     from science_report import report
-    report(args.runs, ["base", *methods], seeds, args.out, meta={
+    report(args.runs, ["base", *methods], seeds + extra_seeds, args.out, meta={
         "date": start.isoformat(timespec="seconds"), "command": "python " + " ".join(sys.argv),
         "minutes": (datetime.datetime.now(datetime.timezone.utc) - start).total_seconds() / 60,
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores", "torch": torch.__version__,

@@ -42,17 +42,20 @@ def test_report_writes_tables_and_plots(tmp_path):
     for seed in (0, 1):
         _fake_eval(runs / f"base-seed{seed}", 0.2, seed)
         _fake_eval(runs / f"rl-seed{seed}", 0.3, 10 + seed)
-        _fake_eval(runs / f"bon_rlb_p-seed{seed}", 0.4, 20 + seed)
+    _fake_eval(runs / "bon_rlb_p-seed1", 0.4, 21)  # a method with fewer seeds: paired on the seeds it has
     out = str(tmp_path / "docs" / "science")
     meta = {"date": "today", "command": "test", "minutes": 0.0, "machine": "cpu", "torch": torch.__version__,
             "noisy_verifier": science.NOISY, "labels": science.LABELS, "temps": science.TEMPS, "ks": science.KS,
             "n_bon": 8}
     data = science_report.report(str(runs), ["base", "rl", "bon_rlb_p", "sft"], [0, 1], out, meta)
     assert data["meta"]["missing"] == ["sft"] and data["meta"]["methods"] == ["base", "rl", "bon_rlb_p"]
+    assert data["meta"]["seeds_per_method"]["bon_rlb_p"] == [1]
     entry = data["results"]["bon_rlb_p|T=1|pass@1"]
-    base = data["results"]["base|T=1|pass@1"]["value"]["mean"]
-    assert entry["change_vs_base"]["mean"] == pytest.approx(entry["value"]["mean"] - base)
+    base_seed1 = data["results"]["base|T=1|pass@1"]["value"]["per_seed"][1]
+    assert entry["change_vs_base"]["mean"] == pytest.approx(entry["value"]["mean"] - base_seed1)
+    assert entry["minus_rl"]["per_seed"] == [pytest.approx(
+        entry["value"]["mean"] - data["results"]["rl|T=1|pass@1"]["value"]["per_seed"][1])]
     assert "minus_rl" in entry and "minus_rl" not in data["results"]["rl|T=1|pass@1"]
     text = open(out + ".md").read()
-    assert "Headline at T = 1" in text and "Co-scaling" in text and "Not yet evaluated" in text
+    assert "Headline at T = 1" in text and "Co-scaling" in text and "Not evaluated yet" in text
     assert os.path.getsize(out + "-pass_at_k.png") > 0 and os.path.getsize(out + "-meta_coscaling.png") > 0
