@@ -4,7 +4,7 @@ Each function validates once, then dispatches on `impl`:
 
 * "triton": the kernels in `bonfast.kernels` (on CPU only under TRITON_INTERPRET=1, for tests);
 * "torch":  a tiled PyTorch path with identical semantics and bounded memory: logits are formed one
-  (token chunk x vocabulary block) tile at a time (at most 16 MiB in fp32), with an online softmax across
+  (token chunk x vocabulary block) tile at a time (at most 8 MiB in fp32), with an online softmax across
   the blocks, every elementwise step works in place on that tile, and the backward recomputes each tile,
   so the extra memory is one tile (two with entropy) plus the gradients themselves, independent of T;
 * "auto":   "triton" for CUDA tensors, "torch" otherwise.
@@ -22,13 +22,20 @@ from bonfast.reference import resolve_clip_eps
 
 __all__ = ["linear_logprobs", "bon_loss", "fused_bon_loss"]
 
-# Logits per tile on the torch path: 4M (16 MiB in fp32), the only (C, Vb) buffer alive at a time (a second one
+# Logits per tile on the torch path: 2M (8 MiB in fp32), the only (C, Vb) buffer alive at a time (a second one
 # only when the entropy is returned or differentiated), so the op's extra memory is the gradients plus ~one tile.
-# A tile has at most _TORCH_MAX_ROWS token rows; a larger vocabulary is split into blocks of 4M / rows columns.
+# A tile has at most _TORCH_MAX_ROWS token rows; a larger vocabulary is split into blocks of 2M / rows columns.
 # W and dW stream through memory once per token chunk, so thin full-vocabulary chunks (83 rows at V = 50257)
 # were memory-bound on a 2-core CPU; see benches/README.md for the measured choice of rows.
-_TORCH_CHUNK_ELEMENTS = 1 << 22
-_TORCH_MAX_ROWS = 2048
+# Both can be overridden for tuning on another CPU: BONFAST_TORCH_TILE="rows,elements" (e.g. "2048,4194304").
+_TORCH_MAX_ROWS, _TORCH_CHUNK_ELEMENTS = 2048, 1 << 21
+if os.environ.get("BONFAST_TORCH_TILE"):
+    try:
+        _TORCH_MAX_ROWS, _TORCH_CHUNK_ELEMENTS = (int(v) for v in os.environ["BONFAST_TORCH_TILE"].split(","))
+        assert _TORCH_MAX_ROWS >= 1 and _TORCH_CHUNK_ELEMENTS >= 1
+    except (ValueError, AssertionError):
+        raise ValueError(f"BONFAST_TORCH_TILE must be 'rows,elements' with two positive integers, e.g. "
+                         f"'2048,4194304'; got {os.environ['BONFAST_TORCH_TILE']!r}") from None
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -143,7 +150,7 @@ def _tiles(T, V, rows=None, cols=None):
     """(rows, cols) of the (token, vocabulary) tiles: at most _TORCH_CHUNK_ELEMENTS logits each.
 
     A large V is split into vocabulary blocks beside _TORCH_MAX_ROWS token rows instead of into thin token
-    chunks, so W and dW stream through memory T / rows times (not T * V / 4M times); a small V fills the
+    chunks, so W and dW stream through memory T / rows times (not T * V / 2M times); a small V fills the
     tile with more rows and one block."""
     if rows is None:
         rows = max(_TORCH_MAX_ROWS, _TORCH_CHUNK_ELEMENTS // V)
