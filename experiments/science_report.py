@@ -111,6 +111,18 @@ def report(runs: str, methods: list[str], seeds: list[int], out: str, meta: dict
     lines += _table(["method", f"pass@{n_bon} - base (per seed)", f"pass@{n_bon} - RL", f"Bo{n_bon} - base",
                      "pass@1 - base", "pass@32 - base"], rows) + [""]
 
+    # --- the verifier-trained BoN method against the reward-trained ones (paper: better BoK, not better pass@N)
+    others = [m for m in ("bon_rl_s", "bon_rlb", "bon_rlb_p", "pass_at_k") if m in methods]
+    if "bon_rl_v" in methods and others:
+        lines += ["## BoN-RL-V (noisy verifier) minus each reward-trained BoN method, T = 1 (paired, points)", ""]
+        rows, vs = [], {}
+        for m in others:
+            cells = {n: stat("bon_rl_v", "1", n, minus=m) for n in (f"bo@{n_bon}", f"pass@{n_bon}", "pass@32")}
+            vs[m] = cells
+            rows.append([labels[m]] + [_fmt(c, signed=True, seeds=True) for c in cells.values()])
+        data["bon_rl_v_minus"] = vs
+        lines += _table(["BoN-RL-V minus", f"Bo{n_bon}", f"pass@{n_bon}", "pass@32"], rows) + [""]
+
     # --- absolute tables per temperature
     for t in temps:
         lines += [f"## T = {t}: pass@k and BoK (absolute)", ""]
