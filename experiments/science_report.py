@@ -15,9 +15,6 @@ import torch
 from bonfast import metrics
 
 N_BOOT = 1000
-# difficulty of a prompt = the base policies' pass@1 at T = 1 (mean over seeds), in these bins
-DIFFICULTY_BINS = [(0.0, 0.0, "0 (unsolved)"), (0.0, 0.1, "(0, 0.1]"), (0.1, 0.3, "(0.1, 0.3]"),
-                   (0.3, 0.6, "(0.3, 0.6]"), (0.6, 1.0, "(0.6, 1]")]
 
 
 def load(runs: str, method: str, seed: int) -> dict | None:
@@ -144,12 +141,10 @@ def report(runs: str, methods: list[str], seeds: list[int], out: str, meta: dict
     lines += _table(["method", "distinct answers", "answer entropy", "modal share %", "modal correct %"], rows)
     lines += [""]
 
-    # --- meta-strategy: modal share by difficulty
-    difficulty = torch.stack(values("base", "1", "pass@1")).mean(0)
-    bins = []
-    for lo, hi, name in DIFFICULTY_BINS:
-        mask = (difficulty == 0) if hi == 0 else (difficulty > lo) & (difficulty <= hi)
-        bins.append((name, mask))
+    # --- meta-strategy: modal share by difficulty. Difficulty = the arithmetic level of the prompt: a bin
+    # defined from the evaluated samples themselves (e.g. the base's pass@1) would select on their noise
+    levels = torch.tensor(evals[("base", seeds[0])]["levels"])
+    bins = [(f"level {int(lv)}", levels == lv) for lv in sorted(set(levels.tolist()))]
     meta_rows, meta_json = [], {}
     for m in methods:
         share, corr = values(m, "1", "modal_share"), values(m, "1", "pass@1")
@@ -165,7 +160,8 @@ def report(runs: str, methods: list[str], seeds: list[int], out: str, meta: dict
         meta_rows.append([labels[m]] + cells)
     data["meta_strategy"] = meta_json
     lines += ["## Meta-strategy at T = 1: share of samples on the modal answer / pass@1 (%), by difficulty", "",
-              "Difficulty = the base policies' pass@1 at T = 1 on that prompt (mean over seeds); prompts per bin: "
+              "Difficulty = the arithmetic level (1: one operation on small numbers ... 3: several operations; "
+              "bonfast/tasks/arithmetic.py); prompts per level: "
               + ", ".join(f"{name}: {int(mask.sum())}" for name, mask in bins) + ".", ""]
     lines += _table(["method"] + [name for name, _ in bins], meta_rows) + [""]
 
@@ -197,11 +193,13 @@ def report(runs: str, methods: list[str], seeds: list[int], out: str, meta: dict
         best = []
         for k in ks:
             by_t = {t: sum(float(v[mask].mean()) for v in values("base", t, f"pass@{k}")) / len(seeds) for t in temps}
-            best.append(max(temps, key=by_t.get))
+            top = max(by_t.values())
+            winners = [t for t in temps if by_t[t] >= top - 1e-12]
+            best.append(winners[0] if len(winners) == 1 else "tie")  # e.g. a bin no temperature solves
         tstar_json[name] = dict(zip([str(k) for k in ks], best))
         rows.append([name, str(int(mask.sum()))] + best)
     data["T_star_by_difficulty_base"] = tstar_json
-    lines += ["T*(N) of the base policies by difficulty bin:", ""]
+    lines += ["T*(N) of the base policies by level (\"tie\": equal pass@N at the best temperatures):", ""]
     lines += _table(["difficulty", "prompts"] + [f"N={k}" for k in ks], rows) + [""]
 
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
@@ -258,7 +256,7 @@ def plots(R, methods, labels, temps, ks, bins, values, cos_json, out) -> list[st
         share = [sum(float(v[mask].mean()) for v in values(m, "1", "modal_share")) / len(values(m, "1", "modal_share"))
                  for name, mask in bins if mask.sum() > 0]
         axes[0].plot(names, [100 * s for s in share], marker="o", label=labels[m])
-    axes[0].set_xlabel("difficulty bin: base pass@1 at T = 1")
+    axes[0].set_xlabel("difficulty: arithmetic level")
     axes[0].set_ylabel("share of samples on the modal answer (%)")
     axes[0].set_title("meta-strategy: concentration by difficulty (T = 1)")
     axes[0].legend(fontsize=7)
