@@ -240,11 +240,12 @@ def plots(R, methods, labels, temps, ks, bins, values, cos_json, out) -> list[st
             ys.append(100 * e["mean"])
             errs[0].append(100 * (e["mean"] - e["lo"]))
             errs[1].append(100 * (e["hi"] - e["mean"]))
-        ax.bar([j + i * width for j in range(len(temps))], ys, width, yerr=errs, label=labels[m], capsize=2)
+        ax.bar([j + i * width for j in range(len(temps))], ys, width, yerr=errs, label=labels[m], capsize=2,
+               color=f"C{(i + 1) % 10}")  # the colour of the method's line in the left panels
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(temps))], [f"T = {t}" for t in temps])
     ax.set_ylabel("pass@8 change vs base (points)")
-    ax.set_title("pass@8 change at each test temperature")
+    ax.set_title("pass@8 change vs base, by test T")
     fig.tight_layout()
     paths.append(out + "-pass_at_k.png")
     fig.savefig(paths[-1], dpi=110)
