@@ -1,7 +1,7 @@
 """The paper's comparison at small scale: every method on the embedded arithmetic task, several seeds.
 
-    python experiments/science.py        # all methods on seeds 0,1; base, RL and BoN-RLB(P) also on seed 2
-    python experiments/science.py --methods rl,bon_rlb_p --seeds 0 --headline_seeds "" --jobs 1   # a subset
+    python experiments/science.py                                   # every method on seeds 0, 1, 2
+    python experiments/science.py --methods rl,bon_rlb_p --seeds 0 --jobs 1   # a subset
 
 Each (method, seed) is one `bonfast train` run with the default preset (the seed's shared supervised warm start,
 then 400 steps of 64 prompts x 16 samples: equal sample budgets), varying only the method, N' and the verifier
@@ -138,8 +138,8 @@ def eval_policy(run_dir: str, seed: int, eval_prompts: int) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated; base is always included")
-    ap.add_argument("--seeds", default="0,1", help="seeds on which every method runs")
-    ap.add_argument("--headline_seeds", default="2",
+    ap.add_argument("--seeds", default="0,1,2", help="seeds on which every method runs")
+    ap.add_argument("--headline_seeds", default="",
                     help=f"extra seeds for base and the headline pair {', '.join(HEADLINE)} only")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--eval_prompts", type=int, default=800)
