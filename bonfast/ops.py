@@ -166,11 +166,16 @@ def _chunk_logits(x, w, temperature):
     return z if temperature == 1.0 else z.div_(temperature)
 
 
+def _block_targets(targets, v0, width):
+    """(column index [C, 1] clamped into the block, inside [C]) of targets in the vocabulary block [v0, v0 + width)."""
+    local = targets - v0
+    return local.clamp(0, width - 1)[:, None], (local >= 0) & (local < width)
+
+
 def _target_logit(z, targets, v0):
     """z[i, targets[i] - v0] where the target lies in this vocabulary block [v0, v0 + Vb), else 0.  # (C,)"""
-    local = targets - v0
-    inside = (local >= 0) & (local < z.shape[1])
-    return torch.where(inside, z.gather(-1, local.clamp(0, z.shape[1] - 1)[:, None])[:, 0], 0.0)
+    index, inside = _block_targets(targets, v0, z.shape[1])
+    return torch.where(inside, z.gather(-1, index)[:, 0], 0.0)
 
 
 class _LinearLogprobsTorch(torch.autograd.Function):
@@ -265,10 +270,8 @@ class _LinearLogprobsTorch(torch.autograd.Function):
                     dz = logq.add_(entropy[s:s + rows, None]).mul_(-g_entropy[s:s + rows, None])
                     dz = dz.add_(coef[:, None]).mul_(p)
                     del p
-                local = safe[s:s + rows] - v0
-                inside = (local >= 0) & (local < dz.shape[1])
-                dz.scatter_add_(-1, local.clamp(0, dz.shape[1] - 1)[:, None],
-                                torch.where(inside, g_logp[s:s + rows], 0.0)[:, None])
+                index, inside = _block_targets(safe[s:s + rows], v0, dz.shape[1])
+                dz.scatter_add_(-1, index, torch.where(inside, g_logp[s:s + rows], 0.0)[:, None])
                 if tau != 1.0:
                     dz /= tau  # z = x w^T / tau
                 if need_x:

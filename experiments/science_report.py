@@ -150,9 +150,6 @@ def report(runs: str, methods: list[str], seeds: list[int], out: str, meta: dict
         share, corr = values(m, "1", "modal_share"), values(m, "1", "pass@1")
         cells = []
         for name, mask in bins:
-            if mask.sum() == 0:
-                cells.append("—")
-                continue
             s = sum(float(v[mask].mean()) for v in share) / len(share)
             c = sum(float(v[mask].mean()) for v in corr) / len(corr)
             meta_json.setdefault(m, {})[name] = {"modal_share": s, "pass@1": c, "prompts": int(mask.sum())}
@@ -188,8 +185,6 @@ def report(runs: str, methods: list[str], seeds: list[int], out: str, meta: dict
     # T* by difficulty for the base model
     rows, tstar_json = [], {}
     for name, mask in bins:
-        if mask.sum() == 0:
-            continue
         best = []
         for k in ks:
             by_t = {t: sum(float(v[mask].mean()) for v in values("base", t, f"pass@{k}")) / len(seeds) for t in temps}
@@ -203,7 +198,7 @@ def report(runs: str, methods: list[str], seeds: list[int], out: str, meta: dict
     lines += _table(["difficulty", "prompts"] + [f"N={k}" for k in ks], rows) + [""]
 
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    pngs = plots(R, methods, labels, temps, ks, bins, values, cos_json, out)
+    pngs = plots(R, methods, labels, temps, ks, meta_json, cos_json, out)
     lines += ["Plots: " + ", ".join(f"`{os.path.basename(p)}`" for p in pngs), ""]
     with open(out + ".json", "w") as f:
         json.dump(data, f, indent=1)
@@ -213,7 +208,7 @@ def report(runs: str, methods: list[str], seeds: list[int], out: str, meta: dict
     return data
 
 
-def plots(R, methods, labels, temps, ks, bins, values, cos_json, out) -> list[str]:
+def plots(R, methods, labels, temps, ks, meta_json, cos_json, out) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -252,11 +247,10 @@ def plots(R, methods, labels, temps, ks, bins, values, cos_json, out) -> list[st
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    names = [name for name, mask in bins if mask.sum() > 0]
     for m in methods:
-        share = [sum(float(v[mask].mean()) for v in values(m, "1", "modal_share")) / len(values(m, "1", "modal_share"))
-                 for name, mask in bins if mask.sum() > 0]
-        axes[0].plot(names, [100 * s for s in share], marker="o", label=labels[m])
+        by_level = meta_json[m]
+        axes[0].plot(list(by_level), [100 * v["modal_share"] for v in by_level.values()], marker="o",
+                     label=labels[m])
     axes[0].set_xlabel("difficulty: arithmetic level")
     axes[0].set_ylabel("share of samples on the modal answer (%)")
     axes[0].set_title("meta-strategy: concentration by difficulty (T = 1)")

@@ -65,7 +65,7 @@ def main():
                       json.load(open(os.path.join(out, f"eval-{tag}.json"))).items()} for tag in ("before", "after")}
             for m, out in outs.items()}
     names = [k for k in load["rl"]["after"] if "/pass@" in k or "/bo@" in k]
-    table, lines = {}, []
+    table = {}
     for name in names:
         before = load["rl"]["before"][name]
         assert torch.equal(before, load["bon_rlb_p"]["before"][name]), "the two runs must share the before eval"
