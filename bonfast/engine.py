@@ -3,7 +3,7 @@
     prompts (G) --prefill once, ragged, right-padded--> prefix K/V [G, Hkv, P, Dh] per layer + first logits
                --n samples per prompt, one token per step--> suffix K/V [G, n, Hkv, L, Dh] per layer
                --attention = prefix part (one GEMM per prompt and kv head) (+) suffix part, LSE-merged
-                 (bonfast.kernels.prefix_attention)--> logits [B, V] --sampler--> tokens, log-probs
+                 (bonfast.ops.prefix_attention)--> logits [B, V] --sampler--> tokens, log-probs
 
 KV memory is `P + n*L` tokens per prompt instead of the `n*(P+L)` of `generate(num_return_sequences=n)`,
 and prefill costs n times fewer FLOPs. Finished samples leave the active set (the model runs only on
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bonfast.attention import attention
-from bonfast.kernels.prefix_attention import prefix_attention
+from bonfast.ops import prefix_attention
 
 _MASK32 = 0xFFFFFFFF
 

@@ -1,4 +1,4 @@
-"""Public loss-head ops: fused log-probs, the BoN-weighted loss, and both fused into one head.
+"""Public ops: fused log-probs, the BoN-weighted loss, both fused into one head, and shared-prefix attention.
 
 Each function validates once, then dispatches on `impl`:
 
@@ -8,6 +8,9 @@ Each function validates once, then dispatches on `impl`:
   the blocks, every elementwise step works in place on that tile, and the backward recomputes each tile,
   so the extra memory is one tile (two with entropy) plus the gradients themselves, independent of T;
 * "auto":   "triton" for CUDA tensors, "torch" otherwise.
+
+Triton is imported lazily, inside the "triton" branches only, so this module (and the trainer and engine
+built on it) imports and runs on machines without triton (macOS, ARM) with impl="auto" or "torch".
 
 No function here synchronises the host with the device (no `.item()`, no data-dependent Python branches);
 checks that would need the data (targets in [0, V)) are left to the device, like `torch.gather` does.
@@ -20,7 +23,7 @@ import torch
 
 from bonfast.reference import resolve_clip_eps
 
-__all__ = ["linear_logprobs", "bon_loss", "fused_bon_loss"]
+__all__ = ["linear_logprobs", "bon_loss", "fused_bon_loss", "prefix_attention", "prefix_attention_torch"]
 
 # Logits per tile on the torch path: 2M (8 MiB in fp32), the only (C, Vb) buffer alive at a time (a second one
 # only when the entropy is returned or differentiated), so the op's extra memory is the gradients plus ~one tile.
@@ -434,3 +437,120 @@ def fused_bon_loss(hidden, weight, targets, sample_index, weights, *, normaliser
                                    ignore_index=int(ignore_index), old_logp=old, ref_logp=ref, clip_eps=eps,
                                    kl_coef=float(kl_coef))
     return total / normaliser
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shared-prefix decode attention (the engine's decode step)
+
+
+def _partial_attention(q, k, v, bias):
+    """softmax(q @ k.T + bias) @ v and its log-sum-exp; (0, -inf) for rows with no unmasked key."""
+    if k.shape[-2] == 0:
+        return q.new_zeros(q.shape[:-1] + v.shape[-1:]), q.new_full(q.shape[:-1], float("-inf"))
+    s = torch.matmul(q, k.transpose(-1, -2))
+    if bias is not None:
+        s += bias                                                   # 0 / -inf key mask
+    m = s.amax(-1, keepdim=True)
+    m = torch.where(m == float("-inf"), 0.0, m)                    # all-masked rows: exp(-inf) = 0 below
+    p = s.sub_(m).exp_()
+    l = p.sum(-1)
+    o = torch.matmul(p, v) / torch.where(l > 0, l, 1.0)[..., None]
+    return o, m[..., 0] + torch.log(l)
+
+
+def _key_bias(lens, T, dtype):
+    """0 for key positions < lens, -inf after. Shapes: lens [...] -> [..., T]."""
+    valid = torch.arange(T, device=lens.device) < lens[..., None]
+    return torch.zeros(valid.shape, dtype=dtype, device=lens.device).masked_fill_(~valid, float("-inf"))
+
+
+def prefix_attention_torch(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens=None, *,
+                           scale=None):
+    """Plain PyTorch path of `prefix_attention` (fp32 math, fp64 for fp64 inputs; inputs already validated).
+
+    The prefix part is one batched matrix product per (prompt, kv head) for all n * (Hq / Hkv) queries, the
+    suffix part is per sample, and the two partial attentions are merged by their log-sum-exps:
+    s_i = logsumexp(scale * q @ K_i.T), o_i = softmax(scale * q @ K_i.T) @ V_i, out = (e^{s_1} o_1 +
+    e^{s_2} o_2) / (e^{s_1} + e^{s_2}). An empty part has s_i = -inf and drops out; both empty gives 0.
+    """
+    G, n, Hq, Dh = q.shape
+    Hkv, P = prefix_k.shape[1], prefix_k.shape[2]
+    t = suffix_k.shape[3]
+    group = Hq // Hkv
+    scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
+    cd = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qf = q.to(cd) * scale
+    # prefix: all n * group queries of a (prompt, kv head) against the same keys -> one batched GEMM
+    qp = qf.view(G, n, Hkv, group, Dh).permute(0, 2, 1, 3, 4).reshape(G, Hkv, n * group, Dh)
+    bias1 = _key_bias(prefix_lens.to(q.device), P, cd)[:, None, None, :]                       # (G, 1, 1, P)
+    o1, lse1 = _partial_attention(qp, prefix_k.to(cd), prefix_v.to(cd), bias1)
+    o1 = o1.view(G, Hkv, n, group, Dh).permute(0, 2, 1, 3, 4)                                  # (G, n, Hkv, grp, Dh)
+    lse1 = lse1.view(G, Hkv, n, group).permute(0, 2, 1, 3)                                     # (G, n, Hkv, grp)
+    # suffix: per sample
+    qs = qf.view(G, n, Hkv, group, Dh)
+    bias2 = None if suffix_lens is None else _key_bias(suffix_lens.to(q.device), t, cd)[:, :, None, None, :]
+    o2, lse2 = _partial_attention(qs, suffix_k.to(cd), suffix_v.to(cd), bias2)
+    # merge: (e^{s1} o1 + e^{s2} o2) / (e^{s1} + e^{s2}); zero where both parts are empty
+    lse = torch.logaddexp(lse1, lse2)
+    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+    out = torch.exp(lse1 - lse)[..., None] * o1 + torch.exp(lse2 - lse)[..., None] * o2
+    return out.reshape(G, n, Hq, Dh).to(q.dtype).contiguous()
+
+
+def _check_prefix_attention_inputs(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens):
+    if q.dim() != 4:
+        raise ValueError(f"q: expected [G, n, Hq, Dh], got shape {tuple(q.shape)}")
+    G, n, Hq, Dh = q.shape
+    if prefix_k.dim() != 4 or prefix_k.shape[0] != G or prefix_k.shape[3] != Dh:
+        raise ValueError(f"prefix_k: expected [G={G}, Hkv, P, Dh={Dh}], got shape {tuple(prefix_k.shape)}")
+    Hkv, P = prefix_k.shape[1], prefix_k.shape[2]
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"prefix_k: Hkv={Hkv} kv heads must divide Hq={Hq} query heads")
+    if prefix_v.shape != prefix_k.shape:
+        raise ValueError(f"prefix_v: expected shape {tuple(prefix_k.shape)}, got {tuple(prefix_v.shape)}")
+    if prefix_lens.shape != (G,) or prefix_lens.is_floating_point():
+        raise ValueError(f"prefix_lens: expected integer [G={G}], got {prefix_lens.dtype} {tuple(prefix_lens.shape)}")
+    if suffix_k.dim() != 5 or suffix_k.shape[:3] != (G, n, Hkv) or suffix_k.shape[4] != Dh:
+        raise ValueError(f"suffix_k: expected [G={G}, n={n}, Hkv={Hkv}, t, Dh={Dh}], got {tuple(suffix_k.shape)}")
+    if suffix_v.shape != suffix_k.shape:
+        raise ValueError(f"suffix_v: expected shape {tuple(suffix_k.shape)}, got {tuple(suffix_v.shape)}")
+    if suffix_lens is not None and (suffix_lens.shape != (G, n) or suffix_lens.is_floating_point()):
+        raise ValueError(f"suffix_lens: expected integer [G={G}, n={n}] or None, got "
+                         f"{suffix_lens.dtype} {tuple(suffix_lens.shape)}")
+    for name, x in (("prefix_k", prefix_k), ("prefix_v", prefix_v), ("suffix_k", suffix_k), ("suffix_v", suffix_v)):
+        if x.dtype != q.dtype or x.device != q.device:
+            raise ValueError(f"{name}: expected dtype {q.dtype} on {q.device} like q, got {x.dtype} on {x.device}")
+
+
+def prefix_attention(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens=None, *,
+                     scale=None, impl="auto"):
+    """Decode attention of n samples per prompt over a shared prompt prefix and per-sample suffixes.
+
+    Equals `softmax(scale * q @ cat([prefix_k, suffix_k]).T) @ cat([prefix_v, suffix_v])` per (prompt,
+    sample, head), with the first prefix_lens[g] prefix keys and first suffix_lens[g, s] suffix keys valid
+    (GQA: query head h reads kv head h // (Hq / Hkv)); see `prefix_attention_torch` for the merge.
+
+    Args:
+        scale: softmax scale, default 1 / sqrt(Dh).
+        impl: "triton" (CUDA, or CPU tensors under TRITON_INTERPRET=1; fp16 / bf16 / fp32), "torch", or
+            "auto" (Triton for CUDA tensors of those dtypes, PyTorch otherwise).
+    Length values are not range-checked (that would sync the host): keep 0 <= prefix_lens <= P and
+    0 <= suffix_lens <= t.
+
+    Shapes:
+        q [G, n, Hq, Dh]; prefix_k, prefix_v [G, Hkv, P, Dh]; prefix_lens [G];
+        suffix_k, suffix_v [G, n, Hkv, t, Dh]; suffix_lens [G, n] or None (all t valid) -> out [G, n, Hq, Dh]
+    """
+    _check_prefix_attention_inputs(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens)
+    if impl not in ("auto", "triton", "torch"):
+        raise ValueError(f"impl: expected 'auto', 'triton' or 'torch', got {impl!r}")
+    triton_dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    if impl == "auto":
+        impl = "triton" if q.is_cuda and q.dtype in triton_dtypes else "torch"
+    if impl == "torch":
+        return prefix_attention_torch(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens,
+                                      scale=scale)
+    if q.dtype not in triton_dtypes:
+        raise ValueError(f"q: impl='triton' supports float32 / float16 / bfloat16, got {q.dtype}")
+    from bonfast.kernels.prefix_attention import prefix_attention_fwd  # lazy: triton is optional on CPU
+    return prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens, scale=scale)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from bonfast.kernels.prefix_attention import prefix_attention, prefix_attention_fwd, prefix_attention_torch
+from bonfast.kernels.prefix_attention import prefix_attention_fwd
+from bonfast.ops import prefix_attention, prefix_attention_torch
 from precision import DTYPES, assert_three_way
 
 
