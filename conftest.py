@@ -1,7 +1,8 @@
 """Root conftest: must run before any Triton kernel module is imported.
 
 `TRITON_INTERPRET` is read when `@triton.jit` decorates, so on a machine without CUDA we switch the
-interpreter on here, first thing (SETUP.md, trap 1).
+interpreter on here, first thing. An explicit TRITON_INTERPRET=0 is respected: kernel tests then need CUDA
+and skip without it (`tests/conftest.py`, fixture `kernel_device`).
 """
 import os
 

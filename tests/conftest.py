@@ -1,11 +1,14 @@
 """Shared fixtures. The tolerance table lives in `precision.py` (importable from every test module).
 
-Tests marked `@pytest.mark.cuda` are skipped at collection when no CUDA device is present.
+Tests marked `@pytest.mark.cuda` are skipped at collection when no CUDA device is present. Kernel tests take
+their tensors' device from the `device` / `kernel_device` fixtures: CPU under the Triton interpreter, CUDA with
+compiled kernels, and a clean skip of impl="triton" when neither is available (TRITON_INTERPRET=0 without CUDA).
 """
 import os
 
 import pytest
 import torch
+from precision import triton_device
 
 
 def pytest_collection_modifyitems(config, items):
@@ -30,6 +33,24 @@ def _one_thread():
         os.environ.pop("OMP_NUM_THREADS")
     else:
         os.environ["OMP_NUM_THREADS"] = omp
+
+
+@pytest.fixture
+def kernel_device():
+    """The device for impl="triton" tensors (see `precision.triton_device`); skips the test when there is none."""
+    dev = triton_device()
+    if dev is None:
+        pytest.skip("impl='triton' needs CUDA or the Triton interpreter (TRITON_INTERPRET=1)")
+    return dev
+
+
+@pytest.fixture
+def device(request):
+    """The device for a test parametrised by `impl`: `kernel_device` for "triton", the CPU for the torch paths."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("impl") == "triton":
+        return request.getfixturevalue("kernel_device")
+    return torch.device("cpu")
 
 
 @pytest.fixture(autouse=True)

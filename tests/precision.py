@@ -1,9 +1,12 @@
-"""One tolerance table and one dtype parametrisation for every precision test (STYLE.md 14-15).
+"""One tolerance table and one dtype parametrisation for every precision test, and the device the
+Triton kernel tests run on.
 
 Three-way comparison: a float64 reference is the truth `gt`; plain PyTorch in the tested dtype is `pt`;
 the fast path `out` may be at most about twice as far from the truth as plain PyTorch, plus a small
 absolute slack per dtype:  |out - gt| <= 2 |pt - gt| + ATOL[dtype].
 """
+import os
+
 import torch
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -30,3 +33,12 @@ def impl_name(impl: str) -> str:
     """The `impl=` argument for a test's impl parameter: "torch-tiled" is the torch path with small tiles
     (the autouse fixture in tests/conftest.py shrinks them)."""
     return "torch" if impl == "torch-tiled" else impl
+
+
+def triton_device():
+    """Where impl="triton" runs in tests: the CPU under the Triton interpreter when TRITON_INTERPRET=1 (the root
+    conftest sets it on machines without CUDA), else the GPU with compiled kernels; None when neither (the
+    interpreter forced off with TRITON_INTERPRET=0 on a machine without CUDA), and kernel tests skip."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return torch.device("cpu")
+    return torch.device("cuda") if torch.cuda.is_available() else None

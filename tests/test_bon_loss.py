@@ -1,4 +1,6 @@
-"""bon_loss and fused_bon_loss == bon_loss_ref(linear_logprobs_ref(...)) in value and gradients, both impls."""
+"""bon_loss and fused_bon_loss == bon_loss_ref(linear_logprobs_ref(...)) in value and gradients, both impls.
+
+The Triton cases run on the `device` fixture's device: compiled kernels on CUDA, the interpreter on CPU."""
 import re
 
 import pytest
@@ -17,23 +19,24 @@ FORMS = {
 }
 
 
-def _tokens(T, S, dtype=torch.float32):
+def _tokens(T, S, dtype=torch.float32, device="cpu"):
+    """(logp, sample_index, weights, old_logp, ref_logp) on `device`, drawn on the CPU (same values anywhere)."""
     logp = -torch.rand(T, dtype=torch.float64) * 4
     sample_index = torch.randint(-1, S, (T,))  # -1: padding
     weights = torch.randn(S, dtype=torch.float64)  # objectives hand weights over as float64
     old = logp + 0.3 * torch.randn(T, dtype=torch.float64)  # ratios on both sides of the clip range
     ref = logp + 0.3 * torch.randn(T, dtype=torch.float64)
-    return logp.to(dtype), sample_index, weights, old.to(dtype), ref.to(dtype)
+    return tuple(t.to(device) for t in (logp.to(dtype), sample_index, weights, old.to(dtype), ref.to(dtype)))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("form", list(FORMS))
-def test_bon_loss_matches_reference(impl, form):
+def test_bon_loss_matches_reference(impl, form, device):
     T, S = 2500, 12  # three kernel blocks
-    logp, si, w, old, ref = _tokens(T, S)
+    logp, si, w, old, ref = _tokens(T, S, device=device)
     kw = FORMS[form](old, ref)
     lp = logp.clone().requires_grad_()
-    loss = bon_loss(lp, si, w.reshape(3, 4), normaliser=torch.tensor(3.0 * 900), impl=impl, **kw)
+    loss = bon_loss(lp, si, w.reshape(3, 4), normaliser=torch.tensor(3.0 * 900, device=device), impl=impl, **kw)
     (g,) = torch.autograd.grad(loss, lp)
     lp64 = logp.double().requires_grad_()
     kw64 = {k: (v.double() if torch.is_tensor(v) else v) for k, v in kw.items()}
@@ -46,8 +49,8 @@ def test_bon_loss_matches_reference(impl, form):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_bon_loss_float64(impl):
-    logp, si, w, old, ref = _tokens(50, 5, torch.float64)
+def test_bon_loss_float64(impl, device):
+    logp, si, w, old, ref = _tokens(50, 5, torch.float64, device)
     out = bon_loss(logp, si, w, normaliser=10.0, old_logp=old, ref_logp=ref, kl_coef=0.2, impl=impl)
     expect = bon_loss_ref(logp, si, w, normaliser=10.0, old_logp=old, ref_logp=ref, kl_coef=0.2)
     assert out.dtype == torch.float64
@@ -56,8 +59,8 @@ def test_bon_loss_float64(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_clipped_gradient_at_ratio_one_equals_plain(impl):
-    logp, si, w, _, _ = _tokens(40, 4)
+def test_clipped_gradient_at_ratio_one_equals_plain(impl, device):
+    logp, si, w, _, _ = _tokens(40, 4, device=device)
     lp = logp.clone().requires_grad_()
     (g_plain,) = torch.autograd.grad(bon_loss(lp, si, w, normaliser=8.0, impl=impl), lp)
     (g_clip,) = torch.autograd.grad(bon_loss(lp, si, w, normaliser=8.0, old_logp=logp, impl=impl), lp)
@@ -65,9 +68,9 @@ def test_clipped_gradient_at_ratio_one_equals_plain(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_padding_is_inert(impl):
+def test_padding_is_inert(impl, device):
     """Garbage (NaN) at padded positions never reaches the loss or the gradient."""
-    logp, si, w, old, ref = _tokens(30, 3)
+    logp, si, w, old, ref = _tokens(30, 3, device=device)
     si[::4] = -1
     logp[si < 0] = float("nan")
     old[si < 0] = float("nan")
@@ -80,7 +83,7 @@ def test_padding_is_inert(impl):
 @pytest.mark.parametrize("impl", IMPLS + ["torch-tiled"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("form", list(FORMS))
-def test_fused_matches_reference(impl, dtype, form):
+def test_fused_matches_reference(impl, dtype, form, device):
     """Three-way: fused op vs naive torch in dtype vs float64 reference, value and dX, dW."""
     T, D, V, tau = 37, 33, 301, 0.7
     x = (0.3 * torch.randn(2, T, D)).to(dtype)
@@ -91,6 +94,7 @@ def test_fused_matches_reference(impl, dtype, form):
     w = torch.randn(2, 3, dtype=torch.float64)
     lp_now = linear_logprobs_ref(x.reshape(-1, D), W, y.reshape(-1), temperature=tau)[0].reshape(2, T)
     old, ref = (lp_now + 0.3 * torch.randn(2, T)).float(), (lp_now + 0.3 * torch.randn(2, T)).float()
+    x, W, y, si, w, old, ref = (t.to(device) for t in (x, W, y, si, w, old, ref))
     kw = FORMS[form](old, ref)
     flat = {k: (v.reshape(-1) if torch.is_tensor(v) else v) for k, v in kw.items()}
     si_eff = torch.where(y.reshape(-1) == -100, -1, si.reshape(-1))
@@ -117,11 +121,12 @@ def test_fused_matches_reference(impl, dtype, form):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_fused_all_padding(impl):
-    x = torch.randn(5, 16, requires_grad=True)
-    W = torch.randn(140, 16, requires_grad=True)
-    y = torch.randint(0, 140, (5,))
-    loss = fused_bon_loss(x, W, y, torch.full((5,), -1), torch.ones(2), normaliser=5.0, impl=impl)
+def test_fused_all_padding(impl, device):
+    x = torch.randn(5, 16).to(device).requires_grad_()
+    W = torch.randn(140, 16).to(device).requires_grad_()
+    y = torch.randint(0, 140, (5,)).to(device)
+    loss = fused_bon_loss(x, W, y, torch.full((5,), -1, device=device), torch.ones(2, device=device),
+                          normaliser=5.0, impl=impl)
     dx, dw = torch.autograd.grad(loss, (x, W))
     assert loss == 0 and not dx.any() and not dw.any()
 
@@ -131,7 +136,7 @@ def _naive_expr(fn):
 
 
 def test_docstring_naive_equivalents():
-    """The sentences in the docstrings are the truth: evaluate them and compare (STYLE.md 8)."""
+    """The sentences in the docstrings are the truth: evaluate them and compare."""
     logp, sample_index, weights, _, _ = _tokens(60, 7, torch.float64)
     env = dict(logp=logp, sample_index=sample_index, weights=weights, normaliser=21.0)
     naive = eval(_naive_expr(bon_loss), {"torch": torch}, env)

@@ -1,4 +1,5 @@
-"""linear_logprobs: both fast paths (chunked torch, Triton under the interpreter on CPU) against float64.
+"""linear_logprobs: both fast paths (chunked torch, Triton) against float64. The Triton cases run on the
+`device` fixture's device: compiled kernels on CUDA, the interpreter on CPU (skipped when neither is there).
 
 Three-way precision (tests/precision.py): float64 reference = truth, naive PyTorch in the tested dtype = the
 bar, for logp, entropy, lse, dX and dW with random upstream gradients on all three outputs.
@@ -57,51 +58,53 @@ def _check_three_way(impl, x, w, y, temperature, dtype, ignore_index=-100):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("T,D,V,temperature", SHAPES)
-def test_three_way(impl, dtype, T, D, V, temperature):
-    x = torch.randn(T, D).to(dtype)
-    w = (torch.randn(V, D) / D ** 0.5).to(dtype)
+def test_three_way(impl, dtype, T, D, V, temperature, device):
+    x = torch.randn(T, D).to(device, dtype)
+    w = (torch.randn(V, D) / D ** 0.5).to(device, dtype)
     y = torch.randint(0, V, (T,))
     if T > 2:
         y[torch.randperm(T)[: T // 4]] = -100  # ragged ignored rows
+    y = y.to(device)
     out = _check_three_way(impl, x, w, y, temperature, dtype)
     assert out[0].dtype == torch.float32 and (out[0] <= 0).all()
     assert (out[0][y == -100] == 0).all() and (out[1][y == -100] == 0).all()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_all_negative_logits(impl):
+def test_all_negative_logits(impl, device):
     """Every logit far below zero (the verl #7439 case): the online max must start at -inf, not 0."""
     T, D, V = 9, 35, 263
-    x = torch.rand(T, D) + 0.5
-    w = -(torch.rand(V, D) + 0.5)
-    y = torch.randint(0, V, (T,))
+    x = (torch.rand(T, D) + 0.5).to(device)
+    w = (-(torch.rand(V, D) + 0.5)).to(device)
+    y = torch.randint(0, V, (T,)).to(device)
     _check_three_way(impl, x, w, y, 0.5, torch.float32)
 
 
-def test_triton_many_token_tiles():
+def test_triton_many_token_tiles(kernel_device):
     """More token tiles than one launch group (GROUP_T) and two vocabulary splits: the grouped order covers all."""
     T, D, V = 150, 20, 300
-    x, w = torch.randn(T, D), torch.randn(V, D) / 4
-    y = torch.randint(0, V, (T,))
+    x, w = torch.randn(T, D).to(kernel_device), (torch.randn(V, D) / 4).to(kernel_device)
+    y = torch.randint(0, V, (T,)).to(kernel_device)
     _check_three_way("triton", x, w, y, 1.0, torch.float32)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_ignore_index_inside_vocabulary(impl):
+def test_ignore_index_inside_vocabulary(impl, device):
     """ignore_index may be a real token id: its rows are ignored, no one-hot term leaks into the gradient."""
     T, D, V = 11, 17, 300
-    x, w = torch.randn(T, D), torch.randn(V, D) / 4
+    x, w = torch.randn(T, D).to(device), (torch.randn(V, D) / 4).to(device)
     y = torch.randint(0, V, (T,))
     y[::3] = 5
+    y = y.to(device)
     _check_three_way(impl, x, w, y, 1.0, torch.float32, ignore_index=5)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_all_ignored(impl):
+def test_all_ignored(impl, device):
     T, D, V = 6, 19, 280
-    x = torch.randn(T, D, requires_grad=True)
-    w = torch.randn(V, D, requires_grad=True)
-    y = torch.full((T,), -100)
+    x = torch.randn(T, D).to(device).requires_grad_()
+    w = torch.randn(V, D).to(device).requires_grad_()
+    y = torch.full((T,), -100, device=device)
     logp, entropy, lse = linear_logprobs(x, w, y, return_entropy=True, return_lse=True, impl=_impl(impl))
     assert not logp.any() and not entropy.any() and not lse.any()
     dx, dw = torch.autograd.grad((logp + entropy + lse).sum(), (x, w))
@@ -109,10 +112,10 @@ def test_all_ignored(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_leading_dims_and_return_order(impl):
-    x = torch.randn(2, 3, 21)
-    w = torch.randn(130, 21)
-    y = torch.randint(0, 130, (2, 3))
+def test_leading_dims_and_return_order(impl, device):
+    x = torch.randn(2, 3, 21).to(device)
+    w = torch.randn(130, 21).to(device)
+    y = torch.randint(0, 130, (2, 3)).to(device)
     logp = linear_logprobs(x, w, y, impl=_impl(impl))
     assert logp.shape == (2, 3)
     logp2, lse = linear_logprobs(x, w, y, return_lse=True, impl=_impl(impl))
@@ -123,10 +126,10 @@ def test_leading_dims_and_return_order(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_only_hidden_needs_grad(impl):
-    x = torch.randn(5, 16, requires_grad=True)
-    w = torch.randn(140, 16)
-    y = torch.randint(0, 140, (5,))
+def test_only_hidden_needs_grad(impl, device):
+    x = torch.randn(5, 16).to(device).requires_grad_()
+    w = torch.randn(140, 16).to(device)
+    y = torch.randint(0, 140, (5,)).to(device)
     (dx,) = torch.autograd.grad(linear_logprobs(x, w, y, impl=_impl(impl)).sum(), (x,))
     x64 = x.detach().double().requires_grad_()
     (ref,) = torch.autograd.grad(linear_logprobs_ref(x64, w.double(), y)[0].sum(), (x64,))
@@ -134,7 +137,7 @@ def test_only_hidden_needs_grad(impl):
 
 
 def test_docstring_naive_equivalent():
-    """The sentence in the docstring is the truth: evaluate it and compare (STYLE.md 8)."""
+    """The sentence in the docstring is the truth: evaluate it and compare."""
     expr = re.search(r"Naive equivalent: `([^`]+)`", linear_logprobs.__doc__).group(1)
     hidden, weight = torch.randn(2, 5, 13, dtype=torch.float64), torch.randn(97, 13, dtype=torch.float64)
     targets, temperature = torch.randint(0, 97, (2, 5)), 0.8
