@@ -191,10 +191,17 @@ def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x_j, x_{j+Dh/2}). Shapes: x [B, T, H, Dh], cos/sin [B, T, Dh]."""
-    x1, x2 = x.chunk(2, dim=-1)
+    """Rotate pairs (x_j, x_{j+Dh/2}) in the angles' dtype, returned in x's dtype.
+
+    The rotation runs in float32 (float64 for float64 models) whatever x's dtype, and the result is cast back, so
+    q and k keep the dtype of v: under bf16 autocast the projections are bf16 and attention needs q, k, v alike.
+
+    Shapes: x [B, T, H, Dh], cos/sin [B, T, Dh].
+    """
+    xr = x.to(cos.dtype)
+    x1, x2 = xr.chunk(2, dim=-1)
     rot = torch.cat((-x2, x1), dim=-1)
-    return x * cos[:, :, None] + rot * sin[:, :, None]
+    return (xr * cos[:, :, None] + rot * sin[:, :, None]).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -274,14 +281,15 @@ class Transformer(nn.Module):
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype):
-        """cos, sin [B, T, Dh] for integer positions [B, T] (angles in float32, float64 for float64 models)."""
+        """cos, sin [B, T, Dh] for integer positions [B, T], in float32 (float64 for float64 models) whatever the
+        model's dtype: `apply_rope` rotates in that precision and casts back to the activations' dtype."""
         dev = positions.device
         if dev not in self._inv_freq:
             self._inv_freq[dev] = rope_inv_freq(self.config, dev)
         adt = torch.float64 if dtype == torch.float64 else torch.float32
         ang = positions[..., None].to(adt) * self._inv_freq[dev].to(adt)  # (B, T, Dh/2)
         ang = torch.cat((ang, ang), dim=-1)
-        return ang.cos().to(dtype), ang.sin().to(dtype)
+        return ang.cos(), ang.sin()
 
     def hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: AttentionFn) -> torch.Tensor:
         """Final-norm hidden states [B, T, D] of tokens at the given positions, attention delegated to `attn`."""
