@@ -201,6 +201,7 @@ class _LinearLogprobsTorch(torch.autograd.Function):
         lse, entropy = torch.zeros_like(logp), torch.zeros_like(logp)
         row_max, log_sum = torch.zeros_like(logp), torch.zeros_like(logp)
         valid = targets != ignore_index
+        bad = valid & ((targets < 0) | (targets >= V))  # out-of-range target: NaN logp, never a plausible -lse
         safe = torch.where(valid, targets, 0)
         for s in range(0, T, rows):
             x, y = hidden[s:s + rows], safe[s:s + rows]
@@ -228,7 +229,7 @@ class _LinearLogprobsTorch(torch.autograd.Function):
             ls = torch.log(s_sum)
             row_max[s:s + rows], log_sum[s:s + rows] = m, ls
             lse[s:s + rows] = torch.where(v, m + ls, 0.0)
-            logp[s:s + rows] = torch.where(v, (z_y - m) - ls, 0.0)
+            logp[s:s + rows] = torch.where(v, (z_y - m) - ls, 0.0).masked_fill_(bad[s:s + rows], math.nan)
             if want_entropy:
                 entropy[s:s + rows] = torch.where(v, ls - b / s_sum, 0.0)
         ctx.save_for_backward(hidden, weight, targets, row_max, log_sum, entropy)
@@ -247,7 +248,10 @@ class _LinearLogprobsTorch(torch.autograd.Function):
         w = weight.to(compute)
         valid = targets != ctx.ignore_index
         # ignored rows get no gradient from any output
-        g_logp = torch.where(valid, g_logp, 0.0) if g_logp is not None else torch.zeros_like(row_max)
+        if g_logp is None:
+            g_logp = torch.zeros_like(row_max)
+        else:  # rows with an out-of-range target have NaN logp: NaN gradients through them
+            g_logp = torch.where(valid, g_logp, 0.0).masked_fill_(valid & ((targets < 0) | (targets >= V)), math.nan)
         g_entropy = torch.where(valid, g_entropy, 0.0) if g_entropy is not None else None
         g_lse = torch.where(valid, g_lse, 0.0) if g_lse is not None else None
         safe = torch.where(valid, targets, 0)
@@ -309,6 +313,8 @@ def linear_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-1
     Naive equivalent: `torch.log_softmax(hidden.double() @ weight.double().T / temperature, dim=-1).gather(
     -1, targets[..., None])[..., 0]`
     on rows whose target is not `ignore_index`; those rows give 0 (logp, entropy and lse) and no gradient.
+    A target outside [0, V) that is not `ignore_index` gives NaN logp for its row and NaN gradients through
+    it (checked on the device, no host sync); entropy and lse do not depend on the target.
     Logits are accumulated in float32 (float64 for float64 inputs); the [T, V] logits are never stored.
     Differentiable with respect to `hidden` and `weight` through every returned output.
 

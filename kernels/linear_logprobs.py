@@ -19,9 +19,17 @@ Two deterministic kernels (no atomics) recompute the logit tiles: one over token
 vocabulary (dX), one over vocabulary tiles looping over tokens (dW); each accumulates into the fp32 rows it owns.
 Cost: 2TDV forward, 8TDV backward; extra memory: fp32 dX / dW accumulators and O(splits * T).
 
-Under TRITON_INTERPRET=1 (CPU tests) tiles are upcast to fp32 right after loading (bf16 arithmetic is
-broken in the interpreter) and one large-block config is used; on CUDA, 16-bit tiles feed tl.dot directly.
+fp32 inputs use exact fp32 products (no TF32); 16-bit tiles feed tl.dot directly with fp32 accumulation. Under
+TRITON_INTERPRET=1 (CPU tests) bf16 tiles are upcast to fp32 right after loading (bf16 arithmetic is broken in the
+interpreter; fp16 is not, so fp16 tests run the 16-bit path) and one large-block config is used.
+
+A target outside [0, V) that is not ignore_index gives logp = NaN for its row (never a plausible number such as
+-lse), and NaN gradients through that row; entropy and lse do not depend on the target and stay finite. The
+check runs on the device (no host sync). Offsets into X, W, dX and dW are int64 (T * D or V * D may pass 2^31).
+The autotuner keys on (D, V, a power-of-two bucket of T, HAS_ENTROPY), so the config chosen at one T is not
+reused at a very different T.
 """
+import math
 import os
 
 import torch
@@ -44,6 +52,13 @@ _TILE_CFGS = [
     ({"BLOCK_T": 64, "BLOCK_V": 256, "BLOCK_D": 32}, 8, 3),
 ]
 _INTERPRET_CFG = {"BLOCK_T": 16, "BLOCK_V": 128, "BLOCK_D": 32}
+_KEY = ["D", "V", "T_BUCKET", "HAS_ENTROPY"]
+_T_BUCKET_CAP = 1 << 16  # beyond ~64k tokens the token tiles fill any GPU many times over: one bucket
+
+
+def _t_bucket(T):
+    """The autotune bucket of T: the next power of two, capped (an int argument the kernels never read)."""
+    return min(triton.next_power_of_2(max(T, 1)), _T_BUCKET_CAP)
 
 
 @triton.jit
@@ -66,11 +81,11 @@ def _logit_tile(X_ptr, W_ptr, offs_t, offs_v, mask_t, mask_v, D, stride_xt, stri
     return acc * inv_temp
 
 
-@triton.autotune(configs=_configs(_INTERPRET_CFG, _TILE_CFGS), key=["D", "V", "HAS_ENTROPY"])
-@triton.jit
+@triton.autotune(configs=_configs(_INTERPRET_CFG, _TILE_CFGS), key=_KEY)
+@triton.jit(do_not_specialize=["T_BUCKET"])
 def _linear_logprobs_fwd_kernel(
         X_ptr, W_ptr, Y_ptr, M_ptr, S_ptr, A_ptr, ZY_ptr,
-        T, V, D, stride_xt, stride_xd, stride_wv, stride_wd, inv_temp, num_splits,
+        T, V, D, T_BUCKET, stride_xt, stride_xd, stride_wv, stride_wd, inv_temp, num_splits,
         HAS_ENTROPY: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, GROUP_T: tl.constexpr,
         BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     # grouped order: GROUP_T consecutive token tiles walk the same vocabulary split together
@@ -149,12 +164,11 @@ def _dlogits_tile(z, offs_v, mask_v, y, m, logs, ent, g_logp, g_ent, g_lse, inv_
     return dz * inv_temp
 
 
-@triton.autotune(configs=_configs(_INTERPRET_CFG, _TILE_CFGS), key=["D", "V", "HAS_ENTROPY"],
-                 reset_to_zero=["DX_ptr"])
-@triton.jit
+@triton.autotune(configs=_configs(_INTERPRET_CFG, _TILE_CFGS), key=_KEY, reset_to_zero=["DX_ptr"])
+@triton.jit(do_not_specialize=["T_BUCKET"])
 def _linear_logprobs_bwd_dx_kernel(
         X_ptr, W_ptr, Y_ptr, M_ptr, LOGS_ptr, ENT_ptr, GL_ptr, GH_ptr, GS_ptr, DX_ptr,
-        T, V, D, stride_xt, stride_xd, stride_wv, stride_wd, stride_dxt, inv_temp,
+        T, V, D, T_BUCKET, stride_xt, stride_xd, stride_wv, stride_wd, stride_dxt, inv_temp,
         HAS_ENTROPY: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     # one program per token tile; every program walks the vocabulary in the same order (W tiles shared in L2)
@@ -164,7 +178,7 @@ def _linear_logprobs_bwd_dx_kernel(
     y, m, logs, ent, g_logp, g_ent, g_lse = _row_stats(Y_ptr, M_ptr, LOGS_ptr, ENT_ptr, GL_ptr, GH_ptr, GS_ptr,
                                                        offs_t, mask_t, HAS_ENTROPY)
     for v0 in range(0, V, BLOCK_V):
-        offs_v = v0 + tl.arange(0, BLOCK_V)
+        offs_v = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)  # offs_v * stride_wv may pass 2^31
         mask_v = offs_v < V
         z = _logit_tile(X_ptr, W_ptr, offs_t, offs_v, mask_t, mask_v, D, stride_xt, stride_xd, stride_wv,
                         stride_wd, inv_temp, BLOCK_T, BLOCK_V, BLOCK_D, UPCAST, PRECISION)
@@ -185,12 +199,11 @@ def _linear_logprobs_bwd_dx_kernel(
             tl.store(dx_ptrs, dx, mask=dx_mask)
 
 
-@triton.autotune(configs=_configs(_INTERPRET_CFG, _TILE_CFGS), key=["D", "V", "HAS_ENTROPY"],
-                 reset_to_zero=["DW_ptr"])
-@triton.jit
+@triton.autotune(configs=_configs(_INTERPRET_CFG, _TILE_CFGS), key=_KEY, reset_to_zero=["DW_ptr"])
+@triton.jit(do_not_specialize=["T_BUCKET"])
 def _linear_logprobs_bwd_dw_kernel(
         X_ptr, W_ptr, Y_ptr, M_ptr, LOGS_ptr, ENT_ptr, GL_ptr, GH_ptr, GS_ptr, DW_ptr,
-        T, V, D, stride_xt, stride_xd, stride_wv, stride_wd, stride_dwv, inv_temp,
+        T, V, D, T_BUCKET, stride_xt, stride_xd, stride_wv, stride_wd, stride_dwv, inv_temp,
         HAS_ENTROPY: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
         BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     # one program per vocabulary tile; every program walks the tokens in the same order (X tiles shared in L2)
@@ -198,7 +211,7 @@ def _linear_logprobs_bwd_dw_kernel(
     offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     mask_v = offs_v < V
     for t0 in range(0, T, BLOCK_T):
-        offs_t = t0 + tl.arange(0, BLOCK_T)
+        offs_t = (t0 + tl.arange(0, BLOCK_T)).to(tl.int64)  # offs_t * stride_xt may pass 2^31
         mask_t = offs_t < T
         y, m, logs, ent, g_logp, g_ent, g_lse = _row_stats(Y_ptr, M_ptr, LOGS_ptr, ENT_ptr, GL_ptr, GH_ptr,
                                                            GS_ptr, offs_t, mask_t, HAS_ENTROPY)
@@ -226,8 +239,13 @@ def _linear_logprobs_bwd_dw_kernel(
 
 
 def _kernel_flags(x):
-    upcast = _INTERPRET or x.dtype == torch.float32
+    upcast = x.dtype == torch.float32 or (_INTERPRET and x.dtype == torch.bfloat16)
     return upcast, "ieee"  # fp32 tiles: exact fp32 products (no TF32); 16-bit tiles ignore the precision flag
+
+
+def _bad_targets(y, V, ignore_index):
+    """Rows whose target is neither ignore_index nor in [0, V): their logp (and gradients) become NaN."""
+    return (y != ignore_index) & ((y < 0) | (y >= V))
 
 
 def _num_splits(T, V, device):
@@ -242,7 +260,8 @@ def _num_splits(T, V, device):
 def linear_logprobs_fwd(x, w, y, temperature, ignore_index, want_entropy):
     """Launch the forward. Returns fp32 (logp [T], entropy [T] or None, lse [T], stats [2, T]).
 
-    Ignored rows give 0 in logp, entropy and lse; stats = (row max, log sum-exp around it) for the backward.
+    Ignored rows give 0 in logp, entropy and lse; a target outside [0, V) (not ignore_index) gives NaN logp;
+    stats = (row max, log sum-exp around it) for the backward.
     """
     T, D = x.shape
     V = w.shape[0]
@@ -253,15 +272,15 @@ def linear_logprobs_fwd(x, w, y, temperature, ignore_index, want_entropy):
     upcast, precision = _kernel_flags(x)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_T"]) * splits,)  # noqa: E731
     _linear_logprobs_fwd_kernel[grid](
-        x, w, y, m, s, a, zy, T, V, D, x.stride(0), x.stride(1), w.stride(0), w.stride(1), 1.0 / temperature,
-        splits, HAS_ENTROPY=want_entropy, UPCAST=upcast, PRECISION=precision, GROUP_T=8)
+        x, w, y, m, s, a, zy, T, V, D, _t_bucket(T), x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+        1.0 / temperature, splits, HAS_ENTROPY=want_entropy, UPCAST=upcast, PRECISION=precision, GROUP_T=8)
     # merge the per-split partials: O(splits * T) work
     mx = m.amax(0)  # (T,)
     scale = torch.exp(m - mx)  # (splits, T); empty splits have m = -inf -> 0
     s_tot = (s * scale).sum(0)
     log_s = torch.log(s_tot)
     valid = y != ignore_index
-    logp = torch.where(valid, (zy.sum(0) - mx) - log_s, 0.0)
+    logp = torch.where(valid, (zy.sum(0) - mx) - log_s, 0.0).masked_fill_(_bad_targets(y, V, ignore_index), math.nan)
     entropy = None
     if want_entropy:
         a_tot = torch.where(s > 0, scale * (a + s * (m - mx)), 0.0).sum(0)
@@ -277,14 +296,17 @@ def linear_logprobs_bwd(x, w, y, stats, entropy, g_logp, g_entropy, g_lse, tempe
     V = w.shape[0]
     valid = y != ignore_index
     zeros = torch.zeros(T, dtype=torch.float32, device=x.device)
-    gl = zeros if g_logp is None else torch.where(valid, g_logp.float(), 0.0)
+    if g_logp is None:
+        gl = zeros
+    else:  # rows with an out-of-range target have NaN logp: their gradient is NaN too, never a plausible number
+        gl = torch.where(valid, g_logp.float(), 0.0).masked_fill_(_bad_targets(y, V, ignore_index), math.nan)
     gs = zeros if g_lse is None else torch.where(valid, g_lse.float(), 0.0)
     has_entropy = g_entropy is not None
     gh = torch.where(valid, g_entropy.float(), 0.0) if has_entropy else zeros
     ent = entropy if has_entropy else zeros
     upcast, precision = _kernel_flags(x)
     args = (x, w, y, stats[0], stats[1], ent, gl, gh, gs)
-    dims = (T, V, D, x.stride(0), x.stride(1), w.stride(0), w.stride(1))
+    dims = (T, V, D, _t_bucket(T), x.stride(0), x.stride(1), w.stride(0), w.stride(1))
     flags = dict(HAS_ENTROPY=has_entropy, UPCAST=upcast, PRECISION=precision)
     dx = dw = None
     if need_dx:

@@ -131,6 +131,16 @@ def test_fused_all_padding(impl, device):
     assert loss == 0 and not dx.any() and not dw.any()
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fused_out_of_range_target_is_nan(impl, device):
+    """A target outside [0, V) (not ignore_index) makes the loss NaN, never a plausible number."""
+    x, W = torch.randn(6, 16).to(device), torch.randn(140, 16).to(device)
+    y = torch.tensor([3, 140, 7, -100, 9, 1]).to(device)
+    loss = fused_bon_loss(x, W, y, torch.zeros(6, dtype=torch.int64, device=device), torch.ones(2, device=device),
+                          normaliser=6.0, impl=impl)
+    assert loss.isnan()
+
+
 def _naive_expr(fn):
     return re.search(r"Naive equivalent: `([^`]+)`", fn.__doc__).group(1)
 

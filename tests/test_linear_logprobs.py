@@ -112,6 +112,29 @@ def test_all_ignored(impl, device):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_out_of_range_target_is_nan(impl, device):
+    """A target outside [0, V) that is not ignore_index: NaN logp for its row (never -lse or another plausible
+    number) and NaN gradients through it; entropy, lse and the other rows are unaffected."""
+    T, D, V = 8, 16, 150
+    x = torch.randn(T, D).to(device).requires_grad_()
+    w = (torch.randn(V, D) / 4).to(device).requires_grad_()
+    y = torch.randint(0, V, (T,))
+    y[2], y[4], y[5] = V, -3, -100
+    bad = torch.zeros(T, dtype=torch.bool)
+    bad[[2, 4]] = True
+    y, bad = y.to(device), bad.to(device)
+    logp, entropy, lse = linear_logprobs(x, w, y, return_entropy=True, return_lse=True, impl=_impl(impl))
+    assert logp[bad].isnan().all() and torch.isfinite(logp[~bad]).all()
+    assert torch.isfinite(entropy).all() and torch.isfinite(lse).all()
+    ref = linear_logprobs_ref(x.detach().double(), w.detach().double(), torch.where(bad, -100, y))
+    torch.testing.assert_close(logp[~bad].double(), ref[0][~bad], rtol=1e-5, atol=1e-5)
+    dx, dw = torch.autograd.grad(logp.sum(), (x, w), retain_graph=True)
+    assert dx[bad].isnan().all() and torch.isfinite(dx[~bad]).all() and dw.isnan().any()
+    (dx_h,) = torch.autograd.grad((entropy + lse).sum(), (x,))  # no logp gradient: the target plays no part
+    assert torch.isfinite(dx_h).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_leading_dims_and_return_order(impl, device):
     x = torch.randn(2, 3, 21).to(device)
     w = torch.randn(130, 21).to(device)
