@@ -25,6 +25,11 @@ keys). The public entry point is `bonfast.ops.prefix_attention` (validation, imp
 PyTorch path with the same semantics is `bonfast.ops.prefix_attention_torch` (CPU default). This module
 holds the kernels and their launcher only. Inference only: neither path is meant for backward.
 
+Precision: fp16 / bf16 q, K, V tiles feed `tl.dot` directly (tensor cores) with fp32 accumulation; the
+softmax weights p are cast to V's dtype for the second product, as flash attention does; the online softmax
+state is fp32. fp32 inputs use exact fp32 products. Under TRITON_INTERPRET=1 bf16 tiles are upcast to fp32
+after loading (the interpreter's bf16 arithmetic is broken; fp16 runs the 16-bit path there too).
+
 Shapes:
     q           [G, n, Hq, Dh]
     prefix_k/v  [G, Hkv, P, Dh]        prefix_lens [G]       (int, 0 <= prefix_lens <= P)
@@ -32,12 +37,14 @@ Shapes:
     out         [G, n, Hq, Dh]         dtype of q
 """
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 
 _LOG2E = 1.4426950408889634
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read when @triton.jit decorates, like triton does
 
 
 @triton.jit
@@ -49,7 +56,7 @@ def _prefix_attention_fwd_kernel(
     stride_ox, stride_og, stride_oh, stride_om,
     G, HKV, M, DH, CHUNK, qk_scale,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """Partial attention of the M = n * GROUP queries of one (prompt, kv head) over one chunk of the prefix."""
     pid_gh = tl.program_id(0).to(tl.int64)
@@ -67,8 +74,9 @@ def _prefix_attention_fwd_kernel(
     head = c * GROUP + offs_m % GROUP
     q_ptrs = (Q_ptr + g * stride_qg + sample[:, None] * stride_qs + head[:, None] * stride_qh
               + offs_d[None, :] * stride_qd)
-    q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-    q = q * qk_scale                                     # scale * log2(e): the softmax runs in base 2
+    q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
 
     plen = tl.load(Lens_ptr + g).to(tl.int64)
     lo = split * CHUNK
@@ -83,18 +91,20 @@ def _prefix_attention_fwd_kernel(
         keys = start + offs_n
         mask_n = keys < hi
         kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_base + keys[:, None] * stride_kp + offs_d[None, :] * stride_kd,
-                    mask=kv_mask, other=0.0).to(tl.float32)
-        v = tl.load(v_base + keys[:, None] * stride_vp + offs_d[None, :] * stride_vd,
-                    mask=kv_mask, other=0.0).to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)          # (BLOCK_M, BLOCK_N)
+        k = tl.load(k_base + keys[:, None] * stride_kp + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + keys[:, None] * stride_vp + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        # 16-bit tiles go to the tensor cores as they are, fp32 accumulation; scale * log2(e): base-2 softmax
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale   # (BLOCK_M, BLOCK_N)
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)                # rows with no key yet
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     has_keys = l_i > 0.0
@@ -115,7 +125,7 @@ def _suffix_attention_merge_kernel(
     stride_outg, stride_outs, stride_outh, stride_outd,
     G, N, HKV, M, DH, T, NUM_SPLITS, qk_scale,
     GROUP: tl.constexpr, HAS_LENS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """Merge the prefix partials of one (prompt, sample, kv head), then attend to the sample's own suffix."""
     pid_gs = tl.program_id(0).to(tl.int64)
@@ -153,25 +163,28 @@ def _suffix_attention_merge_kernel(
         slen = T
     q_ptrs = (Q_ptr + g * stride_qg + s_idx * stride_qs + head[:, None] * stride_qh
               + offs_d[None, :] * stride_qd)
-    q = tl.load(q_ptrs, mask=mask_jd, other=0.0).to(tl.float32) * qk_scale
+    q = tl.load(q_ptrs, mask=mask_jd, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
     k_base = K_ptr + g * stride_kg + s_idx * stride_ks + c * stride_kh
     v_base = V_ptr + g * stride_vg + s_idx * stride_vs + c * stride_vh
     for start in range(0, slen, BLOCK_N):
         keys = start + offs_n
         mask_n = keys < slen
         kv_mask = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_base + keys[:, None] * stride_kt + offs_d[None, :] * stride_kd,
-                    mask=kv_mask, other=0.0).to(tl.float32)
-        v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :] * stride_vd,
-                    mask=kv_mask, other=0.0).to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        k = tl.load(k_base + keys[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + keys[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
@@ -202,7 +215,10 @@ def prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v,
     M = n * group
     scale = 1.0 / math.sqrt(Dh) if scale is None else float(scale)
     qk_scale = scale * _LOG2E
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"   # fp16 / bf16 values are exact in tf32
+    # fp32: exact fp32 products; 16-bit: tiles straight into tl.dot (the precision flag does not apply), except
+    # bf16 under the interpreter, whose bf16 arithmetic is broken: upcast there
+    upcast = q.dtype == torch.float32 or (_INTERPRET and q.dtype == torch.bfloat16)
+    precision = "ieee"
     BLOCK_D = max(16, triton.next_power_of_2(Dh))
     block_n = (64 if BLOCK_D <= 64 else 32) if block_n is None else block_n
     BLOCK_M = min(64, max(16, triton.next_power_of_2(M)))
@@ -218,7 +234,7 @@ def prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v,
         q, prefix_k, prefix_v, prefix_lens, o_part, lse_part,
         *q.stride(), *prefix_k.stride(), *prefix_v.stride(), *o_part.stride()[:4],
         G, Hkv, M, Dh, chunk, qk_scale,
-        GROUP=group, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_D=BLOCK_D, DOT_PRECISION=precision,
+        GROUP=group, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_D=BLOCK_D, DOT_PRECISION=precision, UPCAST=upcast,
     )
 
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -231,6 +247,6 @@ def prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v,
         *q.stride(), *suffix_k.stride(), *suffix_v.stride(), *o_part.stride()[:4], *out.stride(),
         G, n, Hkv, M, Dh, t, num_splits, qk_scale,
         GROUP=group, HAS_LENS=has_lens, BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        BLOCK_D=BLOCK_D, DOT_PRECISION=precision,
+        BLOCK_D=BLOCK_D, DOT_PRECISION=precision, UPCAST=upcast,
     )
     return out

@@ -1,5 +1,6 @@
-"""Shared-prefix decode attention: Triton kernel (interpreter on CPU) == PyTorch path == naive attention over
-concat([prefix; suffix]) with a float64 truth; GQA / MQA, ragged lengths, t = 0, n = 1, empty parts, strides."""
+"""Shared-prefix decode attention: Triton kernel == PyTorch path == naive attention over concat([prefix; suffix])
+with a float64 truth; GQA / MQA, ragged lengths, t = 0, n = 1, empty parts, strides. The Triton cases run on the
+`kernel_device` fixture's device (compiled kernels on CUDA, the interpreter on CPU); references on the CPU."""
 import math
 
 import pytest
@@ -49,9 +50,13 @@ def make_inputs(G, n, Hq, Hkv, Dh, P, t, dtype, *, ragged=True):
     return [x.to(dtype) for x in (q, pk, pv)], prefix_lens, [x.to(dtype) for x in (sk, sv)], suffix_lens
 
 
-def three_way(case, dtype, impl, ragged=True):
+def _on(device, *tensors):
+    return [None if x is None else x.to(device) for x in tensors]
+
+
+def three_way(case, dtype, impl, ragged=True, device="cpu"):
     (q, pk, pv), pl, (sk, sv), sl = make_inputs(*case, dtype, ragged=ragged)
-    out = prefix_attention(q, pk, pv, pl, sk, sv, sl, impl=impl)
+    out = prefix_attention(*_on(device, q, pk, pv, pl, sk, sv, sl), impl=impl).cpu()
     pt = naive_concat_attention(q, pk, pv, pl, sk, sv, sl)
     gt = naive_concat_attention(*(x.double() for x in (q, pk, pv)), pl, *(x.double() for x in (sk, sv)), sl)
     assert out.dtype == dtype and out.shape == q.shape and out.is_contiguous()
@@ -66,56 +71,57 @@ def test_torch_path_three_way(case, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES)
-def test_triton_kernel_three_way(case, dtype):
-    three_way(case, dtype, "triton")
+def test_triton_kernel_three_way(case, dtype, kernel_device):
+    three_way(case, dtype, "triton", device=kernel_device)
 
 
 @pytest.mark.parametrize("case", CASES[:3])
-def test_common_suffix_length(case):
-    three_way(case, torch.float32, "triton", ragged=False)
+def test_common_suffix_length(case, kernel_device):
+    three_way(case, torch.float32, "triton", ragged=False, device=kernel_device)
     three_way(case, torch.float32, "torch", ragged=False)
 
 
-def test_triton_equals_torch_path_fp32():
+def test_triton_equals_torch_path_fp32(kernel_device):
     (q, pk, pv), pl, (sk, sv), sl = make_inputs(2, 3, 4, 2, 24, 37, 5, torch.float32)
-    a = prefix_attention(q, pk, pv, pl, sk, sv, sl, impl="triton")
+    a = prefix_attention(*_on(kernel_device, q, pk, pv, pl, sk, sv, sl), impl="triton").cpu()
     b = prefix_attention(q, pk, pv, pl, sk, sv, sl, impl="torch")
     torch.testing.assert_close(a, b, rtol=0, atol=2e-6)
 
 
 @pytest.mark.parametrize("num_splits", [2, 3, 5])
-def test_split_prefix_merge(num_splits):
+def test_split_prefix_merge(num_splits, kernel_device):
     """Splitting the prefix over programs (flash-decoding style) and merging partials changes nothing."""
     (q, pk, pv), pl, (sk, sv), sl = make_inputs(2, 3, 4, 2, 16, 70, 4, torch.float32)
     pl[1] = 9  # most splits of prompt 1 are empty
     ref = prefix_attention_torch(q, pk, pv, pl, sk, sv, sl)
-    out = prefix_attention_fwd(q, pk, pv, pl, sk, sv, sl, num_splits=num_splits, block_n=16)
+    out = prefix_attention_fwd(*_on(kernel_device, q, pk, pv, pl, sk, sv, sl), num_splits=num_splits,
+                               block_n=16).cpu()
     torch.testing.assert_close(out, ref, rtol=0, atol=2e-6)
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_strided_cache_views_and_scale(impl):
+def test_strided_cache_views_and_scale(impl, device):
     """The engine passes views of preallocated caches ([..., :t, :]) and transposed prefix buffers."""
     G, n, Hq, Hkv, Dh, P, t = 2, 3, 4, 2, 16, 13, 4
-    q = torch.randn(G, Hq, n, Dh).transpose(1, 2)                       # non-contiguous q
-    pk = torch.randn(G, P + 3, Hkv, Dh).transpose(1, 2)[:, :, :P]       # (G, Hkv, P, Dh), strided
-    pv = torch.randn(G, P + 3, Hkv, Dh).transpose(1, 2)[:, :, :P]
-    sk = torch.randn(G, n, Hkv, t + 6, Dh)[:, :, :, :t]                 # preallocated suffix buffer, first t
-    sv = torch.randn(G, n, Hkv, t + 6, Dh)[:, :, :, :t]
+    q = torch.randn(G, Hq, n, Dh).to(device).transpose(1, 2)                       # non-contiguous q
+    pk = torch.randn(G, P + 3, Hkv, Dh).to(device).transpose(1, 2)[:, :, :P]       # (G, Hkv, P, Dh), strided
+    pv = torch.randn(G, P + 3, Hkv, Dh).to(device).transpose(1, 2)[:, :, :P]
+    sk = torch.randn(G, n, Hkv, t + 6, Dh).to(device)[:, :, :, :t]                 # preallocated buffer, first t
+    sv = torch.randn(G, n, Hkv, t + 6, Dh).to(device)[:, :, :, :t]
     pl = torch.tensor([P, 5])
-    out = prefix_attention(q, pk, pv, pl, sk, sv, None, scale=0.3, impl=impl)
-    ref = naive_concat_attention(*(x.double() for x in (q, pk, pv)), pl, *(x.double() for x in (sk, sv)), None,
-                                 scale=0.3)
+    out = prefix_attention(q, pk, pv, pl.to(device), sk, sv, None, scale=0.3, impl=impl).cpu()
+    ref = naive_concat_attention(*(x.double().cpu() for x in (q, pk, pv)), pl, *(x.double().cpu() for x in (sk, sv)),
+                                 None, scale=0.3)
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=2e-6)
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_empty_parts(impl):
+def test_empty_parts(impl, device):
     """prefix_lens = 0 uses only the suffix; both parts empty gives 0 (not NaN)."""
     (q, pk, pv), _, (sk, sv), _ = make_inputs(2, 2, 2, 1, 16, 8, 3, torch.float32)
     pl = torch.tensor([0, 8])
     sl = torch.tensor([[2, 0], [0, 3]])
-    out = prefix_attention(q, pk, pv, pl, sk, sv, sl, impl=impl)
+    out = prefix_attention(*_on(device, q, pk, pv, pl, sk, sv, sl), impl=impl).cpu()
     ref = naive_concat_attention(q.double(), pk.double(), pv.double(), pl, sk.double(), sv.double(), sl)
     assert torch.isfinite(out).all()
     assert out[0, 1].abs().max() == 0
