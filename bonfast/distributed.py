@@ -27,7 +27,7 @@ What runs where:
   * metrics: train-record scalars are averaged over ranks (`all_reduce_mean`; equal prompt counts per
     rank, so the mean of means is the global mean); evaluation prompts are dealt [rank::R] and the judged
     rows gathered back in prompt order (`gather_rows`), so every rank computes the full table.
-  * checkpoints: world = 1 writes `checkpoint.safetensors` (bonfast.train); world > 1 writes DCP
+  * checkpoints: world = 1 writes `checkpoint.safetensors` (bonfast.checkpoint); world > 1 writes DCP
     (`torch.distributed.checkpoint`) into `checkpoint_dcp/` (see `save_dcp`). Either loads on any number
     of ranks: the newest one wins (`newest_checkpoint`).
 
@@ -389,7 +389,7 @@ def load_full_state(model, opt, model_state: dict, optim_state: dict[str, dict])
     """Load full (unsharded) tensors into a sharded or plain `model` and its `opt`: each rank keeps its shard.
 
     `model_state`: {parameter name: full tensor}; `optim_state`: {parameter name: {slot: tensor}} (e.g.
-    AdamW's step / exp_avg / exp_avg_sq), the layout of `bonfast.train.save_checkpoint`.
+    AdamW's step / exp_avg / exp_avg_sq), the layout of `bonfast.checkpoint.save_checkpoint`.
     """
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                          set_optimizer_state_dict)

@@ -50,15 +50,16 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
 from torch import Tensor
 
-__all__ = ["METHODS", "weights", "rl", "pass_at_k", "bon_rl_s", "bon_rl_v", "bon_rlb", "bon_rlb_p",
+__all__ = ["OBJECTIVES", "METHODS", "Objective", "weights", "rl", "rl_v", "pass_at_k", "bon_rl_s", "bon_rl_v", "bon_rlb", "bon_rlb_p",
            "bon_rlb_scale", "bon_sft", "sft", "pick_probability", "subset_credit"]
 
-METHODS = ("sft", "bon_sft", "rl", "bon_rl_v", "bon_rl_s", "bon_rlb", "bon_rlb_p", "pass_at_k")
 
 # ----------------------------------------------------------------------------------------------------------------
 # Validation: shape / dtype checks are free; value checks (finite, binary, ranges) cost ONE host sync in total.
@@ -301,6 +302,16 @@ def rl(rewards: Tensor, *, n_bon: int = 1, scores: Tensor | None = None, baselin
     return (x - (x.sum(-1, keepdim=True) - x) / (n - 1)) / n
 
 
+def rl_v(rewards: Tensor, *, n_bon: int = 1, scores: Tensor | None = None, baseline: str = "loo",
+         check_values: bool = True) -> Tensor:
+    """RL-V: inference-unaware RL on the verifier score, J = E[r]; ``rl`` with ``target="scores"``.
+
+    Shapes:
+        rewards, scores: [G, n]; returns w [G, n] float64.
+    """
+    return rl(rewards, n_bon=n_bon, scores=scores, baseline=baseline, target="scores", check_values=check_values)
+
+
 @functools.lru_cache(maxsize=256)
 def _rho_table(m: int, j: int, device: torch.device) -> Tensor:
     """ρ(m, c, j) = 1 − C(m−c, j)/C(m, j) (unbiased pass@j from m samples with c correct), c = 0..m, exact."""
@@ -457,9 +468,14 @@ def _check_options(*, eps=None, clip=None, negative_sign=-1):
         raise ValueError(f"eps must be a float in (0, 0.5), got {eps!r}")
     if negative_sign not in (1, -1):
         raise ValueError(f"negative_sign must be +1 (exact identity) or -1 (published), got {negative_sign!r}")
-    if clip is not None and not (isinstance(clip, (tuple, list)) and len(clip) == 2
-                                 and all(isinstance(c, numbers.Real) and c > 0 for c in clip)):
-        raise ValueError(f"clip must be None or a pair (C_pos, C_neg) of positive floats, got {clip!r}")
+    if isinstance(clip, numbers.Real) and not isinstance(clip, bool):
+        if not clip >= 0:
+            raise ValueError(f"clip must be None, a number >= 0 (0 = off) or a pair (C_pos, C_neg) of positive "
+                             f"floats, got {clip!r}")
+    elif clip is not None and not (isinstance(clip, (tuple, list)) and len(clip) == 2
+                                   and all(isinstance(c, numbers.Real) and c > 0 for c in clip)):
+        raise ValueError(f"clip must be None, a number >= 0 (0 = off) or a pair (C_pos, C_neg) of positive floats, "
+                         f"got {clip!r}")
 
 
 def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negative_sign: int = -1,
@@ -474,7 +490,7 @@ def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negati
     every one of the n samples carries its weight, divided by n.
     ``p``: a tensor [G] (the true p), "loo" (default; leave-out plug-in, see ``_fail_rate``) or "group" (1 − mean R).
     p̂ is clamped to [eps, 1 − eps]. ``clip=(C_pos, C_neg)`` caps |w| per sample before averaging
-    (the re-implementation uses (3, 3)).
+    (the re-implementation uses (3, 3)); a number C means (C, C), and 0 means no clip.
 
     With the true p, no clip and a non-binding eps, the expected update is ``bon_rlb_scale(p, ...)`` × ∇(1 − p^N):
     bon with +g⁻ gives exactly ∇J; bon with −g⁻ (the default, as published) gives (1+p)/(1−p) × ∇J; policy_group
@@ -487,6 +503,8 @@ def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negati
     """
     _choice("sample_source", sample_source, ("bon", "policy_group"))
     _check_options(eps=eps, clip=clip, negative_sign=negative_sign)
+    if isinstance(clip, numbers.Real) and not isinstance(clip, bool):
+        clip = (clip, clip) if clip > 0 else None
     R, _, N, checks = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True, method="bon_rlb")
     p_hat = _fail_rate(R, N, p, sample_source, eps, checks)
     _check_values(checks, check_values)
@@ -699,20 +717,56 @@ def sft(expert_scores: Tensor, scores: Tensor | None = None, *, n_bon: int = 1, 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def weights(method: str, rewards: Tensor | None, *, n_bon: int, scores: Tensor | None = None, **options):
-    """Weights for ``method`` (one of ``METHODS``): ``fn(rewards, n_bon=n_bon, scores=scores, **options)``.
+@dataclass(frozen=True)
+class Objective:
+    """How a method is called: its weight function and what the trainer passes to it.
 
-    "sft" and "bon_sft" take the expert's scores as ``expert_scores=`` in ``options`` and return a pair
-    (w_expert [G], w_samples [G, n]). Every other method returns w [G, n].
+    fn       the weight function: ``fn(rewards, n_bon=, scores=, **options) -> w [G, n]``, or for ``expert``
+             methods ``fn(expert_scores, scores, n_bon=, rewards=, **options) -> (w_expert [G], w_samples [G, n])``.
+    label    a short display name.
+    options  keyword options a run may set: option name -> allowed values (a tuple), or None for "a number
+             >= 0". ``bonfast.config.TrainConfig`` has one field ``<method>_<option>`` per option, and
+             ``TrainConfig.objective_kwargs()`` collects those of the configured method.
+    scores   the trainer passes the verifier scores r (else None: the method selects by the reward itself).
+    expert   the method needs an expert (reference) response per prompt.
+    bon_aware  False for the inference-unaware methods, which need n_bon = 1.
     """
-    if method not in METHODS:
+    fn: Callable
+    label: str
+    options: dict = field(default_factory=dict)
+    scores: bool = False
+    expert: bool = False
+    bon_aware: bool = True
+
+
+# The registry: adding a method = a weight function above + one entry here (+ its option fields in config.py).
+OBJECTIVES: dict[str, Objective] = {
+    "sft": Objective(sft, "SFT", scores=True, expert=True, bon_aware=False),
+    "bon_sft": Objective(bon_sft, "BoN-SFT", scores=True, expert=True),
+    "rl": Objective(rl, "RL", bon_aware=False),
+    "rl_v": Objective(rl_v, "RL-V", scores=True, bon_aware=False),
+    "pass_at_k": Objective(pass_at_k, "PKPO pass@k"),
+    "bon_rl_s": Objective(bon_rl_s, "BoN-RL-S"),
+    "bon_rl_v": Objective(bon_rl_v, "BoN-RL-V", {"credit": ("exact", "winner")}, scores=True),
+    "bon_rlb": Objective(bon_rlb, "BoN-RLB", {"negative_sign": (-1, 1), "sample_source": ("bon", "policy_group"),
+                                              "clip": None}),
+    "bon_rlb_p": Objective(bon_rlb_p, "BoN-RLB(P)", {"sample_source": ("bon", "policy_group")}),
+}
+METHODS = tuple(OBJECTIVES)
+
+
+def weights(method: str, rewards: Tensor | None, *, n_bon: int, scores: Tensor | None = None, **options):
+    """Weights for ``method`` (a key of ``OBJECTIVES``): ``fn(rewards, n_bon=n_bon, scores=scores, **options)``.
+
+    Expert methods ("sft", "bon_sft") take the expert's scores as ``expert_scores=`` in ``options`` and return
+    a pair (w_expert [G], w_samples [G, n]). Every other method returns w [G, n].
+    """
+    if method not in OBJECTIVES:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    if method in ("sft", "bon_sft"):
+    objective = OBJECTIVES[method]
+    if objective.expert:
         if "expert_scores" not in options:
             raise ValueError(f"{method} needs expert_scores=[G] tensor (the verifier scores of the expert responses)")
         expert_scores = options.pop("expert_scores")
-        fn = sft if method == "sft" else bon_sft
-        return fn(expert_scores, scores, n_bon=n_bon, rewards=rewards, **options)
-    fn = {"rl": rl, "bon_rl_v": bon_rl_v, "bon_rl_s": bon_rl_s, "bon_rlb": bon_rlb, "bon_rlb_p": bon_rlb_p,
-          "pass_at_k": pass_at_k}[method]
-    return fn(rewards, n_bon=n_bon, scores=scores, **options)
+        return objective.fn(expert_scores, scores, n_bon=n_bon, rewards=rewards, **options)
+    return objective.fn(rewards, n_bon=n_bon, scores=scores, **options)

@@ -11,10 +11,11 @@ import argparse
 import torch
 
 from bonfast import metrics
+from bonfast.build import build, warm_start
 from bonfast.config import preset
 from bonfast.engine import Engine
+from bonfast.rollout import decode, stop_ids
 from bonfast.tasks.arithmetic import LEVELS
-from bonfast.train import _decode, _stop_ids, build, sft_warm_start
 
 
 def main():
@@ -31,14 +32,14 @@ def main():
         state = load_file(args.checkpoint)
         model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
     else:
-        sft_warm_start(cfg, model, tok, task, device, log=lambda record: None)
+        warm_start(cfg, model, tok, task, device, log=lambda record: None)
     engine = Engine(model)
     print(f"| level | problems | pass@1 | pass@{args.n} |\n|---|---|---|---|")
     for level, text in LEVELS.items():
         examples = task.examples("test", n=args.prompts, seed=0, levels=(level,))
         roll = engine.sample([task.prompt_ids(e, tok) for e in examples], args.n, max_new_tokens=cfg.max_new_tokens,
-                             temperature=1.0, stop_token_ids=_stop_ids(tok), seed=0)
-        R = torch.tensor([[task.reward(e, _decode(tok, t)) for t in toks] for e, toks in zip(examples, roll.tokens)])
+                             temperature=1.0, stop_token_ids=stop_ids(tok), seed=0)
+        R = torch.tensor([[task.reward(e, decode(tok, t)) for t in toks] for e, toks in zip(examples, roll.tokens)])
         cells = []
         for k in (1, args.n):
             mean, lo, hi = metrics.bootstrap_ci(metrics.pass_at_k(args.n, R.sum(1), k))

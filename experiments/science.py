@@ -31,26 +31,32 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from bonfast.objectives import OBJECTIVES
+
 NOISY = {"fpr": 0.25, "fnr": 0.1}  # the noisy verifier: accepts 25% of wrong responses, rejects 10% of right ones
 NOISY_ARGS = ["--verifier", "noisy", "--verifier_fpr", str(NOISY["fpr"]), "--verifier_fnr", str(NOISY["fnr"])]
-# method -> (extra `bonfast train` arguments, label). N' = 8 unless --n_bon 1; oracle verifier unless NOISY_ARGS.
-METHODS = {
-    "sft": (["--n_bon", "1"], "SFT (N'=1)"),
-    "rl": (["--n_bon", "1"], "RL (N'=1)"),
-    "rl_v": (["--n_bon", "1", *NOISY_ARGS], "RL-V (N'=1, noisy verifier)"),
-    "bon_sft": ([], "BoN-SFT (N'=8)"),
-    "bon_rl_v": (NOISY_ARGS, "BoN-RL-V (N'=8, noisy verifier)"),
-    "bon_rl_s": ([], "BoN-RL-S (N'=8)"),
-    "bon_rlb": ([], "BoN-RLB (N'=8)"),
-    "bon_rlb_p": ([], "BoN-RLB(P) (N'=8)"),
-    "pass_at_k": ([], "PKPO pass@k weights (k=8)"),
-}
+TRAIN_N_BON = 8
+
+
+def _plan() -> dict:
+    """method -> (extra `bonfast train` arguments, label), for every method of the objective registry:
+    N' = 8 (N' = 1 for the inference-unaware ones); the noisy verifier for the methods trained on verifier
+    scores (RL-V, BoN-RL-V), the oracle otherwise."""
+    plan = {}
+    for name, objective in OBJECTIVES.items():
+        noisy = objective.scores and not objective.expert
+        args = ([] if objective.bon_aware else ["--n_bon", "1"]) + (NOISY_ARGS if noisy else [])
+        n_bon = TRAIN_N_BON if objective.bon_aware else 1
+        plan[name] = (args, f"{objective.label} (N'={n_bon}{', noisy verifier' if noisy else ''})")
+    return plan
+
+
+METHODS = _plan()
 LABELS = {"base": "base (warm start)", **{m: label for m, (_, label) in METHODS.items()}}
 TEMPS = (0.5, 1.0, 1.5)
 KS = (1, 2, 4, 8, 16, 32)
 MAJ_KS = (8, 32)
 EVAL_SEED = 1234  # the held-out prompts are the same for every method and seed (paired comparisons)
-TRAIN_N_BON = 8
 HEADLINE = ("rl", "bon_rlb_p")  # the comparison the issue asks for with its interval: inference-unaware vs BoN-aware
 
 
@@ -89,14 +95,15 @@ def run_job(method: str, seed: int, root: str, steps: int, eval_prompts: int) ->
 
 def eval_policy(run_dir: str, seed: int, eval_prompts: int) -> None:
     """Per-prompt pass@k, BoK (noisy verifier), majority@k and answer diversity of one policy -> eval.json."""
-    from bonfast import metrics, tasks, train
+    from bonfast import evaluate, metrics, rollout, tasks
+    from bonfast.checkpoint import atomic_write
     from bonfast.config import preset
     from bonfast.engine import Engine
 
     torch.set_num_threads(1)
     t0 = time.time()
     cfg = preset("default", seed=seed, out_dir=run_dir)
-    model, tokenizer, task, _, tag = train.load_policy(cfg, torch.device("cpu"))
+    model, tokenizer, task, _, tag = evaluate.load_policy(cfg, torch.device("cpu"))
     model.eval()
     verifier = tasks.get_verifier("noisy", task, false_positive_rate=NOISY["fpr"], false_negative_rate=NOISY["fnr"],
                                   seed=seed)  # the verifier the seed's noisy runs trained against
@@ -106,8 +113,8 @@ def eval_policy(run_dir: str, seed: int, eval_prompts: int) -> None:
     result = {"tag": tag, "seed": seed, "n": n, "levels": [ex.meta["level"] for ex in examples], "temps": {}}
     for temp in TEMPS:
         roll = Engine(model).sample(prompts, n, max_new_tokens=cfg.max_new_tokens, temperature=temp,
-                                    stop_token_ids=train._stop_ids(tokenizer), seed=EVAL_SEED + int(100 * temp))
-        R, r, answers = train._judge(task, verifier, examples, roll, tokenizer)
+                                    stop_token_ids=rollout.stop_ids(tokenizer), seed=EVAL_SEED + int(100 * temp))
+        R, r, answers = rollout.judge(task, verifier, examples, roll, tokenizer)
         correct = R > 0.5
         per = {f"pass@{k}": metrics.pass_at_k(torch.full((len(prompts),), n), correct.sum(1), k) for k in KS}
         per.update({f"bo@{k}": metrics.bo_k(r, R, k) for k in KS})
@@ -126,9 +133,11 @@ def eval_policy(run_dir: str, seed: int, eval_prompts: int) -> None:
         result["temps"][f"{temp:g}"] = {k: torch.as_tensor(v, dtype=torch.float64).tolist() for k, v in per.items()}
     result["seconds"] = time.time() - t0
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "eval.json.tmp"), "w") as f:
-        json.dump(result, f)
-    os.replace(os.path.join(run_dir, "eval.json.tmp"), os.path.join(run_dir, "eval.json"))
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(result, f)
+    atomic_write(os.path.join(run_dir, "eval.json"), write)
 
 
 # ------------------------------------------------------------------------------------------------------------

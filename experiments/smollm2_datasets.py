@@ -124,10 +124,10 @@ def summarise(correct: list[int], lengths: list[int], truncated: int, answered: 
 def measure(engine, tokenizer, dataset: str, temperature: float, args, on_partial) -> dict:
     """Sample n responses for each of the first `args.prompts` test prompts of `dataset` and score them."""
     from bonfast.tasks import get_task
-    from bonfast.train import _decode, _stop_ids
+    from bonfast.rollout import decode, stop_ids
     task = get_task(dataset)
     examples = task.examples("test", n=args.prompts, seed=args.seed)
-    stop = _stop_ids(tokenizer)
+    stop = stop_ids(tokenizer)
     correct, lengths, correct_lengths, truncated, answered, seconds = [], [], [], 0, 0, 0.0
     for start in range(0, len(examples), args.batch_prompts):
         chunk = examples[start:start + args.batch_prompts]
@@ -136,7 +136,7 @@ def measure(engine, tokenizer, dataset: str, temperature: float, args, on_partia
         roll = engine.sample(prompts, args.n, max_new_tokens=args.max_new_tokens, temperature=temperature,
                              stop_token_ids=stop, seed=args.seed)
         seconds += time.perf_counter() - t0
-        texts = [[_decode(tokenizer, toks) for toks in per_prompt] for per_prompt in roll.tokens]
+        texts = [[decode(tokenizer, toks) for toks in per_prompt] for per_prompt in roll.tokens]
         flat_ex = [ex for ex, per_prompt in zip(chunk, texts) for _ in per_prompt]
         flat_txt = [t for per_prompt in texts for t in per_prompt]
         R = torch.tensor(task.rewards(flat_ex, flat_txt), dtype=torch.float64).view(len(chunk), args.n)
@@ -165,10 +165,12 @@ def _key(run: dict) -> tuple:
 
 def write_outputs(out: str, doc: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, f"{out}.json")
+    from bonfast.checkpoint import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1)
+    atomic_write(f"{out}.json", write)
     with open(f"{out}.md", "w") as f:
         f.write(markdown(doc))
 

@@ -77,9 +77,9 @@ def _distinct_prompts(cfg):
     """The engine keys sample streams by (prompt, occurrence in the call): a duplicated prompt dealt to two
     ranks would draw the same samples twice. The test batches are duplicate-free, checked here."""
     from bonfast import tasks
-    from bonfast.train import _step_seed
+    from bonfast.build import step_seed
     task = tasks.get_task(cfg.task, **cfg.task_kwargs())
-    batches = [task.examples("train", n=cfg.prompts_per_step, seed=_step_seed(cfg, s, "prompts/0"))
+    batches = [task.examples("train", n=cfg.prompts_per_step, seed=step_seed(cfg, s, "prompts/0"))
                for s in range(cfg.steps)] + [task.examples("test", n=cfg.eval_prompts, seed=cfg.seed)]
     return all(len({ex.prompt for ex in b}) == len(b) for b in batches)
 
@@ -87,7 +87,8 @@ def _distinct_prompts(cfg):
 def test_two_ranks_match_single_process_steps(single_run, tmp_path):
     from bonfast.model import from_config
     from bonfast.tasks.tokenizer import ArithmeticTokenizer
-    from bonfast.train import CHECKPOINT, load_checkpoint, tiny_model_config
+    from bonfast.build import tiny_model_config
+    from bonfast.checkpoint import CHECKPOINT, load_checkpoint
     single_dir, single = single_run
     assert _distinct_prompts(small(tmp_path)), "test batches must be duplicate-free (see _distinct_prompts)"
     spawn(_train_worker, str(tmp_path / "dist"), str(tmp_path))
@@ -134,7 +135,8 @@ def _load_single_worker(single_dir):
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
     from safetensors.torch import load_file
-    from bonfast.train import CHECKPOINT, build, load_checkpoint
+    from bonfast.build import build
+    from bonfast.checkpoint import CHECKPOINT, load_checkpoint
     cfg = small(single_dir)
     model = build(cfg, torch.device("cpu"))[0]
     model = distributed.shard(model, cfg)
@@ -267,7 +269,7 @@ def test_dcp_checkpoint_atomic_newest_wins_and_round_trips(tmp_path):
     """DCP also works in one process: save twice (the link moves, the old step directory goes), the newest
     of safetensors / DCP is picked, and a fresh model + optimizer load the exact state."""
     from bonfast.model import ModelConfig, from_config
-    from bonfast.train import CHECKPOINT, load_checkpoint, save_checkpoint
+    from bonfast.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
     cfg = ModelConfig(vocab_size=13, dim=8, n_layers=2, n_heads=2, intermediate_size=8)
     model = from_config(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

@@ -533,7 +533,8 @@ BAD = [
     (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, p=torch.zeros(3)), "p must be a real tensor of shape \\[G\\]"),
     (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, p=torch.full((2,), 1.5)), "p must lie in"),
     (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, p="mean"), "p must be one of"),
-    (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, clip=3.0), "clip must be None or a pair"),
+    (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, clip=-1.0), "clip must be None, a number >= 0"),
+    (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, clip=(3.0,)), "clip must be None, a number >= 0"),
     (lambda: ob.bon_rlb(torch.zeros(2, 3), n_bon=2, eps=0.0), "eps must be a float in"),
     (lambda: ob.bon_sft(torch.zeros(3), torch.zeros(2, 3), n_bon=2), "expert_scores must be a real tensor"),
     (lambda: ob.bon_sft(torch.tensor([0.0, float("nan")]), torch.zeros(2, 3), n_bon=2), "expert_scores must be finite"),
@@ -566,6 +567,7 @@ def test_weights_dispatch_every_name():
         "sft": lambda: ob.sft(e, s),
         "bon_sft": lambda: ob.bon_sft(e, s, n_bon=4),
         "rl": lambda: ob.rl(R, n_bon=1),
+        "rl_v": lambda: ob.rl(R, n_bon=1, scores=s, target="scores"),
         "bon_rl_v": lambda: ob.bon_rl_v(R, n_bon=4, scores=s),
         "bon_rl_s": lambda: ob.bon_rl_s(R, n_bon=4),
         "bon_rlb": lambda: ob.bon_rlb(R, n_bon=4),
@@ -574,10 +576,10 @@ def test_weights_dispatch_every_name():
     }
     assert set(direct) == set(ob.METHODS)
     for name in ob.METHODS:
-        kw = {"scores": s} if name in ("bon_rl_v", "sft", "bon_sft") else {}
+        kw = {"scores": s} if name in ("bon_rl_v", "rl_v", "sft", "bon_sft") else {}
         if name in ("sft", "bon_sft"):
             kw["expert_scores"] = e
-        got = ob.weights(name, R, n_bon=1 if name in ("rl", "sft") else 4, **kw)
+        got = ob.weights(name, R, n_bon=1 if name in ("rl", "rl_v", "sft") else 4, **kw)
         want = direct[name]()
         if isinstance(want, tuple):
             for a, b in zip(got, want):

@@ -63,8 +63,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
     from bonfast.train import train
     ref = train(small(tmp_path, out_dir=str(tmp_path / "ref")))
     cfg = small(tmp_path, out_dir=str(tmp_path / "killed"))
-    args = [f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in cfg.to_dict().items()
-            if k != "extra"]
+    args = [f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in cfg.to_dict().items()]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "bonfast.cli", "train", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -110,8 +109,7 @@ def test_cli_help_documents_every_field(capsys):
         main(["train", "--help"])
     text = capsys.readouterr().out
     for name in TrainConfig.__dataclass_fields__:
-        if name != "extra":
-            assert f"--{name}" in text
+        assert f"--{name}" in text
 
 
 def test_presets_build():

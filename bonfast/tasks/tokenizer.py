@@ -55,10 +55,11 @@ class ArithmeticTokenizer:
     def eos_token(self) -> str:
         return self.SPECIAL_TOKENS[self.eos_token_id]
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Ids of the characters of `text`, no special tokens added.
 
-        Raises ValueError naming the first character outside `CHARS`.
+        `add_special_tokens` is accepted for the Hugging Face signature and has no effect: this tokenizer adds
+        none. Raises ValueError naming the first character outside `CHARS`.
         """
         if not isinstance(text, str):
             raise ValueError(f"text must be a str, got {type(text).__name__}")

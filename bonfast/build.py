@@ -1,0 +1,123 @@
+"""A run's parts from its config: device, model, tokenizer, task, verifier, seeds, and the supervised warm start.
+
+    TrainConfig --build--> model (tiny: random weights from cfg.seed; else a local checkpoint), tokenizer,
+                           task (bonfast.tasks), verifier
+                --warm_start--> supervised steps on the task's reference responses (cached by config hash)
+
+Seeds: every random draw of a run (prompts, samples, warm-start batches) is seeded by `step_seed(cfg, step,
+purpose)`, a function of (seed, step, purpose) only, so a resumed run draws what an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+
+import torch
+
+from bonfast import checkpoint, distributed, rollout, tasks
+from bonfast.config import TrainConfig
+from bonfast.packing import pack, packed_logprobs
+
+__all__ = ["resolve_device", "step_seed", "tiny_model_config", "build", "warm_start", "sft_lr_at", "progress"]
+
+# config fields that determine the warm-start weights (its cache key)
+WARM_START_KEYS = ("model", "task", "task_levels", "tiny_dim", "tiny_layers", "tiny_heads", "sft_steps", "sft_lr",
+                   "sft_batch", "seed", "max_new_tokens")
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    """cfg.device, with "auto" meaning CUDA when available."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def step_seed(cfg: TrainConfig, step: int, salt: str) -> int:
+    """A seed that depends only on (run seed, step, purpose): resumed runs redraw the same prompts and samples."""
+    digest = hashlib.sha256(f"{cfg.seed}/{step}/{salt}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def tiny_model_config(cfg: TrainConfig, tokenizer):
+    """The `ModelConfig` of the embedded tiny decoder (cfg.tiny_*) for the arithmetic tokenizer."""
+    from bonfast.model import ModelConfig
+    heads = cfg.tiny_heads
+    return ModelConfig(
+        vocab_size=tokenizer.vocab_size, dim=cfg.tiny_dim, n_layers=cfg.tiny_layers, n_heads=heads,
+        n_kv_heads=max(1, heads // 2), head_dim=cfg.tiny_dim // heads, intermediate_size=cfg.tiny_dim * 3,
+        rope_theta=10000.0, rope_scaling=None, rms_norm_eps=1e-5, tie_word_embeddings=True,
+        attention_bias=False, qk_norm=False, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+def build(cfg: TrainConfig, device: torch.device):
+    """Model, tokenizer, task and verifier for a config (the tiny model starts from random weights)."""
+    from bonfast.model import from_config, load_model
+    task = tasks.get_task(cfg.task, **cfg.task_kwargs())
+    if cfg.model == "tiny":
+        from bonfast.tasks.tokenizer import ArithmeticTokenizer
+        tokenizer = ArithmeticTokenizer()
+        torch.manual_seed(cfg.seed)
+        model = from_config(tiny_model_config(cfg, tokenizer)).to(device)
+    else:
+        model, tokenizer = load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=torch.float32, device=device)
+        if tokenizer is None:
+            raise ValueError(f"TrainConfig.model: no tokenizer found with the checkpoint {cfg.model!r}")
+    verifier = tasks.get_verifier(cfg.verifier, task, **cfg.verifier_kwargs())
+    return model, tokenizer, task, verifier
+
+
+def progress(cfg: TrainConfig, total: int, desc: str):
+    """A tqdm bar, shown only with cfg.progress and only on rank 0."""
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, disable=not cfg.progress or not distributed.is_main(), dynamic_ncols=True)
+
+
+def sft_lr_at(cfg: TrainConfig, step: int) -> float:
+    """Warm-start learning rate: linear warmup over 20 steps times a cosine from sft_lr to 0.1 sft_lr.
+
+    Not the RL schedule (`bonfast.train.lr_at`): the warmup multiplies the cosine here, and cached warm starts
+    were made with this schedule (changing it changes every warm start)."""
+    warm = min(1.0, (step + 1) / 20)
+    return cfg.sft_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.sft_steps)))
+
+
+def warm_start_path(cfg: TrainConfig) -> str:
+    """Cache file of the warm-start weights of `cfg`."""
+    key = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in WARM_START_KEYS}, default=str).encode())
+    return os.path.join(checkpoint.cache_dir(), f"warmstart-{key.hexdigest()[:16]}.safetensors")
+
+
+def warm_start(cfg: TrainConfig, model, tokenizer, task, device, log) -> None:
+    """Supervised steps on gold answers (loss through the same packed path), cached by config hash."""
+    if cfg.sft_steps == 0:
+        return
+    path = warm_start_path(cfg)
+    if checkpoint.load_cached_weights(path, model, device):
+        log({"kind": "sft", "cached": path})
+        return
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
+    bar = progress(cfg, cfg.sft_steps, "warm start (SFT)")
+    t0 = time.time()
+    for step in range(cfg.sft_steps):
+        for group in opt.param_groups:
+            group["lr"] = sft_lr_at(cfg, step)
+        examples = task.examples("train", n=cfg.sft_batch, seed=step_seed(cfg, step, "sft"))
+        prompts = [task.prompt_ids(ex, tokenizer) for ex in examples]
+        answers = [[rollout.encode_response(tokenizer, task.reference_response(ex), cfg.max_new_tokens)]
+                   for ex in examples]
+        batch = pack(prompts, answers, pad_id=tokenizer.pad_token_id or 0)
+        logp, _ = packed_logprobs(model, batch.to(device), temperature=1.0)
+        loss = -logp.sum() / logp.numel()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")  # host sync once per step for the progress bar only
+    bar.close()
+    checkpoint.save_cached_weights(path, model)
+    log({"kind": "sft", "steps": cfg.sft_steps, "final_loss": loss.item(), "seconds": time.time() - t0})
