@@ -192,8 +192,10 @@ def f(x):
 import os, subprocess
 def f(x):
     out = b''
-    code = "import socket; s = socket.create_connection(('127.0.0.1', {port}), timeout=2); s.sendall(b'hi'); print('NET')"
-    for cmd in (['/usr/bin/python3', '-I', '-c', code], ['/bin/bash', '-c', 'echo hi > /dev/tcp/127.0.0.1/{port} && echo NET']):
+    code = ("import socket; s = socket.create_connection(('127.0.0.1', {port}), timeout=2); "
+            "s.sendall(b'hi'); print('NET')")
+    bash = 'echo hi > /dev/tcp/127.0.0.1/{port} && echo NET'
+    for cmd in (['/usr/bin/python3', '-I', '-c', code], ['/bin/bash', '-c', bash]):
         try:
             out += subprocess.run(cmd, capture_output=True, timeout=5).stdout
         except Exception:
