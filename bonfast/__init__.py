@@ -1,19 +1,28 @@
 """bonfast: Best-of-N-aware fine-tuning of language models (arXiv 2412.15287).
 
-Public API (imported lazily, so `import bonfast` stays cheap):
+The training pipeline, one module per step (docs/method.md has the method, README the architecture):
 
-    bonfast.objectives          per-sample BoN weights for every method of the paper
-    bonfast.metrics             pass@k, BoK, majority@k, bootstrap intervals, co-scaling fit
-    bonfast.reference           plain-PyTorch float64-capable oracles
-    bonfast.linear_logprobs     fused hidden @ W.T / T -> log-softmax -> gather (logits never formed)
-    bonfast.bon_loss            BoN-weighted reduction of token log-probs to a scalar
-    bonfast.fused_bon_loss      hidden states + LM head -> BoN loss in one pass
-    bonfast.load_model          lean Llama-family decoder from a local Hugging Face checkpoint
-    bonfast.score               per-token log-probs of n responses per prompt (shared-prefix packing)
-    bonfast.Engine              N-sample generation with a shared-prefix KV cache
-    bonfast.TrainConfig, bonfast.train
+    engine      sample      Engine: n samples per prompt with a shared-prefix KV cache
+    rollout     reward      decode, judge -> rewards R, verifier scores r, answers
+    objectives  weights     OBJECTIVES registry; weights(method, R, n_bon, scores=r) -> w [G, n]
+    packing     log-probs   pack(prompts, responses) + packed_logprobs(model, batch)
+    ops         loss        bon_loss / fused_bon_loss / linear_logprobs / prefix_attention (Triton or torch)
+    train       step        rl_step(run, step) and the loop; build (model, task, warm start), evaluate,
+                            checkpoint, config (TrainConfig), metrics, report, distributed around it
+
+Public API (imported lazily, so `import bonfast` stays cheap; `bonfast.<name>` loads its module on first use):
+
+    linear_logprobs, bon_loss, fused_bon_loss, prefix_attention   the ops (bonfast.ops)
+    pack, packed_logprobs, score, PackedBatch                       shared-prefix packing (bonfast.packing)
+    weights, OBJECTIVES, METHODS                                    per-sample BoN weights (bonfast.objectives)
+    Engine, Rollouts                                                N-sample generation (bonfast.engine)
+    load_model                                                      a local Hugging Face / GGUF checkpoint
+    TrainConfig, train, evaluate_checkpoint                         the trainer
 """
+from __future__ import annotations
+
 import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -21,17 +30,36 @@ _EXPORTS = {
     "linear_logprobs": "bonfast.ops",
     "bon_loss": "bonfast.ops",
     "fused_bon_loss": "bonfast.ops",
-    "load_model": "bonfast.model",
+    "prefix_attention": "bonfast.ops",
+    "pack": "bonfast.packing",
+    "packed_logprobs": "bonfast.packing",
     "score": "bonfast.packing",
+    "PackedBatch": "bonfast.packing",
+    "weights": "bonfast.objectives",
+    "OBJECTIVES": "bonfast.objectives",
+    "METHODS": "bonfast.objectives",
     "Engine": "bonfast.engine",
     "Rollouts": "bonfast.engine",
+    "load_model": "bonfast.model",
     "TrainConfig": "bonfast.config",
     "train": "bonfast.train",
+    "evaluate_checkpoint": "bonfast.evaluate",
 }
-_SUBMODULES = {"objectives", "metrics", "reference", "ops", "model", "attention", "packing",
-               "engine", "tasks", "config", "train", "cli", "kernels"}
+_SUBMODULES = {"attention", "build", "checkpoint", "cli", "config", "distributed", "engine", "evaluate", "kernels",
+               "metrics", "model", "objectives", "ops", "packing", "reference", "report", "rollout", "selection",
+               "tasks", "train"}
 
-__all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
+__all__ = sorted(set(_EXPORTS) | _SUBMODULES)  # "train": the function (the module is bonfast.train)
+
+if TYPE_CHECKING:  # what IDEs and type checkers see; at run time __getattr__ imports on first use
+    from bonfast.config import TrainConfig
+    from bonfast.engine import Engine, Rollouts
+    from bonfast.evaluate import evaluate_checkpoint
+    from bonfast.model import load_model
+    from bonfast.objectives import METHODS, OBJECTIVES, weights
+    from bonfast.ops import bon_loss, fused_bon_loss, linear_logprobs, prefix_attention
+    from bonfast.packing import PackedBatch, pack, packed_logprobs, score
+    from bonfast.train import train
 
 
 def __getattr__(name):
@@ -40,3 +68,7 @@ def __getattr__(name):
     if name in _SUBMODULES:
         return importlib.import_module(f"bonfast.{name}")
     raise AttributeError(f"module 'bonfast' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

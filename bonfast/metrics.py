@@ -26,19 +26,20 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from bonfast.objectives import _check_values, _int_arg, _matrix, _rank_counts, pick_probability
+from bonfast._validation import as_matrix, check_int, expected, run_checks
+from bonfast.selection import pick_probability, rank_counts
 
 __all__ = ["pass_at_k", "bo_k", "majority_at_k", "curve", "bootstrap_ci", "fit_coscaling"]
 
 
 def _counts(name: str, x) -> Tensor:
     if isinstance(x, bool) or not isinstance(x, (numbers.Integral, Tensor)):
-        raise ValueError(f"{name} must be an int or an integer-valued tensor, got {type(x).__name__}")
+        raise TypeError(expected(name, "an int or an integer-valued tensor", type(x).__name__))
     t = torch.as_tensor(x).detach()
     if t.is_complex():
-        raise ValueError(f"{name} must be real, got {t.dtype}")
+        raise TypeError(expected(name, "a real dtype", t.dtype))
     t = t.to(torch.float64)
-    _check_values([(~torch.isfinite(t) | (t != t.round()), f"{name} must hold integers (got non-integer values)")])
+    run_checks([(~torch.isfinite(t) | (t != t.round()), f"{name}: expected integer values, got non-integer values")])
     return t
 
 
@@ -57,8 +58,8 @@ def pass_at_k(num_samples, num_correct, k):
     all_int = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (num_samples, num_correct, k))
     n, c, kk = torch.broadcast_tensors(_counts("num_samples", num_samples), _counts("num_correct", num_correct),
                                        _counts("k", k))
-    _check_values([((c < 0) | (c > n), "num_correct must be in [0, num_samples]"),
-                   ((kk < 1) | (kk > n), "k must be in [1, num_samples]")])
+    run_checks([((c < 0) | (c > n), "num_correct: expected values in [0, num_samples]"),
+                   ((kk < 1) | (kk > n), "k: expected values in [1, num_samples]")])
     k_max = int(kk.max()) if kk.numel() else 0  # host sync: evaluation only
     j = torch.arange(k_max, dtype=torch.float64)
     n_, c_, k_ = n.unsqueeze(-1), c.unsqueeze(-1), kk.unsqueeze(-1)
@@ -72,20 +73,20 @@ def bo_k(scores: Tensor, rewards: Tensor, k: int) -> Tensor:
 
         BoK = Σ_i R_i (k/n) P_pick(a_i, e_i; k, n),
 
-    where P_pick is ``objectives.pick_probability``, a_i / e_i count the samples strictly below / tied with i, and
+    where P_pick is ``selection.pick_probability``, a_i / e_i count the samples strictly below / tied with i, and
     ties are broken uniformly at random, averaged exactly. Without ties this is the max@k formula in verifier order,
     Σ_{i>=k} C(i−1, k−1)/C(n, k) R_(i) (PAPER 3). With ``scores = rewards`` it is max@k (pass@k for binary R).
 
     Shapes:
         scores, rewards: [G, n]; returns [G] float64.
     """
-    R = _matrix("rewards", rewards)
-    s = _matrix("scores", scores, R.shape, rewards.device)
+    R = as_matrix("rewards", rewards)
+    s = as_matrix("scores", scores, R.shape, rewards.device)
     n = R.shape[1]
-    k = _int_arg("k", k, 1, n, "k <= n, the samples per prompt")
-    _check_values([(~torch.isfinite(R), "rewards must be finite (no NaN or inf)"),
-                   (~torch.isfinite(s), "scores must be finite (no NaN or inf)")])
-    a, e, _ = _rank_counts(s)
+    k = check_int("k", k, 1, n, "k <= n, the samples per prompt")
+    run_checks([(~torch.isfinite(R), "rewards: expected finite values (no NaN or inf)"),
+                   (~torch.isfinite(s), "scores: expected finite values (no NaN or inf)")])
+    a, e, _ = rank_counts(s)
     return (R * pick_probability(a, e, k=k, n=n)).sum(-1) * (k / n)
 
 
@@ -105,24 +106,28 @@ def majority_at_k(answers: Sequence[Sequence], correct, k: int, *, max_subsets: 
     Shapes:
         answers: G lists of n_g answers; correct: G lists of n_g values or [G, n]; returns [G] float64.
     """
-    k = _int_arg("k", k, 1)
-    max_subsets, n_mc = _int_arg("max_subsets", max_subsets, 1), _int_arg("n_mc", n_mc, 1)
+    k = check_int("k", k, 1)
+    max_subsets, n_mc = check_int("max_subsets", max_subsets, 1), check_int("n_mc", n_mc, 1)
     if isinstance(correct, Tensor):
-        correct = _matrix("correct", correct).tolist()
-    if not isinstance(answers, Sequence) or not isinstance(correct, Sequence) or len(answers) != len(correct):
-        raise ValueError("answers and correct must be sequences with one entry per prompt (the same length G)")
+        correct = as_matrix("correct", correct).tolist()
+    if not isinstance(answers, Sequence) or not isinstance(correct, Sequence):
+        raise TypeError(expected("answers and correct", "sequences with one entry per prompt",
+                                 f"{type(answers).__name__} and {type(correct).__name__}"))
+    if len(answers) != len(correct):
+        raise ValueError("answers and correct: expected sequences with one entry per prompt (the same length G)")
     out = []
     for g, (ans, cor) in enumerate(zip(answers, correct)):
         n = len(ans)
         if len(cor) != n:
-            raise ValueError(f"correct[{g}] must have len(answers[{g}]) = {n} entries, got {len(cor)}")
+            raise ValueError(f"correct[{g}]: expected len(answers[{g}]) = {n} entries, got {len(cor)}")
         if k > n:
-            raise ValueError(f"k must be <= the number of samples of every prompt; prompt {g} has {n} < k = {k}")
+            raise ValueError(expected("k", "at most the number of samples of every prompt", f"k = {k} (prompt {g} "
+                                      f"has {n})"))
         ids: dict = {}
         cls = torch.tensor([ids.setdefault(a, len(ids)) for a in ans], dtype=torch.long)
         values = torch.tensor([float(v) for v in cor], dtype=torch.float64)
         if not torch.isfinite(values).all():
-            raise ValueError(f"correct[{g}] must be finite")
+            raise ValueError(f"correct[{g}]: expected finite values")
         worth = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, cls, values)
         worth /= torch.bincount(cls, minlength=len(ids))
         if math.comb(n, k) <= max_subsets:
@@ -145,7 +150,7 @@ def curve(fn: Callable[[int], object], ks: Iterable[int]) -> Tensor:
     """
     ks = list(ks)
     if not ks:
-        raise ValueError("ks must contain at least one k")
+        raise ValueError("ks: expected at least one k")
     return torch.stack([torch.as_tensor(fn(k), dtype=torch.float64) for k in ks])
 
 
@@ -157,14 +162,17 @@ def bootstrap_ci(per_prompt: Tensor, *, n_boot: int = 1000, alpha: float = 0.05,
     Shapes:
         per_prompt: [G] (G >= 1).
     """
-    if not isinstance(per_prompt, Tensor) or per_prompt.dim() != 1 or per_prompt.numel() < 1:
-        raise ValueError(f"per_prompt must be a tensor of shape [G] with G >= 1, got "
-                         f"{list(per_prompt.shape) if isinstance(per_prompt, Tensor) else type(per_prompt).__name__}")
-    n_boot = _int_arg("n_boot", n_boot, 1)
-    if not isinstance(alpha, numbers.Real) or not 0 < alpha < 1:
-        raise ValueError(f"alpha must be a float in (0, 1), got {alpha!r}")
+    if not isinstance(per_prompt, Tensor):
+        raise TypeError(expected("per_prompt", "a tensor of shape [G] with G >= 1", type(per_prompt).__name__))
+    if per_prompt.dim() != 1 or per_prompt.numel() < 1:
+        raise ValueError(expected("per_prompt", "a tensor of shape [G] with G >= 1", list(per_prompt.shape)))
+    n_boot = check_int("n_boot", n_boot, 1)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(expected("alpha", "a float in (0, 1)", repr(alpha)))
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected a float in (0, 1), got {alpha!r}")
     x = per_prompt.detach().to(torch.float64).cpu()
-    _check_values([(~torch.isfinite(x), "per_prompt must be finite (no NaN or inf)")])
+    run_checks([(~torch.isfinite(x), "per_prompt: expected finite values (no NaN or inf)")])
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(x), (n_boot, len(x)), generator=gen)
     means = x[idx].mean(-1)
@@ -183,13 +191,13 @@ def fit_coscaling(ns, pass_at_n):
     N = torch.as_tensor(ns, dtype=torch.float64).flatten()
     P = torch.as_tensor(pass_at_n, dtype=torch.float64).flatten()
     if N.shape != P.shape or N.numel() < 2:
-        raise ValueError(f"ns and pass_at_n must be 1-D with the same length >= 2, got {list(N.shape)} and "
+        raise ValueError(f"ns and pass_at_n: expected 1-D sequences of the same length >= 2, got {list(N.shape)} and "
                          f"{list(P.shape)}")
-    _check_values([(~(N > 0) | ~torch.isfinite(N), "ns must be finite and > 0"),
-                   (~((P > 0) & (P < 1)), "pass_at_n must lie strictly inside (0, 1) (log(-log p) is undefined "
+    run_checks([(~(N > 0) | ~torch.isfinite(N), "ns: expected finite values > 0"),
+                   (~((P > 0) & (P < 1)), "pass_at_n: expected values strictly inside (0, 1) (log(-log p) is undefined "
                                           "at 0 and 1)")])
     if bool((N == N[0]).all()):
-        raise ValueError("ns must contain at least two distinct values")
+        raise ValueError("ns: expected at least two distinct values")
     x, y = N.log(), torch.log(-torch.log(P))
     xm, ym = x.mean(), y.mean()
     b = ((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum()

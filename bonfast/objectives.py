@@ -14,17 +14,10 @@ for the objective J named by the method (the *exact* forms), or a documented mul
 against autograd of the closed-form objective. N' (``n_bon``) is the training-time BoN size. It is a separate setting
 from n, the number of samples per prompt.
 
-Tie rule (one rule for selection, training and evaluation)
-----------------------------------------------------------
-Ties in verifier scores are broken uniformly at random. No estimator or metric draws that random tie-break; each
-averages over it exactly, in closed form. All of them rest on one count (``pick_probability``). Take a sample with
-``a`` of the other samples strictly below it and ``e`` equal to it. Then, by Vandermonde's identity,
-
-    Σ_{k-subsets S ∋ i} P(i is picked | S) = Σ_t C(e, t) C(a, k−1−t) / (t+1) = [C(a+e+1, k) − C(a, k)] / (e+1),
-
-and the probability that i is the pick of a uniformly random k-subset containing it is that count divided by
-C(n−1, k−1). The population version is PAPER 1.1: π_bon(y) = π(y) [F(y)^N − F⁻(y)^N] / P_π(r = r(y)), where
-F(y) = P_π(r ≤ r(y)) and F⁻(y) = P_π(r < r(y)).
+Tie rule
+--------
+Ties in verifier scores are broken uniformly at random, and every estimator averages over that tie-break
+exactly, in closed form (``bonfast.selection``; derivation in docs/method.md, "Tie rule").
 
 Methods (``weights(name, ...)`` dispatches on these names; docs/objectives.md has the full table)
 ---------------------------------------------------------------------------------------------------
@@ -57,6 +50,9 @@ from fractions import Fraction
 import torch
 from torch import Tensor
 
+from bonfast._validation import as_matrix, check_choice, check_int, run_checks
+from bonfast.selection import pick_mass, pick_probability, rank_counts
+
 __all__ = ["OBJECTIVES", "METHODS", "Objective", "weights", "rl", "rl_v", "pass_at_k", "bon_rl_s", "bon_rl_v", "bon_rlb", "bon_rlb_p",
            "bon_rlb_scale", "bon_sft", "sft", "pick_probability", "subset_credit"]
 
@@ -66,148 +62,50 @@ __all__ = ["OBJECTIVES", "METHODS", "Objective", "weights", "rl", "rl_v", "pass_
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _matrix(name: str, x, shape=None, device=None) -> Tensor:
-    """`x` as a float64 [G, n] tensor (bool / int / float accepted), or a ValueError naming `name`."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape [G, n], got {type(x).__name__}")
-    if x.is_complex():
-        raise ValueError(f"{name} must have a real (bool, integer or floating) dtype, got {x.dtype}")
-    expected = "[G, n]" if shape is None else f"[G, n] = {list(shape)}"
-    if x.dim() != 2 or (shape is not None and tuple(x.shape) != tuple(shape)):
-        raise ValueError(f"{name} must have shape {expected}, got {list(x.shape)}")
-    if x.shape[1] < 1:
-        raise ValueError(f"{name} must have n >= 1 samples per prompt (shape [G, n]), got {list(x.shape)}")
-    if device is not None and x.device != device:
-        raise ValueError(f"{name} must be on {device} (the device of rewards), got {x.device}")
-    return x.detach().to(torch.float64)
-
-
-def _int_arg(name: str, value, lo: int, hi: int | None = None, hi_name: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        bound = f"in [{lo}, {hi}] ({hi_name})" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
-
-
-def _choice(name: str, value, allowed) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-    return value
-
-
-def _check_values(checks, enabled: bool = True) -> None:
-    """Raise for the first failed check. `checks` holds (bad: bool Tensor, message) pairs; this is the ONE sync."""
-    if not checks or not enabled:
-        return
-    flags = torch.stack([bad.any() for bad, _ in checks]).tolist()  # host sync, only when check_values=True
-    for flag, (_, message) in zip(flags, checks):
-        if flag:
-            raise ValueError(message)
-
-
 def _validate(rewards, scores, *, n_bon, method, need_scores=False, allow_scores=True, binary=False,
               n_bon_name="n_bon"):
     """Validate the common arguments: shapes, dtypes, devices and n_bon now; value checks are returned pending.
 
     Returns (R float64 [G, n], s float64 [G, n] or None, n_bon, checks). The caller appends its own checks and runs
-    them all with ONE ``_check_values(checks, check_values)``.
+    them all with ONE ``run_checks(checks, check_values)``.
     """
-    R = _matrix("rewards", rewards)
+    R = as_matrix("rewards", rewards)
     n = R.shape[1]
-    n_bon = _int_arg(n_bon_name, n_bon, 1, n, f"{n_bon_name} <= n, the samples per prompt")
+    n_bon = check_int(n_bon_name, n_bon, 1, n, f"{n_bon_name} <= n, the samples per prompt")
     if scores is None and need_scores:
-        raise ValueError(f"scores must be given for {method}: a [G, n] tensor of verifier scores")
+        raise ValueError(f"scores: expected a [G, n] tensor of verifier scores for {method}, got None")
     if scores is not None and not allow_scores:
-        raise ValueError(f"scores must be None for {method}: it selects by the reward itself "
+        raise ValueError(f"scores: expected None for {method}: it selects by the reward itself "
                          "(use bon_rl_v for selection by a separate verifier)")
-    s = None if scores is None else _matrix("scores", scores, R.shape, rewards.device)
-    checks = [(~torch.isfinite(R), "rewards must be finite (no NaN or inf)")]
+    s = None if scores is None else as_matrix("scores", scores, R.shape, rewards.device)
+    checks = [(~torch.isfinite(R), "rewards: expected finite values (no NaN or inf)")]
     if s is not None:
-        checks.append((~torch.isfinite(s), "scores must be finite (no NaN or inf)"))
+        checks.append((~torch.isfinite(s), "scores: expected finite values (no NaN or inf)"))
     if binary:
-        checks.append(((R != 0) & (R != 1), f"rewards must be binary (0 or 1) for {method}"))
+        checks.append(((R != 0) & (R != 1), f"rewards: expected binary values (0 or 1) for {method}"))
     return R, s, n_bon, checks
 
 
 def _prompt_vector(name: str, x, G: int, device, lo: float | None, hi: float | None, checks) -> Tensor:
     """A per-prompt [G] parameter as float64. Its range check (finiteness if lo is None) is appended to `checks`."""
-    if not isinstance(x, Tensor) or x.shape != (G,) or x.is_complex():
-        got = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a real tensor of shape [G] = [{G}], got {got}")
+    if not isinstance(x, Tensor) or x.is_complex():
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{name}: expected a real tensor of shape [G] = [{G}], got {got}")
+    if x.shape != (G,):
+        raise ValueError(f"{name}: expected a real tensor of shape [G] = [{G}], got {list(x.shape)}")
     if x.device != device:
-        raise ValueError(f"{name} must be on {device} (the device of rewards), got {x.device}")
+        raise ValueError(f"{name}: expected a tensor on {device} (the device of rewards), got {x.device}")
     x = x.detach().to(torch.float64)
     if lo is None:
-        checks.append((~torch.isfinite(x), f"{name} must be finite (no NaN or inf)"))
+        checks.append((~torch.isfinite(x), f"{name}: expected finite values (no NaN or inf)"))
     else:
-        checks.append((~((x >= lo) & (x <= hi)), f"{name} must lie in [{lo}, {hi}] (and not be NaN)"))
+        checks.append((~((x >= lo) & (x <= hi)), f"{name}: expected values in [{lo}, {hi}] (no NaN)"))
     return x
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Combinatorics of BoN selection with exact tie averaging
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=256)
-def _comb_table(n: int, k: int, device: torch.device) -> Tensor:
-    """T[x + 1] = C(x, k) / C(n, k) for x = -1..n, exact rationals rounded once to float64 (C(-1, k) = 0)."""
-    denom = math.comb(n, k)
-    values = [0.0] + [float(Fraction(math.comb(x, k), denom)) for x in range(n + 1)]
-    return torch.tensor(values, dtype=torch.float64, device=device)
-
-
-def _pick_mass(a: Tensor, e: Tensor, k: int, n: int) -> Tensor:
-    """(1 / C(n, k)) Σ_{k-subsets S ∋ i} P(i picked | S) = [C(a+e+1, k) − C(a, k)] / ((e+1) C(n, k)).
-
-    Defined for a >= -1 and e >= -1; e = -1 ("no such sample") gives 0. Only differences of this function at
-    shifted (a, e) are ever used with a = -1 or e = -1, and those are finite by construction.
-    """
-    table = _comb_table(n, k, a.device)
-    top = table[(a + e + 2).clamp(min=0)]
-    mass = (top - table[a + 1]) / (e + 1).clamp(min=1).to(torch.float64)
-    return torch.where(e >= 0, mass, torch.zeros_like(mass))
-
-
-def pick_probability(a: Tensor, e: Tensor, *, k: int, n: int) -> Tensor:
-    """Probability that a sample is the BoN pick of a uniformly random k-subset of n samples that contains it.
-
-    The sample has ``a`` others strictly below it and ``e`` others tied with it (ties broken uniformly at random):
-
-        P = [C(a+e+1, k) − C(a, k)] / ((e+1) C(n−1, k−1)).
-
-    This is the single tie-rule helper. ``subset_credit`` and ``metrics.bo_k`` both use it.
-
-    Shapes:
-        a, e: any (same shape, integer); returns float64 of that shape.
-    """
-    n = _int_arg("n", n, 1)
-    k = _int_arg("k", k, 1, n, "k <= n")
-    if not isinstance(a, Tensor) or not isinstance(e, Tensor) or a.shape != e.shape:
-        raise ValueError("a and e must be integer tensors of the same shape")
-    a, e = a.long(), e.long()
-    _check_values([(a < 0, "a must be >= 0"), (e < 0, "e must be >= 0"),
-                   (a + e + 1 > n, f"a + e + 1 must be <= n = {n}")])
-    return _pick_mass(a, e, k, n) * (n / k)
-
-
-def _rank_counts(s: Tensor):
-    """a[g, i] = #{j: s_j < s_i}, e[g, i] = #{j != i: s_j = s_i}, and the ascending sort order of s."""
-    G, n = s.shape
-    sorted_s, order = s.sort(dim=-1)
-    pos = torch.arange(n, device=s.device).expand(G, n)
-    new_block = torch.ones_like(order, dtype=torch.bool)
-    new_block[:, 1:] = sorted_s[:, 1:] != sorted_s[:, :-1]
-    start = torch.where(new_block, pos, 0).cummax(-1).values  # first sorted position of each tie block
-    last = torch.ones_like(new_block)
-    last[:, :-1] = new_block[:, 1:]
-    end = torch.where(last, pos + 1, n).flip(-1).cummin(-1).values.flip(-1)  # one past the block's last position
-    a = torch.empty_like(order).scatter_(-1, order, start)
-    le = torch.empty_like(order).scatter_(-1, order, end)  # = a + e + 1
-    return a, le - a - 1, order
 
 
 def subset_credit(rewards: Tensor, scores: Tensor, k: int) -> Tensor:
@@ -217,7 +115,7 @@ def subset_credit(rewards: Tensor, scores: Tensor, k: int) -> Tensor:
         rewards, scores: [G, n]; returns [G, n] float64.
     """
     R, s, k, checks = _validate(rewards, scores, n_bon=k, need_scores=True, method="subset_credit", n_bon_name="k")
-    _check_values(checks)
+    run_checks(checks)
     return _subset_credit(R, s, k)
 
 
@@ -237,10 +135,10 @@ def _subset_credit(rewards: Tensor, scores: Tensor, k: int) -> Tensor:
         rewards, scores: [G, n] float64; returns [G, n] float64.
     """
     G, n = rewards.shape
-    a, e, order = _rank_counts(scores)
-    own = _pick_mass(a, e, k, n)
-    h = own - _pick_mass(a - 1, e, k, n)  # credit weight of j for each i strictly below it
-    u = own - _pick_mass(a, e - 1, k, n)  # credit weight of each tie partner of i
+    a, e, order = rank_counts(scores)
+    own = pick_mass(a, e, k, n)
+    h = own - pick_mass(a - 1, e, k, n)  # credit weight of j for each i strictly below it
+    u = own - pick_mass(a, e - 1, k, n)  # credit weight of each tie partner of i
     x = (rewards * h).gather(-1, order)  # (G, n) in ascending score order
     suffix = torch.cat([x.flip(-1).cumsum(-1).flip(-1), x.new_zeros(G, 1)], dim=-1)  # suffix[t] = Σ_{pos >= t}
     above = suffix.gather(-1, a + e + 1)  # Σ over strictly higher scores
@@ -288,13 +186,13 @@ def rl(rewards: Tensor, *, n_bon: int = 1, scores: Tensor | None = None, baselin
     Shapes:
         rewards, scores: [G, n]; returns w [G, n] float64.
     """
-    target = _choice("target", target, ("rewards", "scores"))
-    _choice("baseline", baseline, ("loo", "none"))
+    target = check_choice("target", target, ("rewards", "scores"))
+    check_choice("baseline", baseline, ("loo", "none"))
     R, s, n_bon, checks = _validate(rewards, scores, n_bon=n_bon, need_scores=target == "scores",
                                     allow_scores=target == "scores", method="rl")
     if n_bon != 1:
-        raise ValueError(f"n_bon must be 1 for rl (the N' = 1 baseline), got {n_bon}")
-    _check_values(checks, check_values)
+        raise ValueError(f"n_bon: expected 1 for rl (the N' = 1 baseline), got {n_bon}")
+    run_checks(checks, check_values)
     x = s if target == "scores" else R
     n = x.shape[1]
     if baseline == "none" or n == 1:
@@ -337,9 +235,9 @@ def pass_at_k(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, base
     Shapes:
         rewards: [G, n] in {0, 1}; returns w [G, n] float64.
     """
-    _choice("baseline", baseline, ("loo", "loo_k_minus_1", "none"))
+    check_choice("baseline", baseline, ("loo", "loo_k_minus_1", "none"))
     R, _, k, checks = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True, method="pass_at_k")
-    _check_values(checks, check_values)
+    run_checks(checks, check_values)
     n = R.shape[1]
     correct = R.sum(-1, keepdim=True).round().long()
 
@@ -377,12 +275,12 @@ def bon_rl_v(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, credi
     Shapes:
         rewards, scores: [G, n]; returns w [G, n] float64.
     """
-    credit = _choice("credit", credit, ("exact", "winner"))
+    credit = check_choice("credit", credit, ("exact", "winner"))
     if baseline is None:
         baseline = "loo" if credit == "exact" else "mean"
-    _choice("baseline", baseline, ("loo", "loo_k_minus_1", "none") if credit == "exact" else ("mean", "none"))
+    check_choice("baseline", baseline, ("loo", "loo_k_minus_1", "none") if credit == "exact" else ("mean", "none"))
     R, s, k, checks = _validate(rewards, scores, n_bon=n_bon, need_scores=True, method="bon_rl_v")
-    _check_values(checks, check_values)
+    run_checks(checks, check_values)
     if credit == "exact":
         return _apply_baseline(lambda j: _subset_credit(R, s, j), R.shape[1], k, baseline)
     pick, mean_r, groups = _group_picks(s, R, k)
@@ -400,9 +298,9 @@ def bon_rl_s(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, basel
     Shapes:
         rewards: [G, n]; returns w [G, n] float64.
     """
-    _choice("baseline", baseline, ("loo", "loo_k_minus_1", "none"))
+    check_choice("baseline", baseline, ("loo", "loo_k_minus_1", "none"))
     R, _, k, checks = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, method="bon_rl_s")
-    _check_values(checks, check_values)
+    run_checks(checks, check_values)
     return _apply_baseline(lambda j: _subset_credit(R, R, j), R.shape[1], k, baseline)
 
 
@@ -436,7 +334,7 @@ def _fail_rate(R: Tensor, N: int, p, source: str, eps: float, checks) -> Tensor:
     G, n = R.shape
     fail = 1 - R
     if isinstance(p, str):
-        _choice("p", p, ("loo", "group"))
+        check_choice("p", p, ("loo", "group"))
         total = fail.sum(-1, keepdim=True)
         if p == "group":
             p_hat = (total / n).expand(G, n)
@@ -464,17 +362,19 @@ def _g_terms(p: Tensor, N: int):
 
 
 def _check_options(*, eps=None, clip=None, negative_sign=-1):
-    if eps is not None and (not isinstance(eps, numbers.Real) or not 0 < eps < 0.5):
-        raise ValueError(f"eps must be a float in (0, 0.5), got {eps!r}")
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, numbers.Real)):
+        raise TypeError(f"eps: expected a float in (0, 0.5), got {eps!r}")
+    if eps is not None and not 0 < eps < 0.5:
+        raise ValueError(f"eps: expected a float in (0, 0.5), got {eps!r}")
     if negative_sign not in (1, -1):
-        raise ValueError(f"negative_sign must be +1 (exact identity) or -1 (published), got {negative_sign!r}")
+        raise ValueError(f"negative_sign: expected +1 (exact identity) or -1 (published), got {negative_sign!r}")
     if isinstance(clip, numbers.Real) and not isinstance(clip, bool):
         if not clip >= 0:
-            raise ValueError(f"clip must be None, a number >= 0 (0 = off) or a pair (C_pos, C_neg) of positive "
+            raise ValueError(f"clip: expected None, a number >= 0 (0 = off) or a pair (C_pos, C_neg) of positive "
                              f"floats, got {clip!r}")
     elif clip is not None and not (isinstance(clip, (tuple, list)) and len(clip) == 2
                                    and all(isinstance(c, numbers.Real) and c > 0 for c in clip)):
-        raise ValueError(f"clip must be None, a number >= 0 (0 = off) or a pair (C_pos, C_neg) of positive floats, "
+        raise ValueError(f"clip: expected None, a number >= 0 (0 = off) or a pair (C_pos, C_neg) of positive floats, "
                          f"got {clip!r}")
 
 
@@ -501,13 +401,13 @@ def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negati
     Shapes:
         rewards: [G, n] in {0, 1}; p: [G] if a tensor; returns w [G, n] float64.
     """
-    _choice("sample_source", sample_source, ("bon", "policy_group"))
+    check_choice("sample_source", sample_source, ("bon", "policy_group"))
     _check_options(eps=eps, clip=clip, negative_sign=negative_sign)
     if isinstance(clip, numbers.Real) and not isinstance(clip, bool):
         clip = (clip, clip) if clip > 0 else None
     R, _, N, checks = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True, method="bon_rlb")
     p_hat = _fail_rate(R, N, p, sample_source, eps, checks)
-    _check_values(checks, check_values)
+    run_checks(checks, check_values)
     lead, one_m_pn = _g_terms(p_hat, N)
     g_pos, g_neg = lead / one_m_pn, N * p_hat / (1 - p_hat)
     if clip is not None:
@@ -534,11 +434,11 @@ def bon_rlb_p(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, samp
     Shapes:
         rewards: [G, n] in {0, 1}; p: [G] if a tensor; returns w [G, n] float64.
     """
-    _choice("sample_source", sample_source, ("bon", "policy_group"))
+    check_choice("sample_source", sample_source, ("bon", "policy_group"))
     _check_options(eps=eps)
     R, _, N, checks = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True, method="bon_rlb_p")
     p_hat = _fail_rate(R, N, p, sample_source, eps, checks)
-    _check_values(checks, check_values)
+    run_checks(checks, check_values)
     lead, one_m_pn = _g_terms(p_hat, N)
     if sample_source == "policy_group":
         return R * lead / R.shape[1]
@@ -557,11 +457,11 @@ def bon_rlb_scale(p: Tensor, *, n_bon: int, negative_sign: int = -1, sample_sour
     Shapes:
         p: [G] in (0, 1); returns [G] float64.
     """
-    _choice("sample_source", sample_source, ("bon", "policy_group"))
+    check_choice("sample_source", sample_source, ("bon", "policy_group"))
     _check_options(negative_sign=negative_sign)
-    N = _int_arg("n_bon", n_bon, 1)
+    N = check_int("n_bon", n_bon, 1)
     if not isinstance(p, Tensor) or p.dim() != 1:
-        raise ValueError(f"p must be a tensor of shape [G], got {getattr(p, 'shape', type(p).__name__)}")
+        raise ValueError(f"p: expected a tensor of shape [G], got {getattr(p, 'shape', type(p).__name__)}")
     p = p.detach().to(torch.float64)
     if sample_source == "bon":
         return (1 - negative_sign * p) / (1 - p)
@@ -625,31 +525,34 @@ def bon_sft(expert_scores: Tensor, scores: Tensor | None = None, *, n_bon: int, 
     Shapes:
         expert_scores: [G]; scores / rewards: [G, n]; cdf: pair of [G]; p: [G]; returns ([G], [G, n]) float64.
     """
-    form = _choice("form", form, ("exact", "variational"))
-    _choice("baseline", baseline, ("loo", "none"))
+    form = check_choice("form", form, ("exact", "variational"))
+    check_choice("baseline", baseline, ("loo", "none"))
     _check_options(eps=eps)
     if scores is None and rewards is None:
-        raise ValueError("scores (or rewards, when the reward itself selects) must be a [G, n] tensor for bon_sft")
+        raise ValueError("scores (or rewards, when the reward itself selects): expected a [G, n] tensor for bon_sft, "
+                         "got None for both")
     name = "scores" if scores is not None else "rewards"
-    s = _matrix(name, scores if scores is not None else rewards)
+    s = as_matrix(name, scores if scores is not None else rewards)
     if scores is not None and rewards is not None:
-        _matrix("rewards", rewards, s.shape, scores.device)
-    N = _int_arg("n_bon", n_bon, 1)
+        as_matrix("rewards", rewards, s.shape, scores.device)
+    N = check_int("n_bon", n_bon, 1)
     G, n = s.shape
-    checks = [(~torch.isfinite(s), f"{name} must be finite (no NaN or inf)")]
+    checks = [(~torch.isfinite(s), f"{name}: expected finite values (no NaN or inf)")]
     s_star = _prompt_vector("expert_scores", expert_scores, G, s.device, None, None, checks)[:, None]
     below, equal = (s < s_star).to(torch.float64), (s == s_star).to(torch.float64)
     if form == "variational":
         lam = N - 1.0 if lam is None else lam
-        if not isinstance(lam, numbers.Real) or not lam >= 0:
-            raise ValueError(f"lam must be a float >= 0, got {lam!r}")
-        _check_values(checks, check_values)
+        if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
+            raise TypeError(f"lam: expected a float >= 0, got {lam!r}")
+        if not lam >= 0:
+            raise ValueError(f"lam: expected a float >= 0, got {lam!r}")
+        run_checks(checks, check_values)
         win = below + equal
         v = lam * win
         b = lam * (win.sum(-1, keepdim=True) - win) / (n - 1) if n > 1 else torch.zeros_like(v)
     else:
         F, Fm = _expert_cdf(s, below, equal, s_star, cdf, p, eps, checks)
-        _check_values(checks, check_values)
+        run_checks(checks, check_values)
         alpha, gamma = _bon_log_coeffs(F, Fm, N)
         v = alpha * equal + gamma * below
         if n > 1:  # the same coefficients applied to the other samples' indicators
@@ -670,13 +573,14 @@ def _expert_cdf(s: Tensor, below: Tensor, equal: Tensor, s_star: Tensor, cdf, p,
         if not (isinstance(cdf, str) and cdf == "loo"):
             raise ValueError("give either cdf=(F, F_minus) or p (binary verifier), not both")
         p = _prompt_vector("p", p, G, device, 0.0, 1.0, checks)[:, None]
-        checks.append(((s_star != 0) & (s_star != 1), "expert_scores must be binary (0 or 1) when p is given"))
-        checks.append(((s != 0) & (s != 1), "scores must be binary (0 or 1) when p is given"))
+        checks.append(((s_star != 0) & (s_star != 1),
+                       "expert_scores: expected binary values (0 or 1) when p is given"))
+        checks.append(((s != 0) & (s != 1), "scores: expected binary values (0 or 1) when p is given"))
         correct = s_star == 1
         F = torch.where(correct, torch.ones_like(p), p)
         Fm = torch.where(correct, p, torch.zeros_like(p))
     elif isinstance(cdf, str):
-        _choice("cdf", cdf, ("loo",))
+        check_choice("cdf", cdf, ("loo",))
         le, lt = below + equal, below
         if n > 1:
             F = (le.sum(-1, keepdim=True) - le) / (n - 1)
@@ -685,10 +589,10 @@ def _expert_cdf(s: Tensor, below: Tensor, equal: Tensor, s_star: Tensor, cdf, p,
             F, Fm = le, lt
     else:
         if not (isinstance(cdf, (tuple, list)) and len(cdf) == 2):
-            raise ValueError("cdf must be 'loo' or a pair (F, F_minus) of [G] tensors")
+            raise ValueError("cdf: expected 'loo' or a pair (F, F_minus) of [G] tensors")
         F = _prompt_vector("cdf[0] (F)", cdf[0], G, device, 0.0, 1.0, checks)[:, None]
         Fm = _prompt_vector("cdf[1] (F_minus)", cdf[1], G, device, 0.0, 1.0, checks)[:, None]
-        checks.append((Fm > F, "cdf must satisfy F_minus <= F"))
+        checks.append((Fm > F, "cdf: expected F_minus <= F"))
     return F.clamp(min=eps), Fm.clamp(max=1.0)
 
 
@@ -701,11 +605,11 @@ def sft(expert_scores: Tensor, scores: Tensor | None = None, *, n_bon: int = 1, 
     Shapes:
         expert_scores: [G]; scores / rewards: [G, n]; returns ([G], [G, n]) float64.
     """
-    if _int_arg("n_bon", n_bon, 1) != 1:
-        raise ValueError(f"n_bon must be 1 for sft (use bon_sft for N' > 1), got {n_bon}")
+    if check_int("n_bon", n_bon, 1) != 1:
+        raise ValueError(f"n_bon: expected 1 for sft (use bon_sft for N' > 1), got {n_bon}")
     if scores is None and rewards is None:
         if not isinstance(expert_scores, Tensor) or expert_scores.dim() != 1:
-            raise ValueError("expert_scores must be a tensor of shape [G]")
+            raise ValueError(f"expert_scores: expected a tensor of shape [G], got {type(expert_scores).__name__}")
         G = expert_scores.shape[0]
         dev = expert_scores.device
         return torch.ones(G, dtype=torch.float64, device=dev), torch.zeros(G, 0, dtype=torch.float64, device=dev)
@@ -762,7 +666,7 @@ def weights(method: str, rewards: Tensor | None, *, n_bon: int, scores: Tensor |
     a pair (w_expert [G], w_samples [G, n]). Every other method returns w [G, n].
     """
     if method not in OBJECTIVES:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     objective = OBJECTIVES[method]
     if objective.expert:
         if "expert_scores" not in options:

@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from bonfast.reference import resolve_clip_eps
+from bonfast._validation import resolve_clip_eps
 
 __all__ = ["linear_logprobs", "bon_loss", "fused_bon_loss", "prefix_attention", "prefix_attention_torch"]
 
@@ -31,14 +31,23 @@ __all__ = ["linear_logprobs", "bon_loss", "fused_bon_loss", "prefix_attention", 
 # W and dW stream through memory once per token chunk, so thin full-vocabulary chunks (83 rows at V = 50257)
 # were memory-bound on a 2-core CPU; see benches/README.md for the measured choice of rows.
 # Both can be overridden for tuning on another CPU: BONFAST_TORCH_TILE="rows,elements" (e.g. "2048,4194304").
-_TORCH_MAX_ROWS, _TORCH_CHUNK_ELEMENTS = 2048, 1 << 21
-if os.environ.get("BONFAST_TORCH_TILE"):
+
+
+def parse_torch_tile(value: str | None) -> tuple[int, int]:
+    """(rows, elements) of the torch path's logit tiles from a BONFAST_TORCH_TILE value; None: the defaults."""
+    if not value:
+        return 2048, 1 << 21
     try:
-        _TORCH_MAX_ROWS, _TORCH_CHUNK_ELEMENTS = (int(v) for v in os.environ["BONFAST_TORCH_TILE"].split(","))
-        assert _TORCH_MAX_ROWS >= 1 and _TORCH_CHUNK_ELEMENTS >= 1
-    except (ValueError, AssertionError):
+        rows, elements = (int(v) for v in value.split(","))
+    except ValueError:
+        rows = elements = 0
+    if rows < 1 or elements < 1:
         raise ValueError(f"BONFAST_TORCH_TILE must be 'rows,elements' with two positive integers, e.g. "
-                         f"'2048,4194304'; got {os.environ['BONFAST_TORCH_TILE']!r}") from None
+                         f"'2048,4194304'; got {value!r}")
+    return rows, elements
+
+
+_TORCH_MAX_ROWS, _TORCH_CHUNK_ELEMENTS = parse_torch_tile(os.environ.get("BONFAST_TORCH_TILE"))
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

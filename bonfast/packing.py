@@ -60,10 +60,6 @@ class PackedBatch:
     resp_mask: torch.Tensor | None = None  # bool [G*n, 1, Rm, Pm+Rm], None when all lengths agree (pure causal)
     out_src: torch.Tensor | None = None  # [B*T] where each packed position reads its concat output
 
-    @property
-    def num_prompts(self) -> int:
-        return self.prompt_lens.shape[0]
-
     def to(self, device) -> "PackedBatch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for k, v in moved.items():

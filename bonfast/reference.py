@@ -11,7 +11,9 @@ Shapes:
 """
 import torch
 
-__all__ = ["linear_logprobs_ref", "bon_loss_ref", "resolve_clip_eps"]
+from bonfast._validation import resolve_clip_eps
+
+__all__ = ["linear_logprobs_ref", "bon_loss_ref"]
 
 
 def linear_logprobs_ref(hidden, weight, targets, *, temperature=1.0, ignore_index=-100):
@@ -38,17 +40,6 @@ def linear_logprobs_ref(hidden, weight, targets, *, temperature=1.0, ignore_inde
     entropy = -(logq.exp() * logq).sum(-1)
     zero = torch.zeros((), dtype=compute, device=z.device)
     return torch.where(valid, logp, zero), torch.where(valid, entropy, zero), torch.where(valid, lse, zero)
-
-
-def resolve_clip_eps(clip_eps, old_logp):
-    """(eps_low, eps_high) for the clipped surrogate: 0.2 when `old_logp` is given and `clip_eps` is None."""
-    if old_logp is None:
-        return None
-    if clip_eps is None:
-        clip_eps = 0.2
-    if isinstance(clip_eps, (tuple, list)):
-        return float(clip_eps[0]), float(clip_eps[1])
-    return float(clip_eps), float(clip_eps)
 
 
 def bon_loss_ref(logp, sample_index, weights, *, normaliser, old_logp=None, ref_logp=None, clip_eps=None,
