@@ -26,20 +26,22 @@ Work: forward 2 TDV + backward 6 TDV (recompute 2, dW 2, dX 2) = 8 TDV, for line
 alike (dL/dz needs the full-row lse, so the forward cannot produce gradients without a second logit pass).
 HBM traffic of the backward (b = bytes per input element, n = V / Vc chunks, GEMM operands counted once per
 pass with L2 reuse by grouped tile order): dz 3 T V b, X 2 n T D b, W 2 V D b, dW V D b, dX32 8 n T D (+ the
-final cast). T = 8192, D = 2048, V = 151936, bf16, Vc = 4096 (n = 38): 7.5 + 2.5 + 1.2 + 0.6 + 5.1 = ~17 GB,
-~3.5 ms at 4.8 TB/s beside 6 TDV = 15.5 ms of tensor-core work: compute-bound.
-Extra memory beyond the returned gradients (floor = dX + dW in the input dtypes): the workspace T Vc b,
-dX32 (T D (4 - b) more than dX) and split-K partials only for GEMMs with fewer tiles than SMs (< SMs x
-128 x 128 fp32, ~8.6 MB on 132 SMs). Vc comes from the memory budget (`chunk_cols`); with the default
-budget at the shape above the workspace is 64 MiB + 32 MiB dX32, i.e. 1.15x the floor (0.66 GB).
+final cast). T = 8192, D = 2048, V = 151936, bf16, default Vc = 3840 (n = 40): 7.5 + 2.7 + 1.2 + 0.6 + 5.4 =
+~17 GB, ~4.5 ms at 80% of 4.8 TB/s beside 6 TDV = 15.5 ms of tensor-core work: compute-bound.
+Extra memory beyond the returned gradients (floor = dX + dW in the input dtypes): the workspace T Vc b, dX32
+(T D (4 - b) more than dX) and split-K partials only for GEMMs with fewer tiles than SMs (< SMs x 128 x 128
+fp32, ~8.6 MB on 132 SMs). Vc comes from the memory budget (`chunk_cols`); the default is 15% of the floor:
+at the shape above 63 MB of workspace + 34 MB for dX32 = 1.15x the floor (0.66 GB). dX32 is not
+budgeted away: when T D (4 - b) alone passes 15% of the floor (T > ~0.18 V for 16-bit inputs) the extra is
+dX32 + a workspace of _MIN_COLS columns (e.g. T = 65536: 1.34x).
 
 Grid fill: phase 1 has (T / BLOCK_T) x (Vc / BLOCK_V) programs; a phase-2 GEMM with fewer output tiles than
 SMs splits its reduction (K) across programs into an fp32 partial buffer summed once (deterministic).
 
 Predicted, not measured (no GPU was available; roofline with assumed efficiencies: Triton GEMM tiles at 60-65%
-of 989 TFLOP/s, the `linear_logprobs` forward at 55%), T = 8192, D = 2048, V = 151936, bf16 on an H200:
-forward ~9.5 ms + backward ~24-26 ms -> ~34-36 ms, i.e. ~570-600 TFLOP/s at the 8 TDV count; memory
-~1.15x the floor.
+of 989 TFLOP/s, the `linear_logprobs` forward kernel at 55%), T = 8192, D = 2048, V = 151936, bf16 on an H200:
+forward ~9.4 ms + backward ~24.5 ms (recompute+dz 8.7, dW 7.9, dX 7.9) = ~34 ms -> ~600 TFLOP/s at the 8 TDV
+count (540-620 over that efficiency range); the same for fused_bon_loss.
 
 fp32 inputs use exact fp32 products (no TF32); 16-bit tiles feed tl.dot directly with fp32 accumulation.
 Under TRITON_INTERPRET=1 bf16 tiles are upcast after loading and each autotuner has one config.
@@ -50,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from bonfast.kernels.logprob_gemm import _budget_bytes, grad_vectors, num_sms
+from bonfast.kernels.logprob_gemm import budget_bytes, grad_vectors, num_sms
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -76,6 +78,7 @@ _DZ_INTERPRET = {"BLOCK_T": 32, "BLOCK_V": 128, "BLOCK_D": 32}
 _MM_INTERPRET = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}
 _SPLIT_MIN_K = 512  # a split of a GEMM's reduction covers at least this many K
 _MIN_COLS = 256  # smallest vocabulary chunk, whatever the budget
+FLOOR_FRACTION = 0.15  # default extra memory of the fused backward, as a fraction of dX + dW
 
 
 def _bucket(n):
@@ -222,8 +225,11 @@ def fused_extra_bytes(T, D, V, dtype, cols):
 
 def chunk_cols(T, D, V, dtype, memory_budget=None):
     """Vocabulary entries per chunk: the most whose [T, cols] dz workspace fits the budget beside dX32, a
-    multiple of 128, at least _MIN_COLS (the budget may then be exceeded), at most V."""
-    free = _budget_bytes(memory_budget) - fused_extra_bytes(T, D, V, dtype, 0)
+    multiple of 128, at least _MIN_COLS (the budget may then be exceeded), at most V. Budget: the argument,
+    else env BONFAST_LOGPROB_MEMORY, else FLOOR_FRACTION of the gradients' own size (dX + dW)."""
+    item = torch.finfo(dtype).bits // 8
+    floor = (T + V) * D * item
+    free = budget_bytes(memory_budget, int(FLOOR_FRACTION * floor)) - fused_extra_bytes(T, D, V, dtype, 0)
     cols = max(_MIN_COLS, free // (max(T, 1) * (torch.finfo(dtype).bits // 8)) // 128 * 128)
     return int(min(V, cols))
 

@@ -16,16 +16,18 @@ Per chunk of C tokens (X_c [C, D]):
 The fused BoN loss knows dL/dlogp_t = u_t in the forward (the loss is token-wise in logp), so it runs the
 backward steps inside the forward (no recompute) and its backward only scales dX, dW by the scalar grad_output.
 
-Work (TDV = T * D * V multiply-adds x 2 flops / 2, i.e. one [T, D] x [D, V] GEMM = 2 TDV flops):
+Work in units of TDV = T * D * V flops (one [T, D] x [D, V] GEMM = 2 TDV):
     linear_logprobs  forward 2 TDV + backward 6 TDV (recompute, dX, dW)      = 8 TDV
     fused_bon_loss   forward 6 TDV (logits, dX, dW)  + backward O(TD + VD)    = 6 TDV
 HBM traffic beyond the GEMM operands (b = bytes per input element, n = T / C chunks):
-    logits written by the GEMM and read by the stats pass: 2 T V b (forward); written, read and rewritten by
-    the dz pass, read by the two GEMMs: 5 T V b (backward); the fp32 dW accumulator read and written once per
-    chunk: 8 n V D. At T = 8192, D = 2048, V = 151936, bf16, C = 2048: 5.0 + 12.4 + 10.0 GB = ~27 GB, ~6 ms at
-    4.8 TB/s, beside 8 TDV = 20.6 ms of tensor-core work at 989 TFLOP/s.
+    forward: logits written by the GEMM and read by the stats pass, 2 T V b;
+    backward: logits written by the GEMM, read and rewritten by the dz pass, read by the two GEMMs, 5 T V b;
+    the fp32 dW accumulator read and written by each chunk's dW GEMM, 8 n V D.
+At T = 8192, D = 2048, V = 151936, bf16 and the default budget (C = 2944, n = 3): 5.0 + 12.4 + 7.5 = ~25 GB,
+of which only the stats and dz passes (7.5 GB, ~2 ms at 80% of 4.8 TB/s) are not inside a GEMM.
 Extra memory: the [C, V] logits buffer (C V b) and, for 16-bit weights, the fp32 dW accumulator (4 V D); for
-fp32 weights the accumulator is the returned gradient. C comes from a byte budget (`chunk_rows`).
+fp32 weights the accumulator is the returned gradient. C comes from a byte budget (`chunk_rows`); `auto`
+(`pick_strategy`) takes this strategy when it fits the budget with C >= min(T, 1024).
 
 dW accumulation in fp32: torch >= 2.11 has `torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)` for
 16-bit a, b on CUDA (cublasGemmEx with an fp32 C, beta = 1); it is tried once per device and, where it raises,
@@ -33,10 +35,11 @@ replaced by the Triton GEMM of `bonfast.kernels.logprob_fused` (fp32 tile accumu
 call). On CPU (tests) the accumulation upcasts the chunk. cuBLAS runs 16-bit GEMMs with fp32 accumulation
 (for long reductions torch may allow reduced-precision split-K; dW's cross-chunk sum is always fp32).
 
-Predicted, not measured (no GPU was available; roofline with assumed efficiencies: cuBLAS 75% of 989 TFLOP/s,
-memory passes at 80% of 4.8 TB/s), T = 8192, D = 2048, V = 151936, bf16 on an H200: linear_logprobs full
-step 8 TDV ~27.5 ms + ~6 ms of passes -> ~600 TFLOP/s at the 8 TDV count; fused_bon_loss 6 TDV ~20.6 ms +
-~4 ms -> ~830 TFLOP/s "effective" at the 8 TDV count (~620 TFLOP/s of work actually done).
+Predicted, not measured (no GPU was available; roofline with assumed efficiencies: cuBLAS at 75% of 989
+TFLOP/s, the stats and dz passes at 80% of 4.8 TB/s), T = 8192, D = 2048, V = 151936, bf16 on an H200:
+linear_logprobs full step 8 TDV ~27.5 ms + ~2 ms of passes = ~30 ms -> ~680 TFLOP/s at the 8 TDV count
+(a range of 600-700 for GEMM efficiencies of 70-80%); fused_bon_loss 6 TDV ~20.6 ms + ~2 ms = ~23 ms ->
+~890 TFLOP/s "effective" at the 8 TDV count (~670 TFLOP/s of work actually done).
 
 Under TRITON_INTERPRET=1 (CPU tests) the kernels run in the interpreter (bf16 upcast after loading, as in
 every kernel here); on CPU without the interpreter `dz_torch` / `logit_stats_torch` do the same steps.
@@ -141,8 +144,9 @@ def grad_vectors(y, V, ignore_index, g_logp, g_entropy, g_lse):
     """fp32 [T] upstream gradients with ignored rows zeroed (None -> zeros; bad targets -> NaN g_logp)."""
     valid = y != ignore_index
     zeros = torch.zeros(y.shape[0], dtype=torch.float32, device=y.device)
-    gl = zeros if g_logp is None else torch.where(valid, g_logp.float(), 0.0)
-    gl = gl.masked_fill(bad_targets(y, V, ignore_index), math.nan)
+    gl = zeros
+    if g_logp is not None:  # rows with an out-of-range target have NaN logp: NaN gradients through them
+        gl = torch.where(valid, g_logp.float(), 0.0).masked_fill_(bad_targets(y, V, ignore_index), math.nan)
     gs = zeros if g_lse is None else torch.where(valid, g_lse.float(), 0.0)
     gh = None if g_entropy is None else torch.where(valid, g_entropy.float(), 0.0)
     return gl, gh, gs
@@ -164,17 +168,19 @@ def merge_stats(part, y, V, ignore_index, want_entropy):
     return logp, entropy, torch.where(valid, mx + log_s, 0.0), torch.stack((mx, log_s))
 
 
-def _budget_bytes(memory_budget):
+_MIN_ROWS = 128  # smallest token chunk, whatever the budget
+DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of extra memory (beyond inputs and returned gradients) the head may use
+
+
+def budget_bytes(memory_budget, default=DEFAULT_MEMORY_BUDGET):
+    """The memory budget in bytes: the argument, else env BONFAST_LOGPROB_MEMORY, else `default`."""
     env = os.environ.get("BONFAST_LOGPROB_MEMORY")
     if memory_budget is None and env:
         try:
             memory_budget = int(env)
         except ValueError:
             raise ValueError(f"BONFAST_LOGPROB_MEMORY: expected a number of bytes, got {env!r}") from None
-    return DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
-
-
-DEFAULT_MEMORY_BUDGET = 2 << 30  # bytes of extra memory (beyond inputs and returned gradients) the head may use
+    return default if memory_budget is None else int(memory_budget)
 
 
 def gemm_extra_bytes(T, D, V, dtype, rows):
@@ -183,12 +189,17 @@ def gemm_extra_bytes(T, D, V, dtype, rows):
     return rows * V * item + (0 if dtype == torch.float32 else 4 * V * D)
 
 
+def pick_strategy(T, D, V, dtype, memory_budget=None):
+    """"gemm" when its extra memory with chunks of min(T, 1024) rows fits the budget, else "fused"."""
+    return "gemm" if gemm_extra_bytes(T, D, V, dtype, min(T, 1024)) <= budget_bytes(memory_budget) else "fused"
+
+
 def chunk_rows(T, D, V, dtype, memory_budget=None):
     """Tokens per chunk: the most rows whose [rows, V] logits fit the budget beside the fp32 dW accumulator,
-    a multiple of 128 (at least 128, at most T). Budget: the argument, else env BONFAST_LOGPROB_MEMORY
+    a multiple of 128 (at least _MIN_ROWS, at most T). Budget: the argument, else env BONFAST_LOGPROB_MEMORY
     (bytes), else DEFAULT_MEMORY_BUDGET."""
-    free = _budget_bytes(memory_budget) - gemm_extra_bytes(T, D, V, dtype, 0)
-    rows = max(128, free // (V * (torch.finfo(dtype).bits // 8)) // 128 * 128)
+    free = budget_bytes(memory_budget) - gemm_extra_bytes(T, D, V, dtype, 0)
+    rows = max(_MIN_ROWS, free // (V * (torch.finfo(dtype).bits // 8)) // 128 * 128)
     return int(min(T, rows))
 
 
