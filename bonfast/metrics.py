@@ -5,14 +5,14 @@ BoK do it exactly, in closed form. majority@k does it exactly by enumeration whe
 a seeded Monte Carlo over subsets.
 The tie rule is that of ``bonfast.objectives``: ties in verifier scores, and ties between answer classes in majority
 voting, are broken uniformly at random, and the metrics average over the tie-break exactly. Training, selection and
-evaluation therefore agree (PAPER 0.5, 6.12).
+evaluation therefore agree (docs/method.md, "Tie rule" and "Evaluation").
 
     pass_at_k(n, c, k)        1 − C(n−c, k) / C(n, k)                         (Chen et al. 2021)
     bo_k(scores, rewards, k)  Σ_i R_i P(i is the verifier pick of a random k-subset)   (max@k in verifier order)
     majority_at_k(...)        E[correctness of the most frequent answer among k]
     curve(fn, ks)             stack fn(k) over k
     bootstrap_ci(x)           percentile bootstrap over prompts
-    fit_coscaling(ns, pass)   pass@N ≈ exp(a N^b)                            (PAPER 2.6)
+    fit_coscaling(ns, pass)   pass@N ≈ exp(a N^b)                            (docs/method.md §7)
 
 These functions are for evaluation, not for the training hot path. Their input checks may sync the host.
 """
@@ -75,7 +75,7 @@ def bo_k(scores: Tensor, rewards: Tensor, k: int) -> Tensor:
 
     where P_pick is ``selection.pick_probability``, a_i / e_i count the samples strictly below / tied with i, and
     ties are broken uniformly at random, averaged exactly. Without ties this is the max@k formula in verifier order,
-    Σ_{i>=k} C(i−1, k−1)/C(n, k) R_(i) (PAPER 3). With ``scores = rewards`` it is max@k (pass@k for binary R).
+    Σ_{i>=k} C(i−1, k−1)/C(n, k) R_(i) (docs/method.md §7). With ``scores = rewards`` it is max@k (pass@k for binary R).
 
     Shapes:
         scores, rewards: [G, n]; returns [G] float64.
@@ -181,7 +181,7 @@ def bootstrap_ci(per_prompt: Tensor, *, n_boot: int = 1000, alpha: float = 0.05,
 
 
 def fit_coscaling(ns, pass_at_n):
-    """Fit the co-scaling law pass@N ≈ exp(a N^b) (PAPER 2.6) by least squares on log(−log pass@N) = log(−a) + b log N.
+    """Fit the co-scaling law pass@N ≈ exp(a N^b) (docs/method.md §7) by least squares on log(−log pass@N) = log(−a) + b log N.
 
     Fit once per temperature T to get a(T), b(T). Usually a < 0 and b < 0, so pass@N → 1 as N grows.
 

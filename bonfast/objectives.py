@@ -1,4 +1,4 @@
-"""Per-sample weights for every BoN-aware objective of PAPER.md (arXiv 2412.15287): exact forms and published forms.
+"""Per-sample weights for every BoN-aware objective (arXiv 2412.15287; docs/method.md): exact and published forms.
 
 Contract
 --------
@@ -19,24 +19,15 @@ Tie rule
 Ties in verifier scores are broken uniformly at random, and every estimator averages over that tie-break
 exactly, in closed form (``bonfast.selection``; derivation in docs/method.md, "Tie rule").
 
-Methods (``weights(name, ...)`` dispatches on these names; docs/objectives.md has the full table)
----------------------------------------------------------------------------------------------------
-    rl          J = E[R] (N' = 1, inference-unaware); ``target="scores"`` gives RL-V, J = E[r].        exact
-    pass_at_k   J = 1 − p^k, binary R, k = n_bon (PKPO-style subset-averaged weights).                    exact
-    bon_rl_s    J = E[R of the BoN pick], selection by R itself (max@k for real R).                       exact
-    bon_rl_v    J = E[R(y_i*)], i* = argmax of the verifier r over N' draws. ``credit="exact"``: exact;
-                ``credit="winner"``: the published selected-only BoN-max-mean form, biased.
-    bon_rlb     published g⁺/g⁻ weights. +g⁻ on BoN picks with the true p: exact; other choices give
-                ``bon_rlb_scale(...)`` × ∇J for each prompt.
-    bon_rlb_p   positive-only ḡ⁺ (bounded). Exact with the true p.
-    bon_sft     ∇log π_bon(y*) for an expert y*; returns (w_expert [G], w_samples [G, n]).
-    sft         the N' = 1 case of bon_sft: w_expert = 1, w_samples = 0.
+Methods
+-------
+``OBJECTIVES`` (end of this module) registers every method: sft, bon_sft, rl, rl_v, pass_at_k, bon_rl_s, bon_rl_v,
+bon_rlb, bon_rlb_p. ``weights(name, ...)`` dispatches on it. docs/objectives.md tabulates each estimator, its
+objective and whether it is exact; the derivations are in docs/method.md.
 
-Numerics (PAPER 6.2): everything is float64. p^(N−1) is computed as exp((N−1) log p) and 1 − p^N as −expm1(N log p).
-Subset counts come from exact integer tables C(x, k) / C(n, k), built once per (n, k, device) and cached.
-Baselines depend only on the *other* samples, so they never add bias. Estimated failure rates are clamped to
-[eps, 1 − eps]. Degenerate groups (all correct, all wrong, n = 1, N' = 1, p at 0 or 1) give finite weights. The
-function docstrings say what each one gives.
+Numerics (docs/method.md §6): everything is float64; subset counts C(x, k) / C(n, k) come from exact tables,
+cached per (n, k, device); baselines use only the other samples; estimated failure rates are clamped to
+[eps, 1 − eps]; degenerate groups (all correct, all wrong, n = 1, N' = 1, p at 0 or 1) give finite weights.
 """
 from __future__ import annotations
 
@@ -120,7 +111,7 @@ def subset_credit(rewards: Tensor, scores: Tensor, k: int) -> Tensor:
 
 
 def _subset_credit(rewards: Tensor, scores: Tensor, k: int) -> Tensor:
-    """Subset-averaged BoN credit c_i = (1 / C(n, k)) Σ_{k-subsets S ∋ i} E_tie[R_{pick(S)}] (PAPER 2.2).
+    """Subset-averaged BoN credit c_i = (1 / C(n, k)) Σ_{k-subsets S ∋ i} E_tie[R_{pick(S)}] (docs/method.md §5.2).
 
     The pick of S is the verifier argmax, with ties broken uniformly at random and averaged exactly. Without ties,
     with samples sorted by score ascending (positions 1..n), this is
@@ -252,25 +243,17 @@ def bon_rl_v(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, credi
              baseline: str | None = None, check_values: bool = True) -> Tensor:
     """BoN-RL-V: J = E[R(y_i*)], where i* = argmax of the verifier ``scores`` over N' = n_bon i.i.d. draws.
 
-    ``credit="exact"`` (default; PAPER 2.2 "Recommended estimator"): w = the subset-averaged credit
+    ``credit="exact"`` (default; docs/method.md §5.2, "Recommended estimator"): w = the subset-averaged credit
     c_i = (1/C(n, N')) Σ_{N'-subsets S ∋ i} E_tie[R_pick(S)] (``subset_credit``, exact tie averaging), minus a
     leave-one-out baseline: ``baseline`` in {"loo" (default), "loo_k_minus_1", "none"} (see ``_apply_baseline``;
     "loo" needs n > N' and uses the k−1 form when n == N'). Exact for every n >= N'.
 
-    ``credit="winner"``: the published selected-only reading (BoN-max-mean, PAPER 2.2). The samples form
+    ``credit="winner"``: the published selected-only reading (BoN-max-mean, docs/method.md §5.2). The samples form
     floor(n/N') disjoint groups in sample order (leftovers get 0). The verifier winner of each group (ties averaged)
     gets (R_win − b) / #groups. The default b is the group's mean reward (``baseline="mean"``); "none" gives b = 0.
-    Its expectation, all found by exact enumeration in the tests:
-      * N' = 2, mean baseline: exactly ∇J / 2 for any verifier, ties included. The credit is (R_win − R_lose)/2,
-        and ∇J/2 − E[credit · ∇log π(y_win)] = E[R_win ∇log π(y_lose) + R_lose ∇log π(y_win)] / 2
-        = E[R_1 ∇log π(y_2) + R_2 ∇log π(y_1)] / 2 = 0. The pair sum does not depend on who wins, and the draws are
-        independent.
-      * N' >= 3, or baseline "none": **biased**. It drops the (N'−1)∇F/F part of ∇log π_bon, and its baseline
-        includes the winner's own reward. With real rewards, or a verifier other than R, it is not even parallel
-        to ∇J.
-      * scores == rewards, binary: parallel to ∇J = ∇(1 − p^N'), scaled by (Σ_{t<N'−1} p^t) / (N' p^(N'−2)),
-        so it re-weights prompts.
-      * N' = 1, mean baseline: identically 0.
+    Its expectation (exact enumeration in the tests; derivation in docs/method.md §5.2): exactly ∇J / 2 for N' = 2
+    with the mean baseline; biased for N' >= 3 or baseline "none" (it drops the (N'−1)∇F/F part of ∇log π_bon);
+    parallel to ∇J for binary scores == rewards, with a per-prompt scale; identically 0 for N' = 1.
 
     Shapes:
         rewards, scores: [G, n]; returns w [G, n] float64.
@@ -380,7 +363,7 @@ def _check_options(*, eps=None, clip=None, negative_sign=-1):
 
 def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negative_sign: int = -1,
             sample_source: str = "bon", p="loo", clip=None, eps: float = 1e-3, check_values: bool = True) -> Tensor:
-    """BoN-RLB: the published g⁺/g⁻ weights for binary rewards (PAPER 2.3). N = N' = n_bon, p = failure probability.
+    """BoN-RLB: the published g⁺/g⁻ weights for binary rewards (docs/method.md §5.3). N = N' = n_bon, p = failure probability.
 
         g⁺(p) = N p^(N−1) / (1 − p^N)  on correct samples,   negative_sign · g⁻(p),  g⁻(p) = N p / (1 − p)  on failures.
 
@@ -421,7 +404,7 @@ def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negati
 
 def bon_rlb_p(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, sample_source: str = "bon", p="loo",
               eps: float = 1e-3, check_values: bool = True) -> Tensor:
-    """BoN-RLB(P): positive-only weights for binary rewards (PAPER 2.4). N = N' = n_bon.
+    """BoN-RLB(P): positive-only weights for binary rewards (docs/method.md §5.4). N = N' = n_bon.
 
         ḡ⁺(p) = N p^(N−1) (1 − p) / (1 − p^N) = N p^(N−1) / Σ_{t<N} p^t  ∈ [0, 1]   on correct BoN picks,
 
@@ -452,7 +435,7 @@ def bon_rlb_scale(p: Tensor, *, n_bon: int, negative_sign: int = -1, sample_sour
         sample_source "bon":           s = (1 − sign·p) / (1 − p)      (+g⁻: 1, exact;  −g⁻: (1+p)/(1−p))
         sample_source "policy_group":  s = (g⁺ − sign·g⁻) / (N p^(N−1)) = 1/(1 − p^N) − sign · p^(2−N) / (1 − p)
 
-    Log it next to the weights to see how the published form re-weights prompts (PAPER 6.3).
+    Log it next to the weights to see how the published form re-weights prompts (docs/method.md §5.3).
 
     Shapes:
         p: [G] in (0, 1); returns [G] float64.
@@ -494,30 +477,21 @@ def _bon_log_coeffs(F: Tensor, Fm: Tensor, N: int):
 def bon_sft(expert_scores: Tensor, scores: Tensor | None = None, *, n_bon: int, form: str = "exact",
             lam: float | None = None, rewards: Tensor | None = None, cdf="loo", p: Tensor | None = None,
             baseline: str = "loo", eps: float = 1e-3, check_values: bool = True):
-    """BoN-SFT: maximise log π_bon(y*) for an expert response y* with verifier score s* (PAPER 2.1).
+    """BoN-SFT: maximise log π_bon(y*) for an expert response y* with verifier score s* (docs/method.md §5.1).
 
     Returns (w_expert [G], w_samples [G, n]). The loss is −(w_expert log π(y*) + Σ_i w_i log π(y_i)), with
     y_i ~ π the on-policy samples and ``scores`` their verifier scores. If ``scores`` is None, ``rewards`` is the
     selector (r = R). n_bon = N' may exceed n: the samples only estimate expectations under π.
 
-    ``form="exact"``: ∇log π_bon(y*) = ∇log π(y*) + α ∇F + β ∇F⁻, with F = P_π(r <= s*), F⁻ = P_π(r < s*),
-    the tie-aware BoN distribution of PAPER 1.1 and ∇F = E_π[1{r <= s*} ∇log π]. Per sample,
-    w_i = (α 1{s_i = s*} + (α+β) 1{s_i < s*} − b_i) / n. It is **exactly unbiased for log π_bon(y*) when the
-    true (F, F⁻) are given**, as ``cdf=(F, F_minus)`` tensors [G], or for a binary verifier as ``p`` [G]
-    (P_π(r = 0)): (F, F⁻) = (1, p) if s* = 1 and (p, 0) if s* = 0. For a correct expert this is PAPER 2.1's
-    w_i = −c(p) R_i / n, c(p) = 1/(1−p) − N p^(N−1)/(1−p^N). ``cdf="loo"`` (default) plugs in the leave-one-out
-    empirical F̂_{−i}, F̂⁻_{−i} (F̂ clamped to >= eps; the sample itself when n = 1). The coefficients α_i, β_i then
-    depend only on the other samples, so the expected update is exactly
-    ∇log π(y*) + E[α_i] ∇F + E[β_i] ∇F⁻. That is consistent as n → ∞, but it is not ∇log π_bon(y*) at finite n
-    (α, β are nonlinear in F, F⁻).
+    ``form="exact"``: w_i = (α 1{s_i = s*} + (α+β) 1{s_i < s*} − b_i) / n, the sample form of
+    ∇log π_bon(y*) = ∇log π(y*) + α ∇F + β ∇F⁻ (F = P_π(r <= s*), F⁻ = P_π(r < s*); docs/method.md §5.1).
+    Exactly unbiased when the true (F, F⁻) are given as ``cdf=(F, F_minus)`` tensors [G], or for a binary
+    verifier as ``p`` [G] = P_π(r = 0). ``cdf="loo"`` (default) plugs in leave-one-out estimates from the other
+    samples (F̂ clamped to >= eps): consistent as n → ∞, not exact at finite n.
 
-    ``form="variational"``: w_i = λ (W_i − b_i) / n with W_i = 1{s_i <= s*} (ties count as wins) and
-    λ = ``lam`` (default N' − 1). It is exactly unbiased for **log π(y*) + λ Q_π(y*)**, with Q_π(y*) = F(y*). That
-    is the tilted log-likelihood log π(y*) + λQ − log Z without its −∇log Z term, Z = E_π[exp(λ Q_π(y))]. For
-    continuous scores Q ~ U(0, 1) under π, so Z = (e^λ − 1)/λ is constant and nothing is lost. With discrete or tied
-    scores (binary verifiers) Z depends on θ and the dropped term is real (tested).
-    λ is a config value (PAPER 1.2): N' − 1 linearises (N'−1) log F. KL or mean matching gives ≈ N' + 1:
-    λ = 2.29 / 4.92 / 9.06 / 17.03 / 33.02 (KL) or 2.15 / 4.80 / 8.99 / 17.00 / 33.00 (mean) for N' = 2/4/8/16/32.
+    ``form="variational"``: w_i = λ (1{s_i <= s*} − b_i) / n with λ = ``lam`` (default N' − 1). Exactly unbiased
+    for log π(y*) + λ Q_π(y*), i.e. the tilted log-likelihood without its normaliser term, which vanishes for
+    continuous scores but not for discrete or tied ones (docs/method.md §3.1 has the λ table).
 
     ``baseline``: "loo" (default) subtracts the leave-one-out mean of the per-sample term (valid: it depends only
     on the other samples), or "none". At N' = 1 both forms give w_samples = 0 (this is ``sft``).

@@ -65,7 +65,7 @@ def test_bo_k_identities():
     for k in range(1, 13):
         # BoN with the reward itself as the verifier is pass@k for binary rewards
         torch.testing.assert_close(mt.bo_k(R, R, k), mt.pass_at_k(12, R.sum(-1).long(), k), rtol=1e-12, atol=1e-14)
-        # no ties: PAPER 3, Σ_{i>=k} C(i-1, k-1)/C(n, k) R_(i) in ascending verifier order
+        # no ties (docs/method.md §7): Σ_{i>=k} C(i-1, k-1)/C(n, k) R_(i) in ascending verifier order
         order = s.argsort(-1)
         coef = torch.tensor([math.comb(i - 1, k - 1) / math.comb(12, k) for i in range(1, 13)], dtype=torch.float64)
         torch.testing.assert_close(mt.bo_k(s, R, k), (R.gather(-1, order) * coef).sum(-1), rtol=1e-12, atol=1e-14)

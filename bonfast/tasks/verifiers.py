@@ -1,4 +1,4 @@
-"""Verifiers: the scorer r(x, y) that Best-of-N selection uses (PAPER.md §1), next to the task reward R(x, y).
+"""Verifiers: the scorer r(x, y) that Best-of-N selection uses (docs/method.md §2), next to the task reward R(x, y).
 
     oracle     r = R                                         (BoN under it = pass@N for binary rewards)
     noisy      r = R with errors at given false-positive / false-negative rates, deterministic per
