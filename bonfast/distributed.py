@@ -368,8 +368,12 @@ def load_dcp(out_dir: str, model, opt=None) -> int:
     """Load `out_dir/checkpoint_dcp` into `model` (and `opt` unless None), sharded or not, on any number of
     ranks; returns the step it was written at. (DCP reshards: a checkpoint from 4 ranks loads on 1, 2 or 8.)"""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
-                                                         set_model_state_dict, set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
     meta = _dcp_meta(out_dir)
     if meta is None:
         raise ValueError(f"out_dir: no DCP checkpoint in {out_dir} (expected {DCP_DIR}/meta.json)")
@@ -391,8 +395,7 @@ def load_full_state(model, opt, model_state: dict, optim_state: dict[str, dict])
     `model_state`: {parameter name: full tensor}; `optim_state`: {parameter name: {slot: tensor}} (e.g.
     AdamW's step / exp_avg / exp_avg_sq), the layout of `bonfast.checkpoint.save_checkpoint`.
     """
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
     full = StateDictOptions(full_state_dict=True)
     _reshard(model)
     set_model_state_dict(model, model_state, options=full)

@@ -181,7 +181,8 @@ def bootstrap_ci(per_prompt: Tensor, *, n_boot: int = 1000, alpha: float = 0.05,
 
 
 def fit_coscaling(ns, pass_at_n):
-    """Fit the co-scaling law pass@N ≈ exp(a N^b) (docs/method.md §7) by least squares on log(−log pass@N) = log(−a) + b log N.
+    """Fit the co-scaling law pass@N ≈ exp(a N^b) (docs/method.md §7) by least squares on
+    log(−log pass@N) = log(−a) + b log N.
 
     Fit once per temperature T to get a(T), b(T). Usually a < 0 and b < 0, so pass@N → 1 as N grows.
 

@@ -44,8 +44,8 @@ from torch import Tensor
 from bonfast._validation import as_matrix, check_choice, check_int, run_checks
 from bonfast.selection import pick_mass, pick_probability, rank_counts
 
-__all__ = ["OBJECTIVES", "METHODS", "Objective", "weights", "rl", "rl_v", "pass_at_k", "bon_rl_s", "bon_rl_v", "bon_rlb", "bon_rlb_p",
-           "bon_rlb_scale", "bon_sft", "sft", "pick_probability", "subset_credit"]
+__all__ = ["OBJECTIVES", "METHODS", "Objective", "weights", "rl", "rl_v", "pass_at_k", "bon_rl_s", "bon_rl_v",
+           "bon_rlb", "bon_rlb_p", "bon_rlb_scale", "bon_sft", "sft", "pick_probability", "subset_credit"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -363,7 +363,7 @@ def _check_options(*, eps=None, clip=None, negative_sign=-1):
 
 def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negative_sign: int = -1,
             sample_source: str = "bon", p="loo", clip=None, eps: float = 1e-3, check_values: bool = True) -> Tensor:
-    """BoN-RLB: the published g⁺/g⁻ weights for binary rewards (docs/method.md §5.3). N = N' = n_bon, p = failure probability.
+    """BoN-RLB: the published g⁺/g⁻ weights for binary rewards (docs/method.md §5.3); N = N' = n_bon, p = P(fail).
 
         g⁺(p) = N p^(N−1) / (1 − p^N)  on correct samples,   negative_sign · g⁻(p),  g⁻(p) = N p / (1 − p)  on failures.
 

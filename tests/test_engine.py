@@ -8,7 +8,6 @@ import torch
 from bonfast.engine import Engine, Rollouts, sample_from_logits, sample_keys, sample_uniforms
 from bonfast.model import ModelConfig, from_config
 
-
 PROMPTS = [[5, 17, 3, 88, 41, 9, 60], [12, 7], [33, 2, 71, 71, 19]]   # ragged
 
 

@@ -14,8 +14,7 @@ from .arithmetic import DEFAULT_LEVELS, LEVELS, ArithmeticTask
 from .base import Example, Task
 from .registry import TASKS, VERIFIERS, get_task, get_verifier
 from .tokenizer import ArithmeticTokenizer
-from .verifiers import (CallableVerifier, LogprobVerifier, MajorityVerifier, NoisyVerifier, OracleVerifier,
-                        Verifier)
+from .verifiers import CallableVerifier, LogprobVerifier, MajorityVerifier, NoisyVerifier, OracleVerifier, Verifier
 
 __all__ = ["Example", "Task", "Verifier", "get_task", "get_verifier", "TASKS", "VERIFIERS",
            "ArithmeticTask", "ArithmeticTokenizer", "LEVELS", "DEFAULT_LEVELS", "OracleVerifier",

@@ -5,8 +5,7 @@ import importlib
 import inspect
 
 from .base import Task, build_from_object, check_task_object, load_object
-from .verifiers import (CallableVerifier, LogprobVerifier, MajorityVerifier, NoisyVerifier, OracleVerifier,
-                        Verifier)
+from .verifiers import CallableVerifier, LogprobVerifier, MajorityVerifier, NoisyVerifier, OracleVerifier, Verifier
 
 __all__ = ["TASKS", "VERIFIERS", "get_task", "get_verifier"]
 
