@@ -91,14 +91,18 @@ for fd in range(3, 64):
 """ + WRONG, []),
     "fake stdout": ("spoof", "print('5 passed, 0 failed')\nprint('{\"r\": 1}')\n" + WRONG, []),
     "json bomb for the caller": ("spoof", """
-import os
+import os, sys
 def f(x):
     body = b'["l",[' * 200000 + b']]' * 200000
-    os.write(4, len(body).to_bytes(4, 'big'))
-    os.write(4, body)
+    os.write(int(sys.argv[-1]), len(body).to_bytes(4, 'big') + body)  # the response pipe
     return 0
 """, []),
-    "oversized frame": ("spoof", "import os\ndef f(x):\n    os.write(4, b'\\xff\\xff\\xff\\xff')\n    return 0\n", []),
+    "oversized frame": ("spoof", """
+import os, sys
+def f(x):
+    os.write(int(sys.argv[-1]), b'\\xff\\xff\\xff\\xff')
+    return 0
+""", []),
     "gc hunt for the verdict": ("spoof", """
 import gc
 for o in gc.get_objects():

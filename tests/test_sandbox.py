@@ -10,7 +10,7 @@ import time
 import pytest
 
 from bonfast.tasks import _callee
-from bonfast.tasks.sandbox import (CandidateError, IsolationUnavailable, Program, Sandbox, _children,
+from bonfast.tasks.sandbox import (_UID_BASE, CandidateError, IsolationUnavailable, Program, Sandbox, _children,
                                    isolation_available, uid_processes)
 
 try:
@@ -39,7 +39,7 @@ def nothing_left_behind():
     yield
     # A run returns only after its pid namespace is empty, so these hold at once (no polling, no race).
     assert set(_children(os.getpid())) - before == set(), "a sandbox process outlived its run"
-    assert uid_processes(0x4000_0000, 0xFFFF_FFFE) == [], "a process of a sandbox uid is still alive"
+    assert uid_processes(_UID_BASE, _UID_BASE + 255) == [], "a process of a sandbox uid is still alive"
     assert _work_dirs() == dirs, "a work directory was not deleted"
 
 
@@ -106,6 +106,19 @@ def test_timeouts_per_program_and_per_call(sandbox):
     res = run(quick, "import time\ndef f(x):\n    if x == 5:\n        time.sleep(30)\n    return x + 1\n")
     assert (res.status, res.outcomes) == ("timeout", [True, False])
     assert time.monotonic() - start < 3
+
+
+def test_a_program_that_stops_reading_cannot_block_the_caller(sandbox):
+    # Fake "ready" and answers written ahead, then the program never reads a request: the caller's writes
+    # fill the pipe, and the run still ends at the deadline.
+    code = ("import os, sys, time\nframe = lambda b: len(b).to_bytes(4, 'big') + b\n"
+            "os.write(int(sys.argv[-1]), frame(b'{\"ready\":true}') + frame(b'{\"r\":0}') * 100)\ntime.sleep(60)\n")
+    quick = Sandbox(timeout_s=2.0)
+    start = time.monotonic()
+    res = quick.run(Program(code, ["for i in range(10 ** 6):\n    assert candidate('x' * 4096) == 0"],
+                            candidate="f"))
+    assert (res.status, res.passed) == ("timeout", 0)
+    assert time.monotonic() - start < 5
 
 
 def test_printing_1_gb_is_cut_off(sandbox):

@@ -290,6 +290,7 @@ class _Channel:
                  max_output: int):
         self.proc, self.req_w, self.resp_r = proc, req_w, resp_r
         self.deadline, self.call_timeout_s, self.max_output = deadline, call_timeout_s, max_output
+        os.set_blocking(req_w, False)  # a program that stops reading cannot block the caller past the deadline
         self.out = {"stdout": bytearray(), "stderr": bytearray()}
         self.inbox = bytearray()
         self.reason: str | None = None
@@ -369,8 +370,8 @@ class _Channel:
         except (WireError, RecursionError) as err:  # the *test* passed something that is not plain data
             raise CandidateError(f"ungradable argument: {err}") from None
         try:
-            os.write(self.req_w, _callee.frame(payload)) if len(payload) < 60000 else self._write_all(payload)
-        except (BrokenPipeError, OSError):
+            self._write_all(payload)
+        except OSError:  # BrokenPipeError: the sandbox is gone
             raise self.fail("crashed") from None
         msg = self.receive(self.call_timeout_s)
         if "r" in msg and len(msg) == 1:
@@ -398,7 +399,10 @@ class _Channel:
                 if not sel.select(timeout=min(remaining, 0.5)):
                     self._pump(time.monotonic(), want_frame=False)
                     continue
-            data = data[os.write(self.req_w, data[:1 << 16]):]
+            try:
+                data = data[os.write(self.req_w, data[:1 << 16]):]
+            except BlockingIOError:
+                continue
 
     def drain(self, until: float) -> None:
         """Read stdout / stderr until both reach EOF (every process of the sandbox is gone) or `until`."""
