@@ -243,3 +243,17 @@ def test_isolation_is_never_weaker_silently(monkeypatch):
 
 def test_isolation_available_reports_this_machine():
     assert isolation_available() in ("namespace", "userns", None)
+
+
+def test_a_failing_setup_refuses_instead_of_scoring_zero(monkeypatch):
+    import bonfast.tasks.sandbox as sb
+
+    if isolation_available() is None:
+        pytest.skip("no kernel isolation here")
+    sb._self_test.cache_clear()
+    monkeypatch.setattr(sb, "_callee_source", lambda: "import os\nos.write(2, b'mount refused')\nos._exit(70)\n")
+    try:
+        with pytest.raises(IsolationUnavailable, match="self-test failed .*mount refused.*sandbox_isolation"):
+            Sandbox()
+    finally:
+        sb._self_test.cache_clear()

@@ -476,7 +476,7 @@ class Sandbox:
     def __init__(self, timeout_s: float = 10.0, cpu_s: int | None = None, memory_mb: int = 1024,
                  max_processes: int = 32, max_output_bytes: int = 1 << 16, max_file_mb: int = 16,
                  workers: int | None = None, isolation: str | None = None, call_timeout_s: float | None = None,
-                 mask_paths: Iterable[str] = (), memory_poll_s: float = 0.005):
+                 mask_paths: Iterable[str] = (), memory_poll_s: float = 0.005, _skip_self_test: bool = False):
         for arg, v in (("timeout_s", timeout_s), ("memory_mb", memory_mb), ("max_processes", max_processes),
                        ("max_output_bytes", max_output_bytes), ("max_file_mb", max_file_mb),
                        ("memory_poll_s", memory_poll_s)) + ((("call_timeout_s", call_timeout_s),)
@@ -496,6 +496,9 @@ class Sandbox:
         self.workers = int(workers) if workers else (os.cpu_count() or 1)
         self.isolation = _resolve_isolation(isolation)
         self.mask_paths = _masks(mask_paths) if self.isolation != "process" else []
+        if self.isolation != "process" and not _skip_self_test:
+            _self_test(self.isolation, tuple(self.mask_paths))
+
 
     # ---- public -------------------------------------------------------------------------------------------
     def run(self, program: Program | str, tests: list[str] | None = None, **kwargs) -> SandboxResult:
@@ -681,6 +684,18 @@ class Sandbox:
                 except OSError:
                     pass
         return proc.returncode == _callee.EXIT_MEMORY
+
+
+@functools.lru_cache(maxsize=8)
+def _self_test(isolation: str, masks: tuple[str, ...]) -> None:
+    """Grade one trivial program once per process and mode: a kernel that refuses part of the setup (a mount,
+    the capability drop) must stop the task at once, not score every program 0."""
+    res = Sandbox(timeout_s=30.0, isolation=isolation, mask_paths=masks, _skip_self_test=True).run(
+        Program("def f(x):\n    return x\n", ["assert candidate(1) == 1"], candidate="f"))
+    if not res.all_passed:
+        raise IsolationUnavailable(
+            f"sandbox isolation {isolation!r}: the setup self-test failed "
+            f"({res.status}: {res.stderr.strip()[-500:]}); set {WEAK_ISOLATION_OPTION} to accept weaker isolation")
 
 
 def _children(pid: int) -> list[int]:
