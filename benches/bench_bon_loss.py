@@ -10,6 +10,11 @@ Forms: plain (w * logp) and clipped_k3 (PPO-clipped ratio against old_logp + k3 
 A second test times the reduction alone (bon_loss on a [T] vector): torch vs triton.
 Token layout: 64 samples of equal length T / 64, weights [8, 8] float64, normaliser = T (a constant).
 Memory and FLOP accounting as in bench_linear_logprobs.py (same helpers).
+
+As a script (what benches/gpu_check.py runs), one JSON line per case, each case within a time box:
+
+    python benches/bench_bon_loss.py --shapes "8192,2048,151936,bfloat16" --out cases.jsonl --deadline-s 40
+    python benches/bench_bon_loss.py --cpu-smoke                 # tiny fp32 shape on the CPU, seconds
 """
 import json
 import sys
@@ -17,12 +22,23 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from bench_linear_logprobs import (
+    _sync,
+    head_metrics,
+    make_inputs,
+    measure_peak,
+    mode_runner,
+    peak_extra_bytes,
+    record,
+    script_args,
+)
+from benchkit import CaseLog, torch_lce_missing
 
-from bench_linear_logprobs import _sync, make_inputs, measure_peak, mode_runner, peak_extra_bytes, record
 from bonfast.ops import bon_loss, fused_bon_loss
 from bonfast.reference import bon_loss_ref
 
 HEAD_PROVIDERS = ["naive", "torch_lce", "bonfast_torch", "compile", "triton"]
+SCRIPT_PROVIDERS = ["triton", "naive", "torch_lce", "bonfast_torch", "compile"]  # script order: compile last
 FORMS = ["plain", "clipped_k3"]
 FLOPS_PER_TDV = {"fwd": 2, "bwd": 6, "full": 8}
 SAMPLES = 64
@@ -54,6 +70,9 @@ def make_head_fn(provider, device, form, extra):
     if provider == "naive":
         return naive
     if provider == "torch_lce":
+        missing = torch_lce_missing()
+        if missing:
+            pytest.skip(missing)
         opts = torch.nn.LinearCrossEntropyOptions()
 
         def lce(x, w, y):
@@ -147,8 +166,50 @@ def _memory_main(case):
     print(json.dumps({"peak_extra_bytes": peak}))
 
 
+def main(argv=None):
+    """Time every (shape, form, provider, mode) case of the loss head; one JSON line each."""
+    args = script_args(argv, __doc__, SCRIPT_PROVIDERS, lambda ap: ap.add_argument(
+        "--forms", default=",".join(FORMS), help=f"comma list of {', '.join(FORMS)}"))
+    forms = [f for f in args.forms.split(",") if f]
+    if set(forms) - set(FORMS):
+        sys.exit(f"--forms: expected a comma list of {', '.join(FORMS)}; got {forms}")
+    book = CaseLog(args.out, args.deadline_s)
+    for T, D, V, dtype_name in args.shapes:
+        inputs = make_inputs(T, D, V, getattr(torch, dtype_name), args.device) if args.device == "cpu" else None
+        extra = loss_inputs(T, args.device)
+        for form in forms:
+            for provider in args.providers:
+                fields = dict(bench="bon_loss_head", form=form, T=T, D=D, V=V, dtype=dtype_name, provider=provider)
+                if provider == "compile" and args.cpu_smoke:
+                    book.write({**fields, "mode": "*", "status": "skipped",
+                                "reason": "torch.compile left out of --cpu-smoke (its first compile takes ~20 s)"})
+                    continue
+                fn = None
+                for mode in args.modes:
+                    def case():
+                        nonlocal inputs, fn
+                        if inputs is None:
+                            inputs = make_inputs(T, D, V, getattr(torch, dtype_name), args.device)
+                        if fn is None:
+                            fn = make_head_fn(provider, args.device, form, extra)
+                            if provider not in ("naive", "compile"):  # sanity before timing: the naive loss
+                                with torch.no_grad():
+                                    got = fn(*inputs[:3])
+                                    ref = make_head_fn("naive", args.device, form, extra)(*inputs[:3])
+                                torch.testing.assert_close(got.float(), ref.float(), rtol=2e-2, atol=1e-3)
+                        flops = FLOPS_PER_TDV[mode] * T * D * V
+                        run, setup = make_head_case(fn, mode, inputs, args.device)
+                        return {"flops": flops, "flop_count": f"{FLOPS_PER_TDV[mode]}TDV",
+                                **head_metrics(run, setup, args.device, args.rounds, flops, not args.no_memory)}
+                    record_ = book.run({**fields, "mode": mode}, case)
+                    if record_["status"] == "skipped" and fn is None:
+                        break  # the provider is unavailable here: one record says why
+        del inputs
+    return book.exit_code()
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--memory-case":
         _memory_main(json.loads(sys.argv[2]))
     else:
-        sys.exit("usage: pytest benches/bench_bon_loss.py [--shapes ...]  (or, internally: --memory-case JSON)")
+        sys.exit(main())

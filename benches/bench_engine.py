@@ -6,6 +6,9 @@ measured after the call. Both run in the same process, alternating, best of `--r
 
     python benches/bench_engine.py                     # tiny Llama D=256, 4 layers, V=32k, 2 x 512, n=16, 64 new
     python benches/bench_engine.py --smollm2           # + SmolLM2-135M-Instruct (GGUF), 2 GSM8K prompts, n=8, 128 new
+    python benches/bench_engine.py --setups qwen0.5b   # random Qwen2.5-0.5B-shaped model, 4 x 512, n=16, 128 new
+                                                       # (the default on CUDA, in bf16; what benches/gpu_check.py runs)
+    python benches/bench_engine.py --cpu-smoke         # a tiny Qwen2-shaped model on the CPU, seconds
     pytest benches/bench_engine.py --benchmark-disable # as a test: tiny shapes, each provider once
     pytest benches/bench_engine.py -m slow             # SmolLM2 run under pytest
 """
@@ -13,11 +16,13 @@ import argparse
 import importlib.util
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from benchkit import CaseLog
 
 from bonfast.engine import Engine
 from bonfast.model import ModelConfig, from_config, load_model
@@ -28,10 +33,21 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+# Qwen2.5-0.5B's shape (random weights, built in code: nothing is downloaded)
+QWEN_05B = dict(vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
+                intermediate_size=4864, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                attention_bias=True, model_type="qwen2", max_position_embeddings=32768)
+# the same family at toy size, for --cpu-smoke
+QWEN_TINY = dict(QWEN_05B, vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                 intermediate_size=128, max_position_embeddings=512)
+
+
 def hf_twin(model):
     """The same weights as a transformers model (lean parameter names are HF's minus `model.`)."""
     from transformers import AutoModelForCausalLM
-    hf = AutoModelForCausalLM.from_config(model.config.to_hf())
+    w = model.lm_head_weight
+    with torch.device(w.device):  # initialise on the model's device: a 0.5B model's CPU init takes many seconds
+        hf = AutoModelForCausalLM.from_config(model.config.to_hf(), dtype=w.dtype)
     missing, unexpected = hf.load_state_dict(model.hf_state_dict(), strict=False)
     if unexpected or set(missing) - ({"lm_head.weight"} if model.config.tie_word_embeddings else set()):
         raise RuntimeError(f"weight names do not match transformers': missing {missing}, unexpected {unexpected}")
@@ -43,6 +59,15 @@ def tiny_setup(device, G=2, P=512, n=16, L=64):
     torch.manual_seed(0)
     model = from_config(ModelConfig(vocab_size=32000, dim=256, n_layers=4, n_heads=4), device=device).eval()
     prompts = torch.randint(1, 32000, (G, P)).tolist()   # ids from [1, V): no accidental pad token
+    return model, prompts, n, L
+
+
+def qwen_setup(device, dtype=torch.bfloat16, G=4, P=512, n=16, L=128, dims=QWEN_05B):
+    """A random Qwen2.5-0.5B-shaped model (or `dims`), G random prompts of P tokens, n samples of L new tokens."""
+    from bonfast.model import ModelConfig
+    torch.manual_seed(0)
+    model = from_config(ModelConfig(**dims), dtype=dtype, device=device).eval()
+    prompts = torch.randint(1, dims["vocab_size"], (G, P)).tolist()
     return model, prompts, n, L
 
 
@@ -130,29 +155,47 @@ def test_generate_smollm2():
     assert result["kv_ratio"] <= result["kv_ratio_bound"] * 1.1
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--setups", default=None, help="comma list of tiny-llama, qwen0.5b, smollm2 "
+                    "(default: qwen0.5b on CUDA, tiny-llama on the CPU)")
+    ap.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on CUDA, float32 on the CPU)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--smollm2", action="store_true", help="also run SmolLM2-135M-Instruct on 2 GSM8K prompts")
-    args = ap.parse_args()
-    device = torch.device(args.device)
+    ap.add_argument("--out", default=None, help="append one JSON line per setup to this file")
+    ap.add_argument("--deadline-s", type=float, default=None, help="start no setup after this many seconds")
+    ap.add_argument("--cpu-smoke", action="store_true", help="a tiny Qwen2-shaped model on the CPU, one repeat")
+    args = ap.parse_args(argv)
+    device = torch.device("cpu" if args.cpu_smoke else args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    setups = {"tiny-llama": lambda: tiny_setup(device)}
-    if args.smollm2:
-        setups["smollm2-135m"] = lambda: smollm2_setup(device)
-    for name, make in setups.items():
-        r = compare(make(), repeats=args.repeats)
-        print(json.dumps({"setup": name, "device": where, "torch": torch.__version__, **r}))
-        print(f"{name}: bonfast {r['bonfast_tokens_per_s']:.0f} "
-              f"tok/s vs transformers {r['transformers_tokens_per_s']:.0f} tok/s -> x{r['speedup']:.2f}; "
-              f"KV {r['bonfast_kv_bytes'] / 2**20:.1f} MiB vs {r['transformers_kv_bytes'] / 2**20:.1f} MiB "
-              f"(ratio {r['kv_ratio']:.3f}, bound (P+nL)/(n(P+L)) = {r['kv_ratio_bound']:.3f})")
+    makers = {"tiny-llama": lambda: tiny_setup(device), "qwen0.5b": lambda: qwen_setup(device, dtype),
+              "smollm2": lambda: smollm2_setup(device),
+              "qwen-tiny": lambda: qwen_setup(device, dtype, G=2, P=16, n=4, L=4, dims=QWEN_TINY)}
+    names = args.setups or ("qwen-tiny" if args.cpu_smoke else "qwen0.5b" if device.type == "cuda" else "tiny-llama")
+    names = [s for s in names.split(",") if s] + (["smollm2"] if args.smollm2 else [])
+    if set(names) - set(makers):
+        ap.error(f"--setups: expected a comma list of {', '.join(makers)}; got {names}")
+    repeats = 1 if args.cpu_smoke else args.repeats
+    book = CaseLog(args.out, args.deadline_s)
+    for name in names:
+        def case():
+            r = compare(makers[name](), repeats=repeats)
+            print(f"{name}: bonfast {r['bonfast_tokens_per_s']:.0f} "
+                  f"tok/s vs transformers {r['transformers_tokens_per_s']:.0f} tok/s -> x{r['speedup']:.2f}; "
+                  f"KV {r['bonfast_kv_bytes'] / 2**20:.1f} MiB vs {r['transformers_kv_bytes'] / 2**20:.1f} MiB "
+                  f"(ratio {r['kv_ratio']:.3f}, bound (P+nL)/(n(P+L)) = {r['kv_ratio_bound']:.3f})", file=sys.stderr)
+            return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+        dt = str(torch.float32 if name == "smollm2" else dtype)[6:]
+        book.run({"bench": "engine", "setup": name, "device": where, "dtype": dt, "repeats": repeats,
+                  "torch": torch.__version__}, case)
+    return book.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

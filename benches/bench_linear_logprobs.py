@@ -3,7 +3,7 @@
 Providers (a parameter, so one run prints their ratios side by side, grouped by shape and mode):
     naive          logits = x @ W.T -> float -> log_softmax -> gather (materialises [T, V] several times)
     torch_lce      -F.linear_cross_entropy(x, W, y, reduction="none", options=LinearCrossEntropyOptions())
-                   (PyTorch 2.13's chunked path; the in-the-box baseline)
+                   (PyTorch 2.13's chunked path; the in-the-box baseline; skipped where torch lacks that API)
     bonfast_torch  bonfast.ops.linear_logprobs(impl="torch"): chunked, recomputing backward
     compile        torch.compile(naive)
     triton         bonfast.ops.linear_logprobs(impl="triton")        (CUDA only)
@@ -19,7 +19,13 @@ peak_extra_mb and how it was measured:
           kernel's RSS high-water mark (/proc/self/clear_refs), runs the op once: peak_extra = VmHWM after the
           op - VmRSS before it. An upper bound on the op's extra memory (it includes allocator slack and
           library scratch); the bwd mode is measured the same way after an unmeasured forward.
+
+As a script (what benches/gpu_check.py runs), one JSON line per case, each case within a time box:
+
+    python benches/bench_linear_logprobs.py --shapes gpu-check --out cases.jsonl --deadline-s 60
+    python benches/bench_linear_logprobs.py --cpu-smoke          # tiny fp32 shape on the CPU, seconds
 """
+import argparse
 import json
 import os
 import resource
@@ -30,10 +36,13 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from benchkit import CaseLog, cuda_peak_extra_mb, parse_shapes, summary_ms, time_ms, torch_lce_missing
 
 from bonfast.ops import linear_logprobs
 
 PROVIDERS = ["naive", "torch_lce", "bonfast_torch", "compile", "triton", "liger", "cce"]
+# script order: the kernel under test first, torch.compile (slowest to warm up) last
+SCRIPT_PROVIDERS = ["triton", "naive", "torch_lce", "liger", "cce", "bonfast_torch", "compile"]
 FLOPS_PER_TDV = {"fwd": 2, "bwd": 6, "full": 8}
 
 
@@ -46,6 +55,9 @@ def make_fn(provider, device):
     if provider == "naive":
         return _naive
     if provider == "torch_lce":
+        missing = torch_lce_missing()
+        if missing:
+            pytest.skip(missing)
         opts = torch.nn.LinearCrossEntropyOptions()
         return lambda x, w, y: -F.linear_cross_entropy(x, w, y, reduction="none", ignore_index=-100, options=opts)
     if provider == "bonfast_torch":
@@ -67,11 +79,12 @@ def make_fn(provider, device):
 
 
 def make_inputs(T, D, V, dtype, device, seed=0):
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(T, D, generator=g).to(device=device, dtype=dtype).requires_grad_()
-    w = (torch.randn(V, D, generator=g) / D ** 0.5).to(device=device, dtype=dtype).requires_grad_()
-    y = torch.randint(0, V, (T,), generator=g).to(device)
-    upstream = torch.randn(T, generator=g).to(device)
+    """x [T, D], W [V, D], targets [T], upstream gradient [T], drawn on `device` (fast for GPU shapes)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(T, D, generator=g, device=device).to(dtype=dtype).requires_grad_()
+    w = (torch.randn(V, D, generator=g, device=device) / D ** 0.5).to(dtype=dtype).requires_grad_()
+    y = torch.randint(0, V, (T,), generator=g, device=device)
+    upstream = torch.randn(T, generator=g, device=device)
     return x, w, y, upstream
 
 
@@ -231,9 +244,86 @@ def _memory_main(case):
     print(json.dumps({"peak_extra_bytes": peak, "seconds": time.perf_counter() - t0}))
 
 
+def script_args(argv, doc, default_providers, add_options=None):
+    """The options shared by this script and bench_bon_loss.py's (`add_options(parser)` adds more)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if add_options is not None:
+        add_options(ap)
+    ap.add_argument("--shapes", default=None, help="preset or 'T,D,V[,dtype];...' (default: gpu-check on CUDA)")
+    ap.add_argument("--providers", default=",".join(default_providers), help="comma list, run in this order")
+    ap.add_argument("--modes", default="fwd,bwd,full", help="comma list of fwd, bwd, full")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds per case (after one warm-up)")
+    ap.add_argument("--out", default=None, help="append one JSON line per case to this file")
+    ap.add_argument("--deadline-s", type=float, default=None, help="start no case after this many seconds")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    ap.add_argument("--cpu-smoke", action="store_true", help="the tiny fp32 shape on the CPU, no torch.compile")
+    args = ap.parse_args(argv)
+    args.device = "cpu" if args.cpu_smoke or not torch.cuda.is_available() else "cuda"
+    # --cpu-smoke always runs the tiny shape, whatever --shapes says
+    args.shapes = parse_shapes("tiny" if args.cpu_smoke else args.shapes or ("gpu-check" if args.device == "cuda"
+                                                                              else "tiny"))
+    args.providers = [p for p in args.providers.split(",") if p]
+    args.modes = [m for m in args.modes.split(",") if m]
+    if set(args.modes) - set(FLOPS_PER_TDV):
+        ap.error(f"--modes: expected a comma list of fwd, bwd, full; got {args.modes}")
+    if args.cpu_smoke:
+        args.rounds = min(args.rounds, 2)
+    return args
+
+
+def provider_missing(provider, device, cpu_smoke=False):
+    """Why `provider` cannot run on `device` (None when it can)."""
+    if provider == "compile" and cpu_smoke:
+        return "torch.compile left out of --cpu-smoke (its first compile takes ~20 s on a CPU)"
+    try:
+        make_fn(provider, device)
+    except pytest.skip.Exception as e:
+        return str(e.msg)
+    return None
+
+
+def head_metrics(run, setup, device, rounds, flops, memory):
+    """Median / min ms, TFLOP/s at the median and (CUDA) peak extra MiB of one (run, setup) case."""
+    out = summary_ms(time_ms(run, setup, device, rounds=rounds, warmup=1))
+    out["tflops"] = float(f"{flops / (out['ms'] / 1e3) / 1e12:.4g}") if out["ms"] > 0 else None
+    if memory and device == "cuda":
+        out["peak_extra_mb"] = cuda_peak_extra_mb(run, setup)
+    return out
+
+
+def main(argv=None):
+    """Time every (shape, provider, mode) case; one JSON line each (see the module docstring)."""
+    args = script_args(argv, __doc__, SCRIPT_PROVIDERS)
+    book = CaseLog(args.out, args.deadline_s)
+    for T, D, V, dtype_name in args.shapes:
+        inputs = None
+        for provider in args.providers:
+            shape = dict(bench="linear_logprobs", T=T, D=D, V=V, dtype=dtype_name, provider=provider)
+            missing = provider_missing(provider, args.device, args.cpu_smoke)
+            if missing:
+                book.write({**shape, "mode": "*", "status": "skipped", "reason": missing})
+                continue
+            fn = None
+            for mode in args.modes:
+                def case():
+                    nonlocal inputs, fn
+                    if inputs is None:
+                        inputs = make_inputs(T, D, V, getattr(torch, dtype_name), args.device)
+                    if fn is None:
+                        fn = make_fn(provider, args.device)
+                        if provider != "compile":
+                            check_agrees(fn, inputs)
+                    flops = FLOPS_PER_TDV[mode] * T * D * V
+                    run, setup = make_case(fn, mode, inputs, args.device)
+                    return {"flops": flops, "flop_count": f"{FLOPS_PER_TDV[mode]}TDV",
+                            **head_metrics(run, setup, args.device, args.rounds, flops, not args.no_memory)}
+                book.run({**shape, "mode": mode}, case)
+        del inputs
+    return book.exit_code()
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--memory-case":
         _memory_main(json.loads(sys.argv[2]))
     else:
-        sys.exit("usage: pytest benches/bench_linear_logprobs.py [--shapes ...]  "
-                 "(or, internally: --memory-case JSON)")
+        sys.exit(main())

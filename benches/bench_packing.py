@@ -6,6 +6,8 @@ n=16 responses of R=128 tokens each. "packed" runs 2 rows of P + n R = 2560 toke
 same loss head (`bonfast.ops.fused_bon_loss`), so the difference is the decoder body.
 
     pytest benches/bench_packing.py --benchmark-columns=min,mean,rounds --benchmark-group-by=group -s
+    python benches/bench_packing.py --shape qwen0.5b --out cases.jsonl   # as benches/gpu_check.py runs it (CUDA, bf16)
+    python benches/bench_packing.py --cpu-smoke                          # a tiny Qwen2-shaped model on the CPU
 
 `test_body_fwd_bwd` times the decoder body alone (forward + backward of the hidden rows), the part
 packing changes; `test_train_step` adds the LM-head loss, which costs the same for both providers
@@ -17,13 +19,17 @@ process, from /proc VmHWM after resetting it) and the bytes autograd saves for b
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import multiprocessing as mp
 import os
 import platform
+import sys
 
 import pytest
 import torch
+from bench_engine import QWEN_05B, QWEN_TINY
+from benchkit import CaseLog, cuda_peak_extra_mb, summary_ms, time_ms
 
 from bonfast.model import ModelConfig, from_config
 from bonfast.packing import pack, packed_hidden
@@ -35,30 +41,29 @@ G, N, P, R = 2, 16, 512, 128
 SHAPES = {
     "issue": dict(vocab_size=32000, dim=256, n_layers=4, n_heads=4, n_kv_heads=4, intermediate_size=704),
     "llm-proportions": dict(vocab_size=32000, dim=512, n_layers=8, n_heads=8, n_kv_heads=8, intermediate_size=1408),
+    "qwen0.5b": QWEN_05B,   # the script's default on CUDA (random weights, bf16)
+    "qwen-tiny": QWEN_TINY,  # --cpu-smoke
 }
 SELECTED = [s for s in os.environ.get("BONFAST_PACKING_SHAPES", "issue").split(",") if s]
 PROVIDERS = ["packed", "duplicated"]
 _TIMES: dict[str, float] = {}
 
 
-def _setup(provider: str, device: str, shape: str = "issue"):
+def _setup(provider: str, device: str, shape: str = "issue", dtype=None, dims=(G, N, P, R)):
+    g, n, p, r = dims
     torch.manual_seed(0)
     cfg = SHAPES[shape]
-    model = from_config(ModelConfig(**cfg), device=device)
-    prompts = torch.randint(1, cfg["vocab_size"], (G, P)).tolist()
-    responses = torch.randint(1, cfg["vocab_size"], (G, N, R)).tolist()
+    model = from_config(ModelConfig(**cfg), dtype=dtype, device=device)
+    prompts = torch.randint(1, cfg["vocab_size"], (g, p)).tolist()
+    responses = torch.randint(1, cfg["vocab_size"], (g, n, r)).tolist()
     batch = pack(prompts, responses, share_prefix=provider == "packed").to(device)
-    weights = torch.randn(G, N, dtype=torch.float64, device=device)  # per-sample BoN weights
+    weights = torch.randn(g, n, dtype=torch.float64, device=device)  # per-sample BoN weights
     return model, batch, weights
 
 
-def _loss_fn():
-    try:
-        from bonfast.ops import fused_bon_loss
-        return lambda h, w, b, s: fused_bon_loss(h, w, b.targets, b.sample_index, s, normaliser=G * N * R)
-    except ImportError:  # before ops.fused_bon_loss existed: linear_logprobs + weighted sum
-        from bonfast.ops import linear_logprobs
-        return lambda h, w, b, s: -(linear_logprobs(h, w, b.targets) * s.view(-1)[b.sample_index]).sum() / (G * N * R)
+def _loss_fn(normaliser=G * N * R):
+    from bonfast.ops import fused_bon_loss
+    return lambda h, w, b, s: fused_bon_loss(h, w, b.targets, b.sample_index, s, normaliser=normaliser)
 
 
 def _step(model, batch, weights, loss_fn):
@@ -185,9 +190,65 @@ def test_train_step(benchmark, provider, workload):
     info["rows x len"] = list(batch.input_ids.shape)
     info["body tokens"] = batch.input_ids.numel()
     info["saved_for_backward_MiB"] = round(_saved_bytes(model, batch, weights, loss_fn) / 2**20, 1)
-    del model
+    model = None  # free it before the fresh-process memory measurement
     info["peak_step_memory_MiB"] = round(peak_memory(provider, device, shape) / 2**20, 1)
     if all((shape, "step", p) in _TIMES for p in PROVIDERS):
         info["speedup_packed_vs_duplicated"] = round(_TIMES[(shape, "step", "duplicated")]
                                                      / _TIMES[(shape, "step", "packed")], 2)
     print(f"\n[{provider}] {info}")
+
+
+def main(argv=None):
+    """Packed vs duplicated: the decoder body (fwd + bwd) and the full step, one JSON line per case."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default=None, help=f"one of {', '.join(SHAPES)} (default: qwen0.5b on CUDA, "
+                    "issue on the CPU)")
+    ap.add_argument("--dims", default=f"{G},{N},{P},{R}", help="G,n,P,R: prompts, samples, prompt and response tokens")
+    ap.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on CUDA, float32 on the CPU)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per case (after one warm-up)")
+    ap.add_argument("--out", default=None, help="append one JSON line per case to this file")
+    ap.add_argument("--deadline-s", type=float, default=None, help="start no case after this many seconds")
+    ap.add_argument("--cpu-smoke", action="store_true", help="a tiny Qwen2-shaped model on the CPU, 1 round")
+    args = ap.parse_args(argv)
+    device = "cpu" if args.cpu_smoke or not torch.cuda.is_available() else "cuda"
+    shape = args.shape or ("qwen-tiny" if args.cpu_smoke else "qwen0.5b" if device == "cuda" else "issue")
+    dims = (2, 4, 16, 8) if args.cpu_smoke else tuple(int(x) for x in args.dims.split(","))
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
+    rounds = 1 if args.cpu_smoke else args.rounds
+    g, n, p, r = dims
+    book = CaseLog(args.out, args.deadline_s)
+    fields = {"bench": "packing", "shape": shape, "G": g, "n": n, "P": p, "R": r, "dtype": str(dtype)[6:],
+              "device": _device_name(device)}
+    ms = {}
+    for part in ("body", "step"):
+        for provider in PROVIDERS:
+            def case():
+                model, batch, weights = _setup(provider, device, shape, dtype, dims)
+                loss_fn = _loss_fn(normaliser=g * n * r)
+                up = torch.randn(batch.targets.shape[0], model.config.dim, device=device, dtype=dtype)
+
+                def run():
+                    if part == "body":  # autocast off: the model's own dtype throughout
+                        model.zero_grad(set_to_none=True)
+                        packed_hidden(model, batch, autocast=False).backward(up)
+                    else:
+                        _step(model, batch, weights, loss_fn)
+                times = time_ms(run, None, device, rounds=rounds, warmup=1)
+                ms[(part, provider)] = min(times)
+                out = {"rows_x_len": list(batch.input_ids.shape), "body_tokens": batch.input_ids.numel(),
+                       **summary_ms(times)}
+                if device == "cuda":
+                    out["peak_extra_mb"] = cuda_peak_extra_mb(run)
+                if part == "step":
+                    out["saved_for_backward_MiB"] = round(_saved_bytes(model, batch, weights, loss_fn) / 2**20, 1)
+                return out
+            book.run({**fields, "part": part, "provider": provider}, case)
+        if all((part, q) in ms for q in PROVIDERS):
+            book.write({**fields, "part": part, "provider": "summary", "status": "ok",
+                        "speedup_packed_vs_duplicated": round(ms[(part, "duplicated")] / ms[(part, "packed")], 2),
+                        "token_ratio": round(n * (p + r) / (p + n * r), 2)})
+    return book.exit_code()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,17 +9,20 @@ Reports time per call, the K/V bytes each provider must read (prefix once vs n t
 GB/s against that count.
 
     python benches/bench_prefix_attention.py                 # table for the shapes of this device
+    python benches/bench_prefix_attention.py --out cases.jsonl --deadline-s 20   # as benches/gpu_check.py runs it
+    python benches/bench_prefix_attention.py --cpu-smoke     # one tiny shape on the CPU, seconds
     pytest benches/bench_prefix_attention.py --benchmark-disable
 """
 import argparse
-import json
+import sys
 import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+from benchkit import CaseLog
 
-from bonfast.kernels.prefix_attention import prefix_attention
+from bonfast.ops import prefix_attention
 
 CPU_SHAPES = [  # (G, n, Hq, Hkv, Dh, P, t)
     (2, 16, 8, 2, 64, 512, 64),
@@ -30,6 +33,7 @@ CUDA_SHAPES = [
     (8, 16, 32, 8, 128, 4096, 128),
     (32, 16, 14, 2, 64, 1024, 512),     # Qwen2.5-0.5B-like heads
 ]
+SMOKE_SHAPES = [(2, 4, 4, 2, 16, 33, 5)]
 
 
 def make(shape, dtype, device):
@@ -112,26 +116,39 @@ def test_decode_attention_cuda(benchmark, provider, dims):
     benchmark.extra_info["kv_bytes"] = kv_bytes(provider, dims, torch.bfloat16)
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    args = ap.parse_args()
-    device = torch.device(args.device)
+    ap.add_argument("--reps", type=int, default=10, help="timed calls per case (after 3 warm-up calls)")
+    ap.add_argument("--out", default=None, help="append one JSON line per case to this file")
+    ap.add_argument("--deadline-s", type=float, default=None, help="start no case after this many seconds")
+    ap.add_argument("--cpu-smoke", action="store_true", help="one tiny shape on the CPU")
+    args = ap.parse_args(argv)
+    device = torch.device("cpu" if args.cpu_smoke else args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    for shape in CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES:
-        row = {"device": where, "dtype": str(dtype), "shape(G,n,Hq,Hkv,Dh,P,t)": shape}
+    shapes = SMOKE_SHAPES if args.cpu_smoke else CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES
+    book = CaseLog(args.out, args.deadline_s)
+    for shape in shapes:
+        fields = {"bench": "prefix_attention", "shape(G,n,Hq,Hkv,Dh,P,t)": list(shape), "dtype": str(dtype)[6:],
+                  "device": where}
+        ms = {}
         for p in providers(device):
-            sec = measure(runner(p, shape, dtype, device), device)
-            row[p] = {"ms": round(sec * 1e3, 3), "kv_MB": round(kv_bytes(p, shape, dtype) / 1e6, 2),
-                      "GB/s": round(kv_bytes(p, shape, dtype) / sec / 1e9, 1)}
-        best = min((v["ms"], k) for k, v in row.items() if k in providers(device) and k != "naive_sdpa")
-        row["speedup_vs_naive"] = round(row["naive_sdpa"]["ms"] / best[0], 2)
-        print(json.dumps(row))
+            def case():
+                sec = measure(runner(p, shape, dtype, device), device, reps=args.reps)
+                ms[p] = sec * 1e3
+                return {"ms": round(sec * 1e3, 4), "kv_MB": round(kv_bytes(p, shape, dtype) / 1e6, 2),
+                        "GB/s": round(kv_bytes(p, shape, dtype) / sec / 1e9, 1)}
+            book.run({**fields, "provider": p}, case)
+        best = min((v, k) for k, v in ms.items() if k != "naive_sdpa") if len(ms) > 1 else None
+        if best and "naive_sdpa" in ms:
+            book.write({**fields, "provider": "summary", "status": "ok", "best": best[1],
+                        "speedup_vs_naive": round(ms["naive_sdpa"] / best[0], 2)})
+    return book.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

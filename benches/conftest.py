@@ -12,35 +12,21 @@ import os
 
 import pytest
 import torch
-
-SHAPE_PRESETS = {
-    "cpu-small": [(1024, 256, 8191, "float32"), (2048, 512, 32000, "float32")],
-    "cpu-issue": [(4096, 512, 50257, "float32"), (8192, 512, 50257, "float32"), (16384, 512, 50257, "float32")],
-    "gpu": [(16384, 4096, 128256, "bfloat16"), (16384, 1536, 151936, "bfloat16"), (8192, 2304, 256000, "bfloat16")],
-    "tiny": [(64, 32, 301, "float32")],  # smoke test of the harness itself
-}
+from benchkit import SHAPE_PRESETS, ShapeError
+from benchkit import parse_shapes as _parse_shapes
 
 
 def parse_shapes(spec):
-    """A preset name, or "T,D,V[,dtype];T,D,V[,dtype]" -> [(T, D, V, dtype_name)]."""
-    if spec in SHAPE_PRESETS:
-        return SHAPE_PRESETS[spec]
-    shapes = []
-    for item in filter(None, (s.strip() for s in spec.split(";"))):
-        parts = [p.strip() for p in item.split(",")]
-        if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[:3]):
-            raise pytest.UsageError(f"--shapes: expected a preset {sorted(SHAPE_PRESETS)} or 'T,D,V[,dtype];...'; "
-                                    f"got {item!r}")
-        dtype = parts[3] if len(parts) == 4 else "float32"
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise pytest.UsageError(f"--shapes: unknown dtype {dtype!r}")
-        shapes.append((int(parts[0]), int(parts[1]), int(parts[2]), dtype))
-    return shapes
+    """A preset name, or "T,D,V[,dtype];T,D,V[,dtype]" -> [(T, D, V, dtype_name)] (benchkit.parse_shapes)."""
+    try:
+        return _parse_shapes(spec)
+    except ShapeError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("bonfast benches")
-    group.addoption("--shapes", default=None, help="preset (cpu-small, cpu-issue, gpu, tiny) or 'T,D,V[,dtype];...'")
+    group.addoption("--shapes", default=None, help=f"preset ({', '.join(SHAPE_PRESETS)}) or 'T,D,V[,dtype];...'")
     group.addoption("--bench-rounds", type=int, default=3, help="timed rounds per case (after one warm-up)")
     group.addoption("--providers", default=None, help="comma list of providers to run (default: all available)")
     group.addoption("--modes", default="fwd,bwd,full", help="comma list of fwd, bwd, full")
