@@ -57,23 +57,37 @@ from bonfast.kernels.logprob_gemm import budget_bytes, grad_vectors, num_sms
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _configs(interpret_cfg, cuda_cfgs):
+def _configs(interpret_cfg, cfgs_16bit, cfgs_fp32):
+    """Autotune configs: 16-bit tensor-core tiles, then fp32 ones (`_by_dtype` keeps the group of the call)."""
     if _INTERPRET:  # autotuning benchmarks through the driver, which the interpreter does not have
         return [triton.Config(interpret_cfg, num_warps=1)]
-    return [triton.Config(c, num_warps=w, num_stages=s) for c, w, s in cuda_cfgs]
+    return [triton.Config(c, num_warps=w, num_stages=s) for c, w, s in cfgs_16bit + cfgs_fp32]
 
 
+def _pruner(n_fp32):
+    def _by_dtype(configs, named_args, **kwargs):
+        """early_config_prune: 16-bit inputs tune over the tensor-core tiles, fp32 (UPCAST) over the fp32 ones."""
+        if len(configs) == 1:
+            return configs
+        return configs[-n_fp32:] if kwargs.get("UPCAST", named_args.get("UPCAST")) else configs[:-n_fp32]
+    return {"early_config_prune": _by_dtype}
+
+
+# 16-bit tiles (tensor cores); exact fp32 products run on FMA units, so fp32 gets small tiles
 _DZ_CFGS = [
     ({"BLOCK_T": 128, "BLOCK_V": 128, "BLOCK_D": 64}, 8, 3),
-    ({"BLOCK_T": 64, "BLOCK_V": 128, "BLOCK_D": 64}, 4, 4),
-    ({"BLOCK_T": 128, "BLOCK_V": 64, "BLOCK_D": 64}, 4, 4),
+    ({"BLOCK_T": 64, "BLOCK_V": 128, "BLOCK_D": 64}, 8, 4),
+    ({"BLOCK_T": 128, "BLOCK_V": 64, "BLOCK_D": 64}, 8, 4),
 ]
+_DZ_FP32_CFGS = [({"BLOCK_T": 32, "BLOCK_V": 64, "BLOCK_D": 32}, 4, 2)]
 _MM_CFGS = [
     ({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, 8, 3),
-    ({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64}, 8, 3),
+    ({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, 8, 4),
     ({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, 4, 4),
     ({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, 4, 4),
 ]
+# (128 x 256 tiles spilled on sm_90 when the fp32 dX tile is added at the end: not offered)
+_MM_FP32_CFGS = [({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, 4, 2)]
 _DZ_INTERPRET = {"BLOCK_T": 32, "BLOCK_V": 128, "BLOCK_D": 32}
 _MM_INTERPRET = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}
 _SPLIT_MIN_K = 512  # a split of a GEMM's reduction covers at least this many K
@@ -86,7 +100,8 @@ def _bucket(n):
     return min(triton.next_power_of_2(max(int(n), 1)), 1 << 16)
 
 
-@triton.autotune(configs=_configs(_DZ_INTERPRET, _DZ_CFGS), key=["D", "VC_BUCKET", "T_BUCKET", "HAS_ENTROPY"])
+@triton.autotune(configs=_configs(_DZ_INTERPRET, _DZ_CFGS, _DZ_FP32_CFGS),
+                 key=["D", "VC_BUCKET", "T_BUCKET", "HAS_ENTROPY", "UPCAST"], prune_configs_by=_pruner(1))
 @triton.jit(do_not_specialize=["VC_BUCKET", "T_BUCKET", "v0"])
 def _fused_dz_kernel(
         X_ptr, W_ptr, Y_ptr, M_ptr, LOGS_ptr, ENT_ptr, GL_ptr, GH_ptr, GS_ptr, DZ_ptr,
@@ -132,8 +147,9 @@ def _fused_dz_kernel(
              mask=mask_t[:, None] & mask_v[None, :])
 
 
-@triton.autotune(configs=_configs(_MM_INTERPRET, _MM_CFGS), key=["N", "M_BUCKET", "K_BUCKET", "SPLIT_K"],
-                 restore_value=["C_ptr"])
+@triton.autotune(configs=_configs(_MM_INTERPRET, _MM_CFGS, _MM_FP32_CFGS),
+                 key=["N", "M_BUCKET", "K_BUCKET", "SPLIT_K", "UPCAST"], restore_value=["C_ptr"],
+                 prune_configs_by=_pruner(1))
 @triton.jit(do_not_specialize=["M_BUCKET", "K_BUCKET"])
 def _mm_kernel(
         A_ptr, B_ptr, C_ptr, P_ptr, M, N, K, M_BUCKET, K_BUCKET, stride_am, stride_ak, stride_bk, stride_bn,
@@ -241,7 +257,8 @@ def fused_bwd(x, w, y, stats, entropy, g_logp, g_entropy, g_lse, temperature, ig
     V = w.shape[0]
     gl, gh, gs = grad_vectors(y, V, ignore_index, g_logp, g_entropy, g_lse)
     cols = chunk_cols(T, D, V, x.dtype, memory_budget)
-    ws = torch.empty((T, cols), dtype=x.dtype, device=x.device)  # (T, Vc) dz workspace
+    # (T, Vc) dz workspace; rows padded to a multiple of 64 elements so its stride is always 16-byte aligned
+    ws = torch.empty((T, triton.cdiv(cols, 64) * 64), dtype=x.dtype, device=x.device)[:, :cols]
     dx32 = torch.empty((T, D), dtype=torch.float32, device=x.device) if need_dx else None
     dw = torch.empty_like(w) if need_dw else None
     upcast, precision = kernel_flags(x.dtype)
@@ -325,3 +342,45 @@ def fused_bon_loss_sum_fused(x, w, y, sample_index, weights, *, temperature=1.0,
     return _FusedBonLossFunction.apply(x, w, y.contiguous(), sample_index.contiguous(), weights,
                                        float(temperature), int(ignore_index), old_logp, ref_logp, clip_eps,
                                        float(kl_coef), memory_budget)
+
+
+def compile_cases():
+    """Ahead-of-time compile cases, checked by `python -m bonfast.kernels_aot` (sm_80 and sm_90, no GPU).
+
+    Sizes are runtime ints (only 1 and multiples of 16 change the compiled code): an aligned shape (T = 4096,
+    D = 4096, Vc = 3840) and a ragged one (T = 777, D = 896, Vc = 1000; the workspace stride is padded to 1024). The GEMM is compiled as it is
+    launched: dW (dz transposed: unit stride on M; output in the input dtype), dX (fp32 accumulate) and a
+    split-K partial. bf16 compiles every config and must use tensor cores without spills; fp16 one config;
+    fp32 (exact products on FMA) its own small tiles, spills recorded.
+    """
+    f32, i64 = torch.float32, torch.int64
+    cases = []
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (f32, "fp32")):
+        flags = dict(UPCAST=dtype == f32, PRECISION="ieee")
+        sixteen = dtype != f32
+        for T, D, VC in ((4096, 4096, 3840), (777, 896, 1000)):
+            if T != 4096 and dtype != torch.bfloat16:
+                continue
+            ld = triton.cdiv(VC, 64) * 64  # the workspace's padded row stride
+            every = None if dtype != torch.float16 else [0]
+            for entropy in (False, True):
+                if entropy and T != 4096:
+                    continue
+                cases.append(dict(
+                    kernel=_fused_dz_kernel, label=f"{name} T={T} D={D} Vc={VC}" + (" entropy" if entropy else ""),
+                    args=(dtype, dtype, i64) + (f32,) * 6 + (dtype, T, VC, D, _bucket(VC), _bucket(T), VC, D, D, ld,
+                                                             1.0),
+                    constexprs=dict(flags, HAS_ENTROPY=entropy, GROUP_T=8), configs=every, tensor_cores=sixteen,
+                    no_spills=sixteen))
+            for what, out, m, k, strides, acc, split in (
+                    ("dW", dtype, VC, T, (1, ld, D, 1, D), False, False),
+                    ("dX", f32, T, VC, (ld, 1, D, 1, D), True, False),
+                    ("dX split-K", f32, T, VC, (ld, 1, D, 1, D), True, True)):
+                if split and T != 4096:
+                    continue
+                cases.append(dict(
+                    kernel=_mm_kernel, label=f"{name} {what} M={m} N={D} K={k}",
+                    args=(dtype, dtype, out, f32, m, D, k, _bucket(m), _bucket(k)) + strides + (k,),
+                    constexprs=dict(flags, ACCUMULATE=acc, SPLIT_K=split, GROUP_M=8), configs=every,
+                    tensor_cores=sixteen, no_spills=sixteen))
+    return cases

@@ -417,3 +417,22 @@ def fused_bon_loss_sum_gemm(x, w, y, sample_index, weights, *, temperature=1.0, 
     return _GemmBonLossFunction.apply(x, w, y.contiguous(), sample_index.contiguous(), weights,
                                       float(temperature), int(ignore_index), old_logp, ref_logp, clip_eps,
                                       float(kl_coef), rows)
+
+
+def compile_cases():
+    """Ahead-of-time compile cases, checked by `python -m bonfast.kernels_aot`: the two memory-bound passes over
+    a [C, V] logits chunk (no dot products), in each input dtype, with and without the entropy terms. C, V and
+    the row stride are runtime ints (an aligned and a ragged vocabulary). 16-bit cases must not spill; fp32
+    spills are recorded (8 bytes in the ragged fp32 entropy statistics pass on sm_90)."""
+    f32, i64 = torch.float32, torch.int64
+    cases = []
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (f32, "fp32")):
+        for V in (151936, 50257):
+            for entropy in (False, True):
+                label = f"{name} C=2944 V={V}" + (" entropy" if entropy else "")
+                blocks = dict(HAS_ENTROPY=entropy, BLOCK_R=_BLOCK_R, BLOCK_V=_BLOCK_V, num_warps=4)
+                cases.append(dict(kernel=_logit_stats_kernel, label=label, tensor_cores=False, no_spills=dtype != f32,
+                                  args=(dtype, i64, f32, 2944, V, V, 1.0, V, 1), constexprs=blocks))
+                cases.append(dict(kernel=_dz_kernel, label=label, tensor_cores=False, no_spills=dtype != f32,
+                                  args=(dtype, i64) + (f32,) * 6 + (2944, V, V, 1.0), constexprs=blocks))
+    return cases
