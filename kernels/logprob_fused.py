@@ -348,10 +348,10 @@ def compile_cases():
     """Ahead-of-time compile cases, checked by `python -m bonfast.kernels_aot` (sm_80 and sm_90, no GPU).
 
     Sizes are runtime ints (only 1 and multiples of 16 change the compiled code): an aligned shape (T = 4096,
-    D = 4096, Vc = 3840) and a ragged one (T = 777, D = 896, Vc = 1000; the workspace stride is padded to 1024). The GEMM is compiled as it is
-    launched: dW (dz transposed: unit stride on M; output in the input dtype), dX (fp32 accumulate) and a
-    split-K partial. bf16 compiles every config and must use tensor cores without spills; fp16 one config;
-    fp32 (exact products on FMA) its own small tiles, spills recorded.
+    D = 4096, Vc = 3840) and a ragged one (T = 777, D = 896, Vc = 1000; the workspace stride is padded to
+    1024). The GEMM is compiled as it is launched: dW (dz transposed: unit stride on M; output in the input
+    dtype), dX (fp32 accumulate) and a split-K partial. bf16 compiles every config and must use tensor cores
+    without spills; fp16 one config; fp32 (exact products on FMA) its own small tiles, spills recorded.
     """
     f32, i64 = torch.float32, torch.int64
     cases = []

@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from precision import DTYPES, assert_three_way
 
 import bonfast.kernels.logprob_fused as fused
 import bonfast.kernels.logprob_gemm as gemm
 from bonfast.reference import bon_loss_ref, linear_logprobs_ref
-from precision import DTYPES, assert_three_way
 
 STRATEGIES = {"gemm": gemm.linear_logprobs_gemm, "fused": fused.linear_logprobs_fused}
 LOSSES = {"gemm": gemm.fused_bon_loss_sum_gemm, "fused": fused.fused_bon_loss_sum_fused}
