@@ -1,6 +1,8 @@
 """Data parallel training over 2 CPU processes (gloo, loopback): FSDP2 steps equal single-process steps, DCP
 checkpoints move between world sizes, the sharded loss head has the right gradients (tied and untied head),
-and bf16 parameters with fp32 reduction train. Workers run under torch.multiprocessing.spawn, 1 thread each."""
+and bf16 parameters with fp32 reduction train. Workers run under torch.multiprocessing.spawn, 1 thread each;
+the jobs of a fixture share one spawned process group. The default suite runs the loss-head jobs; the trainer
+jobs (a full 2-rank run) are marked slow."""
 import json
 import os
 import socket
@@ -30,21 +32,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank, world, port, fn, args):
+def _entry(rank, world, port, jobs, result_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)  # 2 cores, 2 processes
-    torch.manual_seed(0)
     assert distributed.init("cpu")[:2] == (rank, world)
     try:
-        fn(*args)
+        for name, fn, args in jobs:  # one after the other on the same process group
+            torch.manual_seed(0)
+            try:
+                fn(*args)
+            except BaseException:
+                import traceback
+                with open(os.path.join(result_dir, f"{name}.rank{rank}.err"), "w") as f:
+                    f.write(traceback.format_exc())
+                raise  # the other rank may be waiting in a collective: mp.spawn ends it
+            distributed.barrier()
+            open(os.path.join(result_dir, f"{name}.rank{rank}.ok"), "w").close()
     finally:
         distributed.shutdown()
 
 
-def spawn(fn, *args, world=2):
-    """Run fn(*args) on `world` gloo ranks; a failing assertion in any rank fails the test."""
-    mp.spawn(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+def spawn(jobs, result_dir, world=2):
+    """Run each (name, fn, args) of `jobs` in turn on `world` gloo ranks: one process group for all of them
+    (starting one costs two interpreters). A job's outcome is read back with `job_result`."""
+    try:
+        mp.spawn(_entry, args=(world, _free_port(), jobs, str(result_dir)), nprocs=world, join=True)
+    except Exception:  # reported per job by job_result
+        pass
+
+
+def job_result(result_dir, name, world=2) -> None:
+    """Fail with the job's traceback unless every rank finished it."""
+    for rank in range(world):
+        err = os.path.join(result_dir, f"{name}.rank{rank}.err")
+        if os.path.exists(err):
+            pytest.fail(f"{name} failed on rank {rank}:\n{open(err).read()}")
+    missing = [k for k in range(world) if not os.path.exists(os.path.join(result_dir, f"{name}.rank{k}.ok"))]
+    if missing:
+        pytest.fail(f"{name} did not finish on ranks {missing} (an earlier job of the shared process group failed)")
 
 
 def _close(a, b, tol=1e-6):
@@ -61,6 +87,24 @@ def single_run(tmp_path_factory):
     from bonfast.train import train
     out = tmp_path_factory.mktemp("single")
     return out, train(small(out))
+
+
+@pytest.fixture(scope="module")
+def training_ranks(single_run, tmp_path_factory):
+    """The 2-rank trainer jobs (slow), run once on one spawned process group; returns their directory."""
+    single_dir, _ = single_run
+    root = tmp_path_factory.mktemp("training_ranks")
+    spawn([("train", _train_worker, (str(root / "dist"), str(root))),
+           ("load_single", _load_single_worker, (str(single_dir),))], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def head_ranks(tmp_path_factory):
+    """The 2-rank loss-head jobs (the fast representative), run once on one spawned process group."""
+    root = tmp_path_factory.mktemp("head_ranks")
+    spawn([("head", _head_worker, (False,)), ("head_mixed", _head_worker, (True,))], root)
+    return root
 
 
 def _train_worker(out_dir, result_dir):
@@ -84,15 +128,16 @@ def _distinct_prompts(cfg):
     return all(len({ex.prompt for ex in b}) == len(b) for b in batches)
 
 
-def test_two_ranks_match_single_process_steps(single_run, tmp_path):
+@pytest.mark.slow
+def test_two_ranks_match_single_process_steps(single_run, training_ranks, tmp_path):
     from bonfast.build import tiny_model_config
     from bonfast.checkpoint import CHECKPOINT, load_checkpoint
     from bonfast.model import from_config
     from bonfast.tasks.tokenizer import ArithmeticTokenizer
     single_dir, single = single_run
     assert _distinct_prompts(small(tmp_path)), "test batches must be duplicate-free (see _distinct_prompts)"
-    spawn(_train_worker, str(tmp_path / "dist"), str(tmp_path))
-    ranks = [json.load(open(tmp_path / f"rank{k}.json")) for k in range(2)]
+    job_result(training_ranks, "train")
+    ranks = [json.load(open(training_ranks / f"rank{k}.json")) for k in range(2)]
     assert ranks[0] == ranks[1]  # every rank logs the reduced scalars and the gathered eval table
     got = ranks[0]
     want = [r for r in single["records"] if r["kind"] == "train"]
@@ -103,7 +148,7 @@ def test_two_ranks_match_single_process_steps(single_run, tmp_path):
     assert got["before"] == json.loads(json.dumps(single["before"]["metrics"]))
     assert got["after"] == json.loads(json.dumps(single["after"]["metrics"]))
     # only rank 0 writes files; the DCP checkpoint is a symlink to a complete step directory, nothing temporary
-    run = tmp_path / "dist"
+    run = training_ranks / "dist"
     assert os.path.islink(run / distributed.DCP_DIR) and not (run / CHECKPOINT).exists()
     assert not [p for p in os.listdir(run) if ".tmp" in p or ".link" in p]
     kept = sorted(p for p in os.listdir(run) if p.startswith(distributed.DCP_DIR))  # 2 saves of step 2, 1 kept
@@ -153,9 +198,9 @@ def _load_single_worker(single_dir):
             assert torch.equal(torch.as_tensor(osd["state"][name][slot]), want[f"optim.{name}.{slot}"]), (name, slot)
 
 
-def test_single_rank_checkpoint_loads_on_two_ranks(single_run):
-    single_dir, _ = single_run
-    spawn(_load_single_worker, str(single_dir))
+@pytest.mark.slow
+def test_single_rank_checkpoint_loads_on_two_ranks(training_ranks):
+    job_result(training_ranks, "load_single")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -220,14 +265,14 @@ def _head_worker(mixed):
             assert torch.equal(p, want[name].detach().to(p.dtype)), name
 
 
-def test_sharded_loss_head_gradients_match_single_process():
+def test_sharded_loss_head_gradients_match_single_process(head_ranks):
     """FSDP2 with the fused loss head: gradients of a tied and an untied LM head (and of every other
     parameter) averaged over 2 ranks equal the single-process gradients of the same global batch."""
-    spawn(_head_worker, False)
+    job_result(head_ranks, "head")
 
 
-def test_mixed_precision_bf16_params_fp32_reduce():
-    spawn(_head_worker, True)
+def test_mixed_precision_bf16_params_fp32_reduce(head_ranks):
+    job_result(head_ranks, "head_mixed")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -103,15 +103,6 @@ def test_wrong_types_raise_type_error_naming_the_argument():
         objectives.weights("bon_rl_s", torch.zeros(2, 3), n_bon=1.5)
 
 
-def test_torch_tile_setting_parses_and_names_the_variable():
-    from bonfast import ops
-    assert ops.parse_torch_tile(None) == (2048, 1 << 21)
-    assert ops.parse_torch_tile("16,4096") == (16, 4096)
-    for bad in ("big", "16", "0,4096", "16,-1"):
-        with pytest.raises(ValueError, match="BONFAST_TORCH_TILE must be 'rows,elements'"):
-            ops.parse_torch_tile(bad)
-
-
 def test_atomic_write_leaves_old_or_new_file(tmp_path):
     from bonfast.checkpoint import atomic_write
     path = tmp_path / "f.txt"
