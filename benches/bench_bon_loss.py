@@ -175,7 +175,7 @@ def main(argv=None):
         sys.exit(f"--forms: expected a comma list of {', '.join(FORMS)}; got {forms}")
     book = CaseLog(args.out, args.deadline_s)
     for T, D, V, dtype_name in args.shapes:
-        inputs = make_inputs(T, D, V, getattr(torch, dtype_name), args.device) if args.device == "cpu" else None
+        inputs = None
         extra = loss_inputs(T, args.device)
         for form in forms:
             for provider in args.providers:

@@ -59,13 +59,14 @@ def test_train_step(benchmark, preset_name, tmp_path):
         records.append(rl_step(run_state, next(step)))
 
     benchmark.pedantic(run, rounds=3, warmup_rounds=1, iterations=1)
-    totals = {p: sum(r["seconds"][p] for r in records[1:]) for p in PHASES}
+    timed = records[1:] or records  # the warm-up step is left out (--benchmark-disable runs one step only)
+    totals = {p: sum(r["seconds"][p] for r in timed) for p in PHASES}
     whole = sum(totals.values())
     shares = {p: totals[p] / whole for p in PHASES}
     benchmark.extra_info.update({"device": str(device), "threads": torch.get_num_threads(),
-                                 "seconds_per_step": whole / len(records[1:]),
+                                 "seconds_per_step": whole / len(timed),
                                  **{f"share_{p}": round(s, 4) for p, s in shares.items()}})
-    print(f"\n[{preset_name}] step {whole / len(records[1:]):.3f} s on {device}: "
+    print(f"\n[{preset_name}] step {whole / len(timed):.3f} s on {device}: "
           + ", ".join(f"{p} {100 * s:.1f}%" for p, s in shares.items()))
 
 
