@@ -370,11 +370,12 @@ class _GemmBonLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, y, sample_index, weights, temperature, ignore_index, old_logp, ref_logp, clip_eps,
-                kl_coef, rows):
+                kl_coef, rows, grad_enabled):
         from bonfast.kernels.bon_loss import bon_loss_fwd
         T, D = x.shape
         V = w.shape[0]
-        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # needs_input_grad is set under torch.no_grad() too: without grad mode no gradient work is done
+        need_dx, need_dw = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
         need = need_dx or need_dw
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         dx = torch.empty_like(x) if need_dx else None
@@ -404,7 +405,7 @@ class _GemmBonLossFunction(torch.autograd.Function):
         ctx.grads = None  # the gradients are handed out once; their memory goes with them
         dx = None if dx is None else dx.mul_(g.to(dx.dtype))
         dw = None if dw is None else dw.mul_(g.to(dw.dtype))
-        return dx, dw, None, None, None, None, None, None, None, None, None, None
+        return dx, dw, None, None, None, None, None, None, None, None, None, None, None
 
 
 def fused_bon_loss_sum_gemm(x, w, y, sample_index, weights, *, temperature=1.0, ignore_index=-100, old_logp=None,
@@ -416,7 +417,7 @@ def fused_bon_loss_sum_gemm(x, w, y, sample_index, weights, *, temperature=1.0, 
     rows = chunk_rows(x.shape[0], x.shape[1], w.shape[0], x.dtype, memory_budget)
     return _GemmBonLossFunction.apply(x, w, y.contiguous(), sample_index.contiguous(), weights,
                                       float(temperature), int(ignore_index), old_logp, ref_logp, clip_eps,
-                                      float(kl_coef), rows)
+                                      float(kl_coef), rows, torch.is_grad_enabled())
 
 
 def compile_cases():

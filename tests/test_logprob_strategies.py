@@ -145,14 +145,19 @@ def test_fused_bon_loss(strategy, form, dtype, kernel_device):
     assert out[1].dtype == dtype and out[2].dtype == dtype
 
 
-def test_gemm_loss_second_backward_raises(kernel_device):
+def test_gemm_loss_second_backward_raises_and_no_grad_skips_work(kernel_device, monkeypatch):
     x, W, y = _inputs(8, 16, 140, torch.float32, kernel_device)
     x.requires_grad_()
-    loss = gemm.fused_bon_loss_sum_gemm(x, W, y, torch.zeros(8, dtype=torch.int64, device=kernel_device),
-                                        torch.ones(1, device=kernel_device))
+    args = (x, W, y, torch.zeros(8, dtype=torch.int64, device=kernel_device), torch.ones(1, device=kernel_device))
+    loss = gemm.fused_bon_loss_sum_gemm(*args)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="already used"):
         loss.backward()
+    calls = []
+    monkeypatch.setattr(gemm, "chunk_backward", lambda *a: calls.append(1))
+    with torch.no_grad():
+        torch.testing.assert_close(gemm.fused_bon_loss_sum_gemm(*args), loss.detach())
+    assert not calls  # the forward computes gradients only when autograd will ask for them
 
 
 @pytest.mark.parametrize("splits", [None, 3])
