@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from bench_linear_logprobs import (
+    COMPILE_WARMUP_S,
     _sync,
     head_metrics,
     make_inputs,
@@ -167,18 +168,17 @@ def _memory_main(case):
 
 
 def main(argv=None):
-    """Time every (shape, form, provider, mode) case of the loss head; one JSON line each."""
+    """Time every (provider, shape, form, mode) case of the loss head; one JSON line each."""
     args = script_args(argv, __doc__, SCRIPT_PROVIDERS, lambda ap: ap.add_argument(
         "--forms", default=",".join(FORMS), help=f"comma list of {', '.join(FORMS)}"))
     forms = [f for f in args.forms.split(",") if f]
     if set(forms) - set(FORMS):
         sys.exit(f"--forms: expected a comma list of {', '.join(FORMS)}; got {forms}")
     book = CaseLog(args.out, args.deadline_s)
-    for T, D, V, dtype_name in args.shapes:
-        inputs = None
-        extra = loss_inputs(T, args.device)
-        for form in forms:
-            for provider in args.providers:
+    inputs = {}  # shape -> (x, w, y, upstream) and the loss inputs, built once
+    for provider in args.providers:
+        for T, D, V, dtype_name in args.shapes:
+            for form in forms:
                 fields = dict(bench="bon_loss_head", form=form, T=T, D=D, V=V, dtype=dtype_name, provider=provider)
                 if provider == "compile" and args.cpu_smoke:
                     book.write({**fields, "mode": "*", "status": "skipped",
@@ -187,24 +187,27 @@ def main(argv=None):
                 fn = None
                 for mode in args.modes:
                     def case():
-                        nonlocal inputs, fn
-                        if inputs is None:
-                            inputs = make_inputs(T, D, V, getattr(torch, dtype_name), args.device)
+                        nonlocal fn
+                        key = (T, D, V, dtype_name)
+                        if key not in inputs:
+                            inputs[key] = (make_inputs(T, D, V, getattr(torch, dtype_name), args.device),
+                                           loss_inputs(T, args.device))
+                        head, extra = inputs[key]
                         if fn is None:
                             fn = make_head_fn(provider, args.device, form, extra)
                             if provider not in ("naive", "compile"):  # sanity before timing: the naive loss
                                 with torch.no_grad():
-                                    got = fn(*inputs[:3])
-                                    ref = make_head_fn("naive", args.device, form, extra)(*inputs[:3])
+                                    got = fn(*head[:3])
+                                    ref = make_head_fn("naive", args.device, form, extra)(*head[:3])
                                 torch.testing.assert_close(got.float(), ref.float(), rtol=2e-2, atol=1e-3)
                         flops = FLOPS_PER_TDV[mode] * T * D * V
-                        run, setup = make_head_case(fn, mode, inputs, args.device)
+                        run, setup = make_head_case(fn, mode, head, args.device)
                         return {"flops": flops, "flop_count": f"{FLOPS_PER_TDV[mode]}TDV",
                                 **head_metrics(run, setup, args.device, args.rounds, flops, not args.no_memory)}
-                    record_ = book.run({**fields, "mode": mode}, case)
+                    warmup = COMPILE_WARMUP_S if provider == "compile" and fn is None else 0
+                    record_ = book.run({**fields, "mode": mode}, case, needs_s=warmup)
                     if record_["status"] == "skipped" and fn is None:
-                        break  # the provider is unavailable here: one record says why
-        del inputs
+                        break  # the provider is unavailable here (or out of time): one record says why
     return book.exit_code()
 
 

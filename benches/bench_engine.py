@@ -166,12 +166,13 @@ def main(argv=None):
     ap.add_argument("--smollm2", action="store_true", help="also run SmolLM2-135M-Instruct on 2 GSM8K prompts")
     ap.add_argument("--out", default=None, help="append one JSON line per setup to this file")
     ap.add_argument("--deadline-s", type=float, default=None, help="start no setup after this many seconds")
-    ap.add_argument("--cpu-smoke", action="store_true", help="a tiny Qwen2-shaped model on the CPU, one repeat")
+    ap.add_argument("--cpu-smoke", action="store_true", help="a tiny Qwen2-shaped model on the CPU in bf16, one repeat")
     args = ap.parse_args(argv)
     device = torch.device("cpu" if args.cpu_smoke else args.device)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    # bf16 on CUDA and in the smoke run (the GPU's code path at toy size); fp32 for CPU measurements
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" or args.cpu_smoke else "float32"))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     makers = {"tiny-llama": lambda: tiny_setup(device), "qwen0.5b": lambda: qwen_setup(device, dtype),

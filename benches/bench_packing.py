@@ -208,12 +208,13 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per case (after one warm-up)")
     ap.add_argument("--out", default=None, help="append one JSON line per case to this file")
     ap.add_argument("--deadline-s", type=float, default=None, help="start no case after this many seconds")
-    ap.add_argument("--cpu-smoke", action="store_true", help="a tiny Qwen2-shaped model on the CPU, 1 round")
+    ap.add_argument("--cpu-smoke", action="store_true", help="a tiny Qwen2-shaped model on the CPU in bf16, 1 round")
     args = ap.parse_args(argv)
     device = "cpu" if args.cpu_smoke or not torch.cuda.is_available() else "cuda"
     shape = args.shape or ("qwen-tiny" if args.cpu_smoke else "qwen0.5b" if device == "cuda" else "issue")
     dims = (2, 4, 16, 8) if args.cpu_smoke else tuple(int(x) for x in args.dims.split(","))
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
+    # bf16 on CUDA and in the smoke run (the GPU's code path at toy size); fp32 for CPU measurements
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" or args.cpu_smoke else "float32"))
     rounds = 1 if args.cpu_smoke else args.rounds
     g, n, p, r = dims
     book = CaseLog(args.out, args.deadline_s)

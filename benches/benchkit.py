@@ -8,7 +8,8 @@ box, CUDA-event timing, peak memory, and why an optional provider cannot run her
 Every record is flushed as soon as its case ends, so a run that is killed at its time box still leaves the
 cases it finished. A case raising `pytest.skip.Exception` (or `Unavailable`) is recorded as skipped with the
 reason; any other exception as failed, with the error's last line. Once `deadline_s` seconds have passed since
-the CaseLog was made, further cases are recorded as skipped ("time box reached") without running.
+the CaseLog was made (or a case's expected duration would pass that point), further cases are recorded as skipped
+("time box reached") without running.
 """
 from __future__ import annotations
 
@@ -85,11 +86,14 @@ class CaseLog:
                 f.write(line + "\n")
         return record
 
-    def run(self, fields: dict, fn) -> dict:
-        """Run `fn() -> dict of measurements` for the case described by `fields`; record and return it."""
-        if self.deadline_s is not None and self.elapsed() > self.deadline_s:
-            return self.write({**fields, "status": "skipped",
-                               "reason": f"time box reached ({self.elapsed():.0f} s > {self.deadline_s:.0f} s)"})
+    def run(self, fields: dict, fn, needs_s: float = 0.0) -> dict:
+        """Run `fn() -> dict of measurements` for the case described by `fields`; record and return it.
+        `needs_s`: the case's expected seconds (e.g. a torch.compile warm-up); it is skipped when they would
+        run past the deadline."""
+        if self.deadline_s is not None and self.elapsed() + needs_s > self.deadline_s:
+            why = f"needs ~{needs_s:.0f} s, " if needs_s else ""
+            return self.write({**fields, "status": "skipped", "reason": f"time box reached ({why}"
+                               f"{self.elapsed():.0f} s of {self.deadline_s:.0f} s used)"})
         t0 = time.monotonic()
         try:
             out = fn() or {}

@@ -13,7 +13,7 @@ sys.path.insert(0, BENCHES)
 
 import gpu_check  # noqa: E402
 import gpu_preflight  # noqa: E402
-from benchkit import torch_lce_missing  # noqa: E402
+from benchkit import CaseLog, torch_lce_missing  # noqa: E402
 
 
 def test_dry_run_plan_fits_the_budget(capsys):
@@ -49,6 +49,19 @@ def test_preflight_without_cuda(monkeypatch, tmp_path, capsys):
     assert "CUDA is not visible" in json.loads(out.read_text())["problem"]
     assert "CUDA is not visible" in capsys.readouterr().err
     assert gpu_preflight.main(["--no-require-cuda"]) == 0
+
+
+def test_case_log_statuses_and_deadline(tmp_path):
+    path = tmp_path / "cases.jsonl"
+    book = CaseLog(str(path), deadline_s=60)
+    book.run({"case": "ok"}, lambda: {"ms": 2.0})
+    book.run({"case": "skip"}, lambda: pytest.skip("liger not importable"))
+    book.run({"case": "fail"}, lambda: 1 / 0)
+    book.run({"case": "compile"}, lambda: {"ms": 1.0}, needs_s=120)  # would run past the deadline: not started
+    statuses = [(r["case"], r["status"]) for r in _records(path)]
+    assert statuses == [("ok", "ok"), ("skip", "skipped"), ("fail", "failed"), ("compile", "skipped")]
+    assert book.records[1]["reason"] == "liger not importable" and "ZeroDivisionError" in book.records[2]["error"]
+    assert "needs ~120 s" in book.records[3]["reason"] and book.exit_code() == 1
 
 
 def _fake_step(name, box_s, code):
