@@ -1,7 +1,7 @@
 """One flat training config, its presets, and validation with clear errors.
 
 Every field is a `--flag` of `bonfast train` (see `bonfast.cli`). Tuples are written on the command line as
-comma-separated lists (`--eval_ks 1,2,4,8`). `validate()` runs before any work starts and raises one ValueError
+comma-separated lists (`--eval_ks 1,2,4,8`). `validate()` runs before any work starts and raises one error
 naming the field and what it expected.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import numbers
 import os
 from dataclasses import dataclass
 
+from bonfast._validation import expected
 from bonfast.objectives import METHODS, OBJECTIVES
 
 
@@ -75,18 +76,32 @@ class TrainConfig:
     tiny_heads: int = 4
 
     def validate(self) -> "TrainConfig":
-        """Raise one ValueError naming the first bad field; return self."""
-        def bad(name, expected):
-            raise ValueError(f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+        """Raise one error naming the first bad field (TypeError for a wrong type, else ValueError); return self."""
+        def bad(name, what, error=ValueError):
+            raise error(expected(f"TrainConfig.{name}", what, repr(getattr(self, name))))
+
+        def is_int(value):
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        for name in ("n", "n_bon", "max_new_tokens", "prompts_per_step", "grad_accum", "eval_prompts", "eval_n",
+                     "tiny_dim", "tiny_layers", "tiny_heads", "steps", "sft_steps", "sft_batch", "warmup_steps",
+                     "eval_every", "ckpt_every", "top_k", "seed"):
+            if not is_int(getattr(self, name)):
+                bad(name, "an integer", TypeError)
+        for name in ("lr", "sft_lr", "weight_decay", "grad_clip", "kl_coef", "min_lr_ratio", "temperature", "top_p",
+                     "verifier_fpr", "verifier_fnr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                bad(name, "a number", TypeError)
 
         if self.method not in METHODS:
             bad("method", f"one of {', '.join(METHODS)}")
         for name in ("n", "n_bon", "max_new_tokens", "prompts_per_step", "grad_accum", "eval_prompts", "eval_n",
                      "tiny_dim", "tiny_layers", "tiny_heads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if getattr(self, name) < 1:
                 bad(name, "a positive integer")
         for name in ("steps", "sft_steps", "sft_batch", "warmup_steps", "eval_every", "ckpt_every", "top_k"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+            if getattr(self, name) < 0:
                 bad(name, "a non-negative integer")
         if self.method in OBJECTIVES and not OBJECTIVES[self.method].bon_aware and self.n_bon != 1:
             bad("n_bon", f"1 for the inference-unaware method {self.method!r} "

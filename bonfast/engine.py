@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from bonfast._validation import expected
 from bonfast.attention import attention
 from bonfast.ops import prefix_attention
 
@@ -323,13 +324,14 @@ class Engine:
                  prefill_tokens: int = 16384, attention_impl: str = "auto"):
         shared = getattr(model, "supports_prefix_sharing", False) and hasattr(model, "hidden")
         if not (shared or hasattr(model, "hf")) or not hasattr(model, "lm_head_weight"):
-            raise ValueError(f"model: Engine needs a bonfast Transformer (hidden(), lm_head_weight, "
+            raise TypeError(f"model: Engine needs a bonfast Transformer (hidden(), lm_head_weight, "
                              f"supports_prefix_sharing=True) or a bonfast.model.HFAdapter, got {type(model).__name__}")
         if attention_impl not in ("auto", "triton", "torch"):
             raise ValueError(f"attention_impl: expected 'auto', 'triton' or 'torch', got {attention_impl!r}")
-        if prefix_cache_tokens < 0 or prefill_tokens < 1:
-            raise ValueError(f"prefix_cache_tokens must be >= 0 and prefill_tokens >= 1, got "
-                             f"{prefix_cache_tokens} and {prefill_tokens}")
+        if prefix_cache_tokens < 0:
+            raise ValueError(expected("prefix_cache_tokens", "an int >= 0", prefix_cache_tokens))
+        if prefill_tokens < 1:
+            raise ValueError(expected("prefill_tokens", "an int >= 1", prefill_tokens))
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device)
         self.progress = progress
@@ -361,26 +363,31 @@ class Engine:
 
     def _validate(self, prompts, n, max_new_tokens, temperature, top_p, top_k, stop_token_ids, seed):
         V = self.model.lm_head_weight.shape[0]
-        if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
-            raise ValueError("prompts: expected a non-empty list of token-id lists")
+        if not isinstance(prompts, (list, tuple)):
+            raise TypeError(expected("prompts", "a non-empty list of token-id lists", type(prompts).__name__))
+        if len(prompts) == 0:
+            raise ValueError(expected("prompts", "a non-empty list of token-id lists", "[]"))
         for g, p in enumerate(prompts):
-            if not isinstance(p, (list, tuple)) or len(p) == 0:
-                raise ValueError(f"prompts[{g}]: expected a non-empty list of token ids, got {p!r}")
-            if not all(isinstance(x, numbers.Integral) for x in p) or min(p) < 0 or max(p) >= V:
-                raise ValueError(f"prompts[{g}]: token ids must be ints in [0, {V}) (vocab size {V})")
-        checks = [
-            ("n", isinstance(n, int) and n >= 1, "an int >= 1", n),
-            ("max_new_tokens", isinstance(max_new_tokens, int) and max_new_tokens >= 1, "an int >= 1",
-             max_new_tokens),
-            ("temperature", isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0,
-             "a finite float >= 0", temperature),
-            ("top_p", isinstance(top_p, (int, float)) and 0 < top_p <= 1, "a float in (0, 1]", top_p),
-            ("top_k", isinstance(top_k, int) and top_k >= 0, "an int >= 0 (0 = off)", top_k),
-            ("seed", seed is None or isinstance(seed, int), "an int or None", seed),
+            if not isinstance(p, (list, tuple)) or not all(isinstance(x, numbers.Integral) for x in p):
+                raise TypeError(expected(f"prompts[{g}]", "a list of int token ids", repr(p)))
+            if len(p) == 0 or min(p) < 0 or max(p) >= V:
+                raise ValueError(expected(f"prompts[{g}]", f"a non-empty list of token ids in [0, {V})", repr(p)))
+        real = (int, float)
+        checks = [  # (name, value, right type, in range, expected)
+            ("n", n, isinstance(n, int), lambda: n >= 1, "an int >= 1"),
+            ("max_new_tokens", max_new_tokens, isinstance(max_new_tokens, int), lambda: max_new_tokens >= 1,
+             "an int >= 1"),
+            ("temperature", temperature, isinstance(temperature, real),
+             lambda: math.isfinite(temperature) and temperature >= 0, "a finite float >= 0"),
+            ("top_p", top_p, isinstance(top_p, real), lambda: 0 < top_p <= 1, "a float in (0, 1]"),
+            ("top_k", top_k, isinstance(top_k, int), lambda: top_k >= 0, "an int >= 0 (0 = off)"),
+            ("seed", seed, seed is None or isinstance(seed, int), lambda: True, "an int or None"),
         ]
-        for name, ok, expected, got in checks:
-            if not ok:
-                raise ValueError(f"{name}: expected {expected}, got {got!r}")
+        for name, value, right_type, in_range, what in checks:
+            if not right_type or isinstance(value, bool):
+                raise TypeError(expected(name, what, repr(value)))
+            if not in_range():
+                raise ValueError(expected(name, what, repr(value)))
         if not all(isinstance(x, numbers.Integral) and 0 <= x < V for x in stop_token_ids):
             raise ValueError(f"stop_token_ids: expected token ids in [0, {V}), got {list(stop_token_ids)!r}")
 

@@ -230,12 +230,15 @@ def test_validation_errors():
            (r"prompts\[0\]", dict(prompts=[[1, 97]])), (r"prompts\[0\]", dict(prompts=[[-1]])),
            ("n", dict(n=0)), ("max_new_tokens", dict(max_new_tokens=0)), ("temperature", dict(temperature=-0.1)),
            ("top_p", dict(top_p=0.0)), ("top_p", dict(top_p=1.5)), ("top_k", dict(top_k=-1)),
-           ("stop_token_ids", dict(stop_token_ids=[97])), ("seed", dict(seed=1.5))]
-    for name, change in bad:
-        with pytest.raises(ValueError, match=name):
-            args = {**good, **change}
-            engine.sample(args.pop("prompts"), args.pop("n"), **args)
-    with pytest.raises(ValueError, match="model"):
+           ("stop_token_ids", dict(stop_token_ids=[97]))]
+    wrong_type = [("prompts", dict(prompts="12")), (r"prompts\[0\]", dict(prompts=[[1.5]])), ("n", dict(n=2.0)),
+                  ("seed", dict(seed=1.5)), ("temperature", dict(temperature="hot"))]
+    for error, cases in ((ValueError, bad), (TypeError, wrong_type)):
+        for name, change in cases:
+            with pytest.raises(error, match=name):
+                args = {**good, **change}
+                engine.sample(args.pop("prompts"), args.pop("n"), **args)
+    with pytest.raises(TypeError, match="model"):
         Engine(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="attention_impl"):
         Engine(tiny_model(), attention_impl="cuda")
