@@ -9,6 +9,21 @@ Each function validates once, then dispatches on `impl`:
   so the extra memory is one tile (two with entropy) plus the gradients themselves, independent of T;
 * "auto":   "triton" for CUDA tensors, "torch" otherwise.
 
+The Triton loss head (`linear_logprobs`, `fused_bon_loss`) has strategies, chosen by `strategy=`:
+
+* "gemm":  token chunks; each chunk's logits by cuBLAS, one Triton pass turning them into dL/dz in place,
+  dX and dW by cuBLAS (dW accumulated in fp32). Fastest; extra memory = one [C, V] logits chunk + an fp32
+  dW (4 V D bytes). 8 TDV of work for `linear_logprobs`, 6 TDV for `fused_bon_loss` (its gradients are
+  computed in the forward).
+* "fused": vocabulary chunks; a Triton kernel recomputes each logit tile once and writes dL/dz in 16 bits to
+  a bounded workspace, tensor-core GEMMs reduce it into dX and dW. 8 TDV; memory ~1.15x the gradients'
+  own size by default (deterministic).
+* "tiles": the first recomputing kernels (10 TDV); kept for comparison, never picked by "auto".
+* "auto":  "gemm" when its extra memory fits `memory_budget` (bytes; else env BONFAST_LOGPROB_MEMORY, else
+  2 GiB), otherwise "fused" (which then uses that budget for its workspace).
+
+The torch path has one strategy of its own (the tiles above) and ignores `strategy` and `memory_budget`.
+
 Triton is imported lazily, inside the "triton" branches only, so this module (and the trainer and engine
 built on it) imports and runs on machines without triton (macOS, ARM) with impl="auto" or "torch".
 
@@ -21,7 +36,7 @@ import os
 
 import torch
 
-from bonfast._validation import resolve_clip_eps
+from bonfast._validation import check_choice, check_int, resolve_clip_eps
 
 __all__ = ["linear_logprobs", "bon_loss", "fused_bon_loss", "prefix_attention", "prefix_attention_torch"]
 
@@ -72,6 +87,24 @@ def _check_impl(impl, x, head=False):
         raise ValueError(f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before bonfast.kernels "
                          f"is imported); got tensors on {x.device}")
     return impl
+
+
+_HEAD_STRATEGIES = ("auto", "gemm", "fused", "tiles")
+
+
+def _check_strategy(strategy, memory_budget):
+    """Validate the Triton loss head's strategy and memory budget (bytes or None)."""
+    check_choice("strategy", strategy, _HEAD_STRATEGIES)
+    if memory_budget is not None:
+        check_int("memory_budget", memory_budget, 0)
+
+
+def _triton_head(strategy, memory_budget, x, V):
+    """The Triton loss head's strategy for x [T, D] and V, with "auto" resolved by the memory budget."""
+    if strategy == "auto":
+        from bonfast.kernels.logprob_gemm import pick_strategy
+        strategy = pick_strategy(x.shape[0], x.shape[1], V, x.dtype, memory_budget)
+    return strategy
 
 
 def _check_same_device(**named):
@@ -312,7 +345,7 @@ def _linear_logprobs_torch(hidden, weight, targets, temperature, ignore_index, w
 
 
 def linear_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-100, return_entropy=False,
-                    return_lse=False, impl="auto"):
+                    return_lse=False, impl="auto", strategy="auto", memory_budget=None):
     r"""Per-token log-probabilities of `targets` under the LM head `weight`, without forming the logits.
 
     .. math::
@@ -324,13 +357,17 @@ def linear_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-1
     on rows whose target is not `ignore_index`; those rows give 0 (logp, entropy and lse) and no gradient.
     A target outside [0, V) that is not `ignore_index` gives NaN logp for its row and NaN gradients through
     it (checked on the device, no host sync); entropy and lse do not depend on the target.
-    Logits are accumulated in float32 (float64 for float64 inputs); the [T, V] logits are never stored.
+    Logits are accumulated in float32 (float64 for float64 inputs); the [T, V] logits are never stored
+    (strategy "gemm" keeps one chunk of them, rounded to the input dtype as `hidden @ weight.T` is).
     Differentiable with respect to `hidden` and `weight` through every returned output.
 
     Args:
         temperature: the sampling temperature (> 0), applied as logits / temperature.
         return_entropy, return_lse: also return the softmax entropy H_t and the log-normaliser lse_t.
         impl: "auto" | "triton" | "torch" (see module docstring).
+        strategy: "auto" | "gemm" | "fused" | "tiles", the Triton path's algorithm (see module docstring).
+        memory_budget: bytes of extra memory the Triton path may use (None: env BONFAST_LOGPROB_MEMORY, else
+            the strategy's default).
 
     Shapes:
         hidden [..., D], weight [V, D], targets [...] int64 ->
@@ -338,13 +375,21 @@ def linear_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-1
     """
     lead = _shape(hidden)[:-1] if isinstance(hidden, torch.Tensor) else None
     x, y = _check_head_inputs(hidden, weight, targets, temperature)
+    _check_strategy(strategy, memory_budget)
     impl = _check_impl(impl, x, head=True) if x.shape[0] > 0 else "torch"  # nothing to launch for T = 0
+    kw = dict(temperature=temperature, ignore_index=ignore_index, return_entropy=return_entropy)
+    strategy = _triton_head(strategy, memory_budget, x, weight.shape[0]) if impl == "triton" else None
     if impl == "torch":
         logp, entropy, lse = _linear_logprobs_torch(x, weight, y, temperature, ignore_index, return_entropy)
+    elif strategy == "gemm":
+        from bonfast.kernels.logprob_gemm import linear_logprobs_gemm
+        logp, entropy, lse = linear_logprobs_gemm(x, weight, y, memory_budget=memory_budget, **kw)
+    elif strategy == "fused":
+        from bonfast.kernels.logprob_fused import linear_logprobs_fused
+        logp, entropy, lse = linear_logprobs_fused(x, weight, y, memory_budget=memory_budget, **kw)
     else:
         from bonfast.kernels.linear_logprobs import linear_logprobs as _triton_linear_logprobs
-        logp, entropy, lse = _triton_linear_logprobs(x, weight, y, temperature=temperature,
-                                                     ignore_index=ignore_index, return_entropy=return_entropy)
+        logp, entropy, lse = _triton_linear_logprobs(x, weight, y, **kw)
     out = [logp.reshape(lead)]
     if return_entropy:
         out.append(entropy.reshape(lead))
@@ -418,7 +463,8 @@ def bon_loss(logp, sample_index, weights, *, normaliser, old_logp=None, ref_logp
 
 
 def fused_bon_loss(hidden, weight, targets, sample_index, weights, *, normaliser, temperature=1.0,
-                   ignore_index=-100, old_logp=None, ref_logp=None, clip_eps=None, kl_coef=0.0, impl="auto"):
+                   ignore_index=-100, old_logp=None, ref_logp=None, clip_eps=None, kl_coef=0.0, impl="auto",
+                   strategy="auto", memory_budget=None):
     r"""The whole loss head in one op: hidden states + LM head + targets + per-sample weights -> BoN loss.
 
     Naive equivalent: `bon_loss(linear_logprobs(hidden, weight, targets, temperature=temperature),
@@ -426,7 +472,10 @@ def fused_bon_loss(hidden, weight, targets, sample_index, weights, *, normaliser
     (plus the same old_logp / ref_logp / clip_eps / kl_coef): a token whose target is `ignore_index` is
     treated as padding. Neither the [T, V] logits nor per-token log-prob gradients are kept; the backward
     recomputes logit tiles and returns dX and dW directly. The per-token gradient scale dL/dlogp_t is known
-    after the forward reduction and is the only [T] vector kept besides logp / lse.
+    after the forward reduction and is the only [T] vector kept besides logp / lse. With the Triton
+    strategy "gemm" dL/dlogp_t is used chunk by chunk inside the forward instead: the forward computes dX
+    and dW (under grad mode only) and the backward scales them, so a second backward through the same
+    graph raises. `strategy` and `memory_budget` as in `linear_logprobs`.
 
     Shapes:
         hidden [..., D], weight [V, D], targets [...] int64, sample_index [...] (< 0 = padding),
@@ -441,16 +490,24 @@ def fused_bon_loss(hidden, weight, targets, sample_index, weights, *, normaliser
         raise ValueError(f"sample_index must have the shape of targets {_shape(targets)}; "
                          f"got {_shape(sample_index)}")
     eps = _check_loss_inputs(T, x.device, si, weights, normaliser, old, ref, clip_eps, kl_coef)
+    _check_strategy(strategy, memory_budget)
     impl = _check_impl(impl, x, head=True) if T > 0 else "torch"  # nothing to launch for T = 0
     si = torch.where(y == ignore_index, -1, si)
+    strategy = _triton_head(strategy, memory_budget, x, weight.shape[0]) if impl == "triton" else None
+    kw = dict(temperature=float(temperature), ignore_index=int(ignore_index), old_logp=old, ref_logp=ref,
+              clip_eps=eps, kl_coef=float(kl_coef))
     if impl == "torch":
         logp = _linear_logprobs_torch(x, weight, y, temperature, ignore_index, False)[0]
         total = _token_loss_torch(logp, si, weights, old, ref, eps, kl_coef)
+    elif strategy == "gemm":
+        from bonfast.kernels.logprob_gemm import fused_bon_loss_sum_gemm
+        total = fused_bon_loss_sum_gemm(x, weight, y, si, weights, memory_budget=memory_budget, **kw)
+    elif strategy == "fused":
+        from bonfast.kernels.logprob_fused import fused_bon_loss_sum_fused
+        total = fused_bon_loss_sum_fused(x, weight, y, si, weights, memory_budget=memory_budget, **kw)
     else:
         from bonfast.kernels.bon_loss import fused_bon_loss_sum
-        total = fused_bon_loss_sum(x, weight, y, si, weights, temperature=float(temperature),
-                                   ignore_index=int(ignore_index), old_logp=old, ref_logp=ref, clip_eps=eps,
-                                   kl_coef=float(kl_coef))
+        total = fused_bon_loss_sum(x, weight, y, si, weights, **kw)
     return total / normaliser
 
 

@@ -234,3 +234,45 @@ def test_work_model_in_headers():
     assert "linear_logprobs  forward 2 TDV + backward 6 TDV" in gemm.__doc__
     assert "fused_bon_loss   forward 6 TDV" in gemm.__doc__ and "= 6 TDV" in gemm.__doc__
     assert "= 8 TDV" in fused.__doc__ and not math.isnan(fused.FLOOR_FRACTION)
+
+
+@pytest.mark.parametrize("strategy", ["gemm", "fused", "tiles"])
+def test_ops_strategies_agree(strategy, kernel_device):
+    """bonfast.ops dispatches `strategy` to the same results as its torch path."""
+    from bonfast.ops import fused_bon_loss, linear_logprobs
+    T, D, V = 9, 16, 200
+    x, w, y = _inputs(T, D, V, torch.float32, kernel_device)
+    si = torch.randint(-1, 3, (T,), device=kernel_device)
+    wts = torch.randn(3, device=kernel_device)
+
+    def run(**kw):
+        a, b = x.clone().requires_grad_(), w.clone().requires_grad_()
+        logp, ent = linear_logprobs(a, b, y, temperature=0.8, return_entropy=True, **kw)
+        loss = fused_bon_loss(a, b, y, si, wts, normaliser=7.0, temperature=0.8, **kw)
+        return [logp, ent, loss, *torch.autograd.grad(logp.sum() + ent.sum() + loss, (a, b))]
+
+    for got, exp in zip(run(impl="triton", strategy=strategy, memory_budget=TINY), run(impl="torch")):
+        torch.testing.assert_close(got, exp, rtol=1e-4, atol=1e-5)
+
+
+def test_ops_auto_strategy_follows_the_budget():
+    from bonfast.ops import _triton_head
+    x = torch.empty(4096, 1024, dtype=torch.bfloat16)
+    need = gemm.gemm_extra_bytes(4096, 1024, 50000, torch.bfloat16, 1024)
+    assert _triton_head("auto", need, x, 50000) == "gemm" and _triton_head("auto", need - 1, x, 50000) == "fused"
+    assert _triton_head("tiles", None, x, 50000) == "tiles"
+
+
+def test_ops_strategy_validation():
+    from bonfast.ops import linear_logprobs
+    x, w, y = torch.randn(3, 8), torch.randn(20, 8), torch.randint(0, 20, (3,))
+    with pytest.raises(ValueError, match=r"strategy: expected one of \['auto', 'gemm', 'fused', 'tiles'\], "
+                                         r"got 'fast'"):
+        linear_logprobs(x, w, y, strategy="fast")
+    with pytest.raises(TypeError, match="memory_budget: expected an int >= 0, got 1.5"):
+        linear_logprobs(x, w, y, memory_budget=1.5)
+    with pytest.raises(ValueError, match="memory_budget: expected an int >= 0"):
+        linear_logprobs(x, w, y, memory_budget=-1)
+    # the torch path ignores the Triton strategies
+    torch.testing.assert_close(linear_logprobs(x, w, y, impl="torch", strategy="fused"),
+                               linear_logprobs(x, w, y, impl="torch"))
