@@ -25,12 +25,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import string
 import sys
 import tempfile
 import time
+import traceback
 
 import pytest
 import torch
@@ -113,8 +115,23 @@ def train_argv(model_dir: str, out_dir: str, device: str, smoke: bool) -> tuple[
     return argv, precision
 
 
+def train_records(path: str) -> list[dict]:
+    """Per-step loss and phase seconds of the "train" records of a run's metrics.jsonl."""
+    steps = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                r = json.loads(line)
+                if r.get("kind") == "train":
+                    steps.append({"step": r["step"], "loss": r["loss"], "grad_norm": r["grad_norm"],
+                                  **{f"{p}_s": round(r["seconds"][p], 4) for p in PHASES},
+                                  "step_s": round(sum(r["seconds"][p] for p in PHASES), 4)})
+    return steps
+
+
 def train_once(smoke: bool, keep: str | None = None) -> dict:
-    """Write the checkpoint, run `bonfast train` in this process, read its per-step metrics."""
+    """Write the checkpoint, run `bonfast train` in this process, read its per-step metrics. A failed run
+    returns status "failed" with the error and the steps it finished."""
     from bonfast.cli import main as cli_main
     device = "cpu" if smoke else "cuda"
     work = keep or tempfile.mkdtemp(prefix="bonfast-train-step-")
@@ -128,31 +145,27 @@ def train_once(smoke: bool, keep: str | None = None) -> dict:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t1 = time.perf_counter()
+        error = None
         try:
             rc = cli_main(argv)
+            error = f"bonfast train exited with {rc}" if rc else None
         except SystemExit as e:  # a config error exits through argparse
-            rc = e.code
-        if rc:
-            raise RuntimeError(f"bonfast train exited with {rc}")
-        steps = []
-        with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-            for line in f:
-                r = json.loads(line)
-                if r.get("kind") == "train":
-                    steps.append({"step": r["step"], "loss": r["loss"], "grad_norm": r["grad_norm"],
-                                  **{f"{p}_s": round(r["seconds"][p], 4) for p in PHASES},
-                                  "step_s": round(sum(r["seconds"][p] for p in PHASES), 4)})
-        if not steps:
-            raise RuntimeError(f"no train record in {out_dir}/metrics.jsonl")
+            error = f"bonfast train exited with {e.code}" if e.code else None
+        except Exception as e:  # keep the steps that ran (e.g. a failure after training, in evaluation or the plot)
+            traceback.print_exc()
+            error = traceback.format_exception_only(type(e), e)[-1].strip()[:500]
+        steps = train_records(os.path.join(out_dir, "metrics.jsonl"))
         out = {"precision": precision, "write_checkpoint_s": round(written, 2),
                "train_command_s": round(time.perf_counter() - t1, 2), "steps": steps,
-               "warm_step_s": steps[-1]["step_s"],
-               "finite_loss": all(isinstance(s["loss"], float) and s["loss"] == s["loss"] for s in steps)}
+               "warm_step_s": steps[-1]["step_s"] if steps else None,
+               "finite_loss": bool(steps) and all(math.isfinite(s["loss"]) for s in steps)}
         if device == "cuda":
             out["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        if not out["finite_loss"]:
-            raise RuntimeError(f"non-finite loss: {steps}")
-        return out
+        if error is None and not steps:
+            error = f"no train record in {out_dir}/metrics.jsonl"
+        if error is None and not out["finite_loss"]:
+            error = f"non-finite loss: {[s['loss'] for s in steps]}"
+        return out if error is None else {"status": "failed", "error": error, **out}
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -113,18 +113,33 @@ def command(step: Step, tmp: str, box_s: float) -> list[str]:
     return [sys.executable] + [a.format(tmp=tmp, name=step.name, deadline=deadline) for a in step.args]
 
 
+def box_for(step: Step, left_s: float) -> float | None:
+    """The step's box given the seconds left, or None when too little is left to start it."""
+    box = min(step.box_s, left_s)
+    return box if box >= max(10, step.box_s / 3) else None
+
+
 def print_plan(plan: list[Step], left_out: dict, budget_s: float, out_dir: str) -> None:
-    total = sum(s.box_s for s in plan)
     print(f"bonfast GPU check plan: budget {budget_s:.0f} s, interpreter {sys.executable}")
     print(f"results: {os.path.relpath(out_dir, ROOT)}/gpu-<card>-<date>.json and .md (written even if a step fails)")
     print(f"  {'step':<17}{'box s':>6}  what")
+    used = 0.0
     for s in plan:
-        print(f"  {s.name:<17}{s.box_s:>6}  {s.what}")
-        print(f"  {'':<23}$ python " + shlex.join(command(s, "<tmp>", s.box_s)[1:]))
+        box = box_for(s, budget_s - used - REPORT_RESERVE_S)  # if every earlier step used its whole box
+        if box is None:
+            print(f"  {s.name:<17}{'-':>6}  skipped: over the {budget_s:.0f} s budget")
+            continue
+        used += box
+        print(f"  {s.name:<17}{box:>6.0f}  {s.what}")
+        print(f"  {'':<23}$ python " + shlex.join(command(s, "<tmp>", box)[1:]))
     for name, reason in left_out.items():
         print(f"  {name:<17}{'-':>6}  skipped: {reason}")
-    verdict = "fits" if total + REPORT_RESERVE_S <= budget_s else "EXCEEDS"
-    print(f"  {'total':<17}{total:>6}  + {REPORT_RESERVE_S} s for the report: {verdict} the {budget_s:.0f} s budget")
+    total = sum(s.box_s for s in plan)
+    if total + REPORT_RESERVE_S <= budget_s:
+        print(f"  {'total':<17}{total:>6}  + {REPORT_RESERVE_S} s for the report: fits the {budget_s:.0f} s budget")
+    else:
+        print(f"  {'total':<17}{used:>6.0f}  of {total} s planned + {REPORT_RESERVE_S} s for the report: the plan "
+              f"EXCEEDS the {budget_s:.0f} s budget; the steps marked skipped would not run")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -398,8 +413,8 @@ def main(argv=None) -> int:
         stop = None  # reason every later step is skipped
         for step in plan:
             left = args.budget_s - (time.monotonic() - t0) - REPORT_RESERVE_S
-            box = min(step.box_s, left)
-            if stop or box < max(10, step.box_s / 3):
+            box = box_for(step, left)
+            if stop or box is None:
                 reason = stop or f"budget: {max(left, 0):.0f} s left of --budget-s {args.budget_s:.0f}"
                 report["steps"].append({"name": step.name, "what": step.what, "status": "skipped", "reason": reason})
                 print(f"[{step.name}] skipped: {reason}", flush=True)

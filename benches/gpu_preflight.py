@@ -27,7 +27,8 @@ OPTIONAL = {
     "liger_kernel": "the 'liger' provider of the linear log-probs bench",
     "cut_cross_entropy": "the 'cce' provider of the linear log-probs bench",
 }
-VERSIONED = ("torch", "triton", "transformers", "numpy", "pytest", "pytest_benchmark", "tokenizers", "safetensors")
+VERSIONED = ("torch", "triton", "transformers", "numpy", "tokenizers", "safetensors", "tqdm", "matplotlib", "pytest",
+             "pytest_benchmark", "setuptools")
 
 
 def _version(module: str) -> str | None:

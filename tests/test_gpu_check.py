@@ -33,6 +33,7 @@ def test_dry_run_only_and_skip(capsys):
     assert "bench_engine.py" in out and "gpu_preflight.py" in out and "bench_packing.py" not in out
     assert "skipped: left out by --only / --skip" in out
     assert gpu_check.main(["--dry-run", "--budget-s", "100"]) == 1  # the full plan does not fit 100 s
+    assert "skipped: over the 100 s budget" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown steps"):
         gpu_check.main(["--dry-run", "--skip", "nonsense"])
 
@@ -156,3 +157,17 @@ def test_engine_and_train_step_cpu_smoke(tmp_path):
     assert engine["bonfast_tokens"] == engine["transformers_tokens"] == 2 * 4 * 4
     (step,) = _smoke(bench_train_step, tmp_path)
     assert [s["step"] for s in step["steps"]] == [1, 2] and step["finite_loss"]
+
+
+def test_train_step_failure_is_recorded(tmp_path, monkeypatch):
+    import bench_train_step
+
+    import bonfast.cli
+
+    def boom(argv):
+        raise RuntimeError("boom in bonfast train")
+    monkeypatch.setattr(bonfast.cli, "main", boom)
+    out = tmp_path / "train.jsonl"
+    assert bench_train_step.main(["--cpu-smoke", "--out", str(out)]) == 1
+    (record,) = _records(out)
+    assert record["status"] == "failed" and "boom in bonfast train" in record["error"] and record["steps"] == []
