@@ -6,7 +6,10 @@ Providers (a parameter, so one run prints their ratios side by side, grouped by 
                    (PyTorch 2.13's chunked path; the in-the-box baseline; skipped where torch lacks that API)
     bonfast_torch  bonfast.ops.linear_logprobs(impl="torch"): chunked, recomputing backward
     compile        torch.compile(naive)
-    triton         bonfast.ops.linear_logprobs(impl="triton")        (CUDA only)
+    triton         bonfast.ops.linear_logprobs(impl="triton")        (CUDA only; strategy "auto")
+    triton_gemm    the same with strategy="gemm": cuBLAS token chunks (8 TDV of work here; fastest)
+    triton_fused   the same with strategy="fused": memory near dX + dW (8 TDV)
+    triton_tiles   the same with strategy="tiles": the first recomputing kernels (10 TDV)
     liger, cce     Liger FLCE (reduction="none") / Cut Cross-Entropy  (CUDA only, when importable)
 Modes: fwd (forward with grad-enabled inputs, as in a training step), bwd (backward only, the forward is
 untimed setup), full (forward + backward). Temperature is 1 for every provider (bonfast's temperature costs
@@ -40,9 +43,11 @@ from benchkit import CaseLog, cuda_peak_extra_mb, parse_shapes, summary_ms, time
 
 from bonfast.ops import linear_logprobs
 
-PROVIDERS = ["naive", "torch_lce", "bonfast_torch", "compile", "triton", "liger", "cce"]
+PROVIDERS = ["naive", "torch_lce", "bonfast_torch", "compile", "triton", "triton_gemm", "triton_fused",
+             "triton_tiles", "liger", "cce"]
 # script order: the kernel under test first, torch.compile (slowest to warm up) last
-SCRIPT_PROVIDERS = ["triton", "naive", "torch_lce", "liger", "cce", "bonfast_torch", "compile"]
+SCRIPT_PROVIDERS = ["triton", "triton_gemm", "triton_fused", "triton_tiles", "naive", "torch_lce", "liger", "cce",
+                    "bonfast_torch", "compile"]
 FLOPS_PER_TDV = {"fwd": 2, "bwd": 6, "full": 8}
 COMPILE_WARMUP_S = 40  # a first torch.compile of the naive head (forward + backward graphs), roughly, on a GPU host
 
@@ -69,6 +74,9 @@ def make_fn(provider, device):
         pytest.skip(f"{provider} needs CUDA")
     if provider == "triton":
         return lambda x, w, y: linear_logprobs(x, w, y, impl="triton")
+    if provider.startswith("triton_"):
+        strategy = provider.removeprefix("triton_")
+        return lambda x, w, y: linear_logprobs(x, w, y, impl="triton", strategy=strategy)
     if provider == "liger":
         liger = pytest.importorskip("liger_kernel.transformers")
         loss = liger.LigerFusedLinearCrossEntropyLoss(reduction="none")
