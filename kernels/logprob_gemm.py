@@ -30,16 +30,20 @@ fp32 weights the accumulator is the returned gradient. C comes from a byte budge
 (`pick_strategy`) takes this strategy when it fits the budget with C >= min(T, 1024).
 
 dW accumulation in fp32: torch >= 2.11 has `torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)` for
-16-bit a, b on CUDA (cublasGemmEx with an fp32 C, beta = 1); it is tried once per device and, where it raises,
-replaced by the Triton GEMM of `bonfast.kernels.logprob_fused` (fp32 tile accumulators, C read once per
-call). On CPU (tests) the accumulation upcasts the chunk. cuBLAS runs 16-bit GEMMs with fp32 accumulation
-(for long reductions torch may allow reduced-precision split-K; dW's cross-chunk sum is always fp32).
+16-bit a, b on CUDA (cublasGemmEx with an fp32 C, beta = 1); it is probed once per device and dtype on a
+small product (one host sync) and, where it raises or differs, replaced by the Triton GEMM of
+`bonfast.kernels.logprob_fused` (fp32 tile accumulators, C read once per call). On CPU (tests) the
+accumulation upcasts the chunk. cuBLAS runs 16-bit GEMMs with fp32 accumulation (for long reductions torch
+may allow reduced-precision split-K; dW's cross-chunk sum is always fp32).
 
 Predicted, not measured (no GPU was available; roofline with assumed efficiencies: cuBLAS at 75% of 989
 TFLOP/s, the stats and dz passes at 80% of 4.8 TB/s), T = 8192, D = 2048, V = 151936, bf16 on an H200:
 linear_logprobs full step 8 TDV ~27.5 ms + ~2 ms of passes = ~30 ms -> ~680 TFLOP/s at the 8 TDV count
 (a range of 600-700 for GEMM efficiencies of 70-80%); fused_bon_loss 6 TDV ~20.6 ms + ~2 ms = ~23 ms ->
 ~890 TFLOP/s "effective" at the 8 TDV count (~670 TFLOP/s of work actually done).
+
+Grid fill: the stats pass runs C / 4 row blocks x vocabulary splits (at least 2 x SMs programs), the dz pass
+C / 4 x V / 1024 programs; the GEMMs are cuBLAS's.
 
 Under TRITON_INTERPRET=1 (CPU tests) the kernels run in the interpreter (bf16 upcast after loading, as in
 every kernel here); on CPU without the interpreter `dz_torch` / `logit_stats_torch` do the same steps.
@@ -262,26 +266,36 @@ def dz_inplace(z, y, stats, entropy, gl, gh, gs, temperature):
     return z
 
 
-_OUT_DTYPE_MM = {}  # device -> whether torch.addmm(..., out_dtype=torch.float32) works there
+_OUT_DTYPE_MM = {}  # (device, dtype) -> whether torch.addmm(..., out_dtype=torch.float32, out=acc) works there
+
+
+def _addmm_out_dtype_works(device, dtype):
+    """Probe once per (device, dtype): does the in-place fp32-output addmm run and give acc + a @ b?"""
+    key = (device, dtype)
+    if key not in _OUT_DTYPE_MM:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        a, b, c = (torch.randn(s, generator=g).to(device) for s in ((64, 48), (48, 32), (64, 32)))
+        expect = c + a.to(dtype).float() @ b.to(dtype).float()
+        try:
+            torch.addmm(c, a.to(dtype), b.to(dtype), out_dtype=torch.float32, out=c)
+            # one host sync per (device, dtype) per process, never again on this path
+            _OUT_DTYPE_MM[key] = bool(torch.allclose(c, expect, rtol=1e-3, atol=1e-3))
+        except (RuntimeError, NotImplementedError, TypeError):
+            _OUT_DTYPE_MM[key] = False
+    return _OUT_DTYPE_MM[key]
 
 
 def accumulate_mm(acc, a, b):
     """acc += a @ b with an fp32 accumulator acc and 16-bit (or fp32) a, b."""
     if acc.dtype == a.dtype:
         acc.addmm_(a, b)
-        return
-    if not acc.is_cuda:  # CPU (tests): upcast the chunk
+    elif not acc.is_cuda:  # CPU (tests): upcast the chunk
         acc.addmm_(a.float(), b.float())
-        return
-    if _OUT_DTYPE_MM.get(acc.device, True):
-        try:
-            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-            _OUT_DTYPE_MM[acc.device] = True
-            return
-        except (RuntimeError, NotImplementedError, TypeError):
-            _OUT_DTYPE_MM[acc.device] = False
-    from bonfast.kernels.logprob_fused import matmul_into
-    matmul_into(acc, a, b, accumulate=True)
+    elif _addmm_out_dtype_works(acc.device, a.dtype):
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    else:
+        from bonfast.kernels.logprob_fused import matmul_into
+        matmul_into(acc, a, b, accumulate=True)
 
 
 def chunk_backward(x_c, w, y_c, stats_c, ent_c, gl, gh, gs, temperature, buf, dx_c, dw32):
