@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BUDGET_S = 480
-GRACE_S = 8          # SIGINT this long before a box ends; SIGKILL at the end
+GRACE_S = 8          # SIGINT this long before a box ends (a quarter of a short box); SIGKILL at the end
 DEADLINE_MARGIN_S = 15  # a bench starts no new case this close to its box (a quarter of a short box)
 REPORT_RESERVE_S = 5
 # bf16 dense peak TFLOP/s (NVIDIA datasheets), for the "% of peak" column
@@ -69,8 +69,8 @@ def steps(smoke: bool = False) -> list[Step]:
                 "--junitxml={tmp}/" + name + ".xml", *TEST_FILES[name]]
 
     return [
-        Step("preflight", 20, "card, driver, versions, optional packages; one bf16 matmul", "preflight", pre),
-        Step("tests-kernels", 95, 'pytest -m "cuda or not slow": linear log-probs, BoN loss, prefix attention '
+        Step("preflight", 30, "card, driver, versions, optional packages; one bf16 matmul", "preflight", pre),
+        Step("tests-kernels", 90, 'pytest -m "cuda or not slow": linear log-probs, BoN loss, prefix attention '
              "(compiled kernels on CUDA tensors)", "tests", tests("tests-kernels")),
         Step("tests-model", 50, 'pytest -m "cuda or not slow": trainer, packing, engine, model, attention',
              "tests", tests("tests-model")),
@@ -86,7 +86,7 @@ def steps(smoke: bool = False) -> list[Step]:
              "4 prompts x 512, n=16, 128 new tokens", "bench", bench("bench_engine.py", "--deadline-s", "{deadline}")),
         Step("packing", 45, "packed vs duplicated prompts: decoder body and full step, Qwen2.5-0.5B shape, bf16, "
              "G=2 P=512 n=16 R=128", "bench", bench("bench_packing.py", "--deadline-s", "{deadline}")),
-        Step("train_step", 75, "`bonfast train`, 2 steps, random Qwen2.5-0.5B-shaped checkpoint (bf16 precision "
+        Step("train_step", 70, "`bonfast train`, 2 steps, random Qwen2.5-0.5B-shaped checkpoint (bf16 precision "
              "where the config has the field)", "bench", bench("bench_train_step.py")),
     ]
 
@@ -108,8 +108,12 @@ def select(plan: list[Step], only: str | None, skip: str | None) -> tuple[list[S
     return [s for s in plan if s.name in chosen], left_out
 
 
+def grace(box_s: float) -> float:
+    return min(GRACE_S, box_s / 4)
+
+
 def command(step: Step, tmp: str, box_s: float) -> list[str]:
-    deadline = f"{max(box_s - GRACE_S - min(DEADLINE_MARGIN_S, box_s / 4), 1):.0f}"
+    deadline = f"{max(box_s - grace(box_s) - min(DEADLINE_MARGIN_S, box_s / 4), 1):.0f}"
     return [sys.executable] + [a.format(tmp=tmp, name=step.name, deadline=deadline) for a in step.args]
 
 
@@ -154,12 +158,12 @@ def run_boxed(argv: list[str], box_s: float, log_path: str, env: dict) -> tuple[
                                 start_new_session=True)
         timed_out = False
         try:
-            proc.wait(timeout=max(box_s - GRACE_S, 1))
+            proc.wait(timeout=max(box_s - grace(box_s), 1))
         except subprocess.TimeoutExpired:
             timed_out = True
             _signal_group(proc, signal.SIGINT)  # pytest writes its junit report; benches keep finished cases
             try:
-                proc.wait(timeout=GRACE_S)
+                proc.wait(timeout=grace(box_s))
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait()

@@ -65,6 +65,12 @@ def test_case_log_statuses_and_deadline(tmp_path):
     assert "needs ~120 s" in book.records[3]["reason"] and book.exit_code() == 1
 
 
+def test_steps_find_this_checkout(tmp_path):
+    env, link = gpu_check.bonfast_env(str(tmp_path))
+    assert gpu_check.ROOT in env["PYTHONPATH"].split(os.pathsep)
+    assert link is None  # installed (editable) here: no temporary link is made
+
+
 def _fake_step(name, box_s, code):
     return gpu_check.Step(name, box_s, f"fake {name}", "bench", ["-c", code])
 
@@ -78,9 +84,8 @@ def test_time_box_and_report_on_a_partial_run(tmp_path):
     assert failed["status"] == "failed" and failed["returncode"] == 1 and "boom: it broke" in failed["tail"]
     assert failed["records"] == [{"case": 1, "status": "ok", "ms": 1.5}]
     hang = write + "import time; print('waiting', flush=True); time.sleep(60)"
-    slow = gpu_check.run_step(_fake_step("hang", gpu_check.GRACE_S + 1, hang), gpu_check.GRACE_S + 1,
-                              str(tmp_path), env)
-    assert slow["status"] == "timed out" and slow["seconds"] < gpu_check.GRACE_S + 5
+    slow = gpu_check.run_step(_fake_step("hang", 6, hang), 6, str(tmp_path), env)  # SIGINT at 4.5 s, SIGKILL at 6
+    assert slow["status"] == "timed out" and 4 < slow["seconds"] < 9
     assert slow["records"] == [{"case": 1, "status": "ok", "ms": 1.5}] and "KeyboardInterrupt" in slow["tail"]
 
     junit = tmp_path / "tests-kernels.xml"
