@@ -12,6 +12,8 @@ evaluation therefore agree (docs/method.md, "Tie rule" and "Evaluation").
     majority_at_k(...)        E[correctness of the most frequent answer among k]
     curve(fn, ks)             stack fn(k) over k
     bootstrap_ci(x)           percentile bootstrap over prompts
+    hierarchical_bootstrap(a, b)   seed-level interval: resample seeds, then prompts (shared across seeds)
+    holm(p)                   Holm step-down adjusted p-values and per-claim levels for a family of claims
     fit_coscaling(ns, pass)   pass@N ≈ exp(a N^b)                            (docs/method.md §7)
 
 These functions are for evaluation, not for the training hot path. Their input checks may sync the host.
@@ -29,7 +31,8 @@ from torch import Tensor
 from bonfast._validation import as_matrix, check_int, expected, run_checks
 from bonfast.selection import pick_probability, rank_counts
 
-__all__ = ["pass_at_k", "bo_k", "majority_at_k", "curve", "bootstrap_ci", "fit_coscaling"]
+__all__ = ["pass_at_k", "bo_k", "majority_at_k", "curve", "bootstrap_ci", "hierarchical_bootstrap", "holm",
+           "fit_coscaling"]
 
 
 def _counts(name: str, x) -> Tensor:
@@ -178,6 +181,126 @@ def bootstrap_ci(per_prompt: Tensor, *, n_boot: int = 1000, alpha: float = 0.05,
     means = x[idx].mean(-1)
     lo, hi = torch.quantile(means, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64)).tolist()
     return float(x.mean()), lo, hi
+
+
+def _check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(expected("alpha", "a float in (0, 1)", repr(alpha)))
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: expected a float in (0, 1), got {alpha!r}")
+    return float(alpha)
+
+
+def _seed_prompt_matrix(name: str, x) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(expected(name, "a tensor of shape [S, G] (seeds x prompts)", type(x).__name__))
+    if x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(expected(name, "a tensor of shape [S, G] with S >= 1 seeds and G >= 1 prompts",
+                                  list(x.shape)))
+    x = x.detach().to(torch.float64).cpu()
+    run_checks([(~torch.isfinite(x), f"{name}: expected finite values (no NaN or inf)")])
+    return x
+
+
+def _counts_of(idx: Tensor, size: int) -> Tensor:
+    """Row-wise multiplicities of resampled indices: [B, m] indices in [0, size) -> [B, size] float64 counts."""
+    counts = torch.zeros(idx.shape[0], size, dtype=torch.float64)
+    return counts.scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))
+
+
+def hierarchical_bootstrap(a: Tensor, b: Tensor | None = None, *, paired_seeds: bool = True, n_boot: int = 2000,
+                           alpha: float = 0.05, seed: int = 0) -> dict:
+    """Seed-level percentile-bootstrap interval for the mean of ``a`` (or the mean difference ``a − b``).
+
+    ``a[s, g]`` is a per-prompt value (e.g. pass@8) of the policy trained with seed s, on held-out prompt g; every
+    seed is evaluated on the same G prompts. The estimand is the mean over the population of training runs and
+    prompts, so both sources of variation enter the interval. Each bootstrap replicate draws
+
+      1. one vector of G prompt indices with replacement, shared by every seed and by both arms (the prompts are
+         the same in all of them): ``torch.Generator().manual_seed(seed)``, drawn exactly as ``bootstrap_ci``;
+      2. S seed indices with replacement (``manual_seed(seed + 1)``), and for an unpaired ``b`` its own S' seed
+         indices (``manual_seed(seed + 2)``),
+
+    and computes mean_s mean_g over the resampled seeds and prompts. With ``paired_seeds`` (default), ``b`` has the
+    same seeds as ``a`` in the same order (the seed-s runs of both arms share their warm start) and one seed draw
+    resamples the per-seed differences; otherwise ``b`` may have another number of seeds and each arm's seeds are
+    resampled separately.
+
+    Two exact reductions (tested): when every seed has the same row, the interval is ``bootstrap_ci`` of that row
+    with the same ``seed``; with one prompt (G = 1) it is ``bootstrap_ci`` of the per-seed values with ``seed + 1``.
+    The bootstrap of S seeds underestimates the seed variance by the factor (S − 1)/S and is coarse for small S
+    (3 seeds have 10 distinct resamples); the per-seed values are returned so a reader can see them.
+
+    Returns {"mean", "lo", "hi", "p", "per_seed", "seeds"}: the point estimate (mean over seeds of the per-seed
+    means), the (1 − alpha) interval, a two-sided bootstrap p-value for "the mean is 0"
+    (min(1, 2 min(#{stat <= 0}, #{stat >= 0}) + 1) / (n_boot + 1))), the per-seed means (of ``a − b`` when paired,
+    else of ``a``) and the number of seeds.
+
+    Shapes:
+        a: [S, G]; b: [S, G] (paired) or [S', G]; float values.
+    """
+    A = _seed_prompt_matrix("a", a)
+    B = None if b is None else _seed_prompt_matrix("b", b)
+    n_boot = check_int("n_boot", n_boot, 1)
+    alpha = _check_alpha(alpha)
+    S, G = A.shape
+    if B is not None and B.shape[1] != G:
+        raise ValueError(expected("b", f"a tensor with the same G = {G} prompts as a", list(B.shape)))
+    if B is not None and paired_seeds and B.shape[0] != S:
+        raise ValueError(expected("b", f"a tensor of shape [S, G] = [{S}, {G}] (paired_seeds=True: the same seeds "
+                                       "as a)", list(B.shape)))
+    if B is not None and paired_seeds:
+        A, B = A - B, None
+    prompt_idx = torch.randint(0, G, (n_boot, G), generator=torch.Generator().manual_seed(seed))
+    prompt_w = _counts_of(prompt_idx, G) / G  # (n_boot, G)
+
+    def arm(X: Tensor, gen_seed: int) -> Tensor:
+        seed_idx = torch.randint(0, X.shape[0], (n_boot, X.shape[0]),
+                                 generator=torch.Generator().manual_seed(gen_seed))
+        per_seed = prompt_w @ X.T  # (n_boot, S): each seed's mean over the resampled prompts
+        return (per_seed * _counts_of(seed_idx, X.shape[0])).sum(-1) / X.shape[0]
+
+    stats = arm(A, seed + 1)
+    per_seed = A.mean(-1)
+    mean = float(per_seed.mean())
+    if B is not None:
+        stats = stats - arm(B, seed + 2)
+        mean -= float(B.mean(-1).mean())
+    lo, hi = torch.quantile(stats, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64)).tolist()
+    tail = min(int((stats <= 0).sum()), int((stats >= 0).sum()))
+    p = min(1.0, (2 * tail + 1) / (n_boot + 1))
+    return {"mean": mean, "lo": lo, "hi": hi, "p": p, "per_seed": per_seed.tolist(), "seeds": S}
+
+
+def holm(p_values, alpha: float = 0.05) -> dict:
+    """Holm's step-down correction for a family of m claims with p-values ``p_values``.
+
+    Sort the p-values ascending, p_(1) <= ... <= p_(m). The claim of rank j is tested at level alpha / (m − j + 1),
+    and rejected only if every claim of lower rank was rejected; the adjusted p-value is
+    max_{i <= j} min(1, (m − i + 1) p_(i)). This controls the family-wise error rate at alpha for any dependence
+    between the claims. ``levels[i]`` is the level at which claim i is tested: an interval reported with
+    ``alpha=levels[i]`` (e.g. ``hierarchical_bootstrap(..., alpha=levels[i])``) is the matching simultaneous interval;
+    with that function's bootstrap p-value it excludes 0 when the claim's test rejects at that step (up to the
+    p-value's +1 correction).
+
+    Returns {"adjusted": [m] adjusted p-values, "reject": [m] bools, "levels": [m] per-claim levels}, in the input
+    order.
+    """
+    alpha = _check_alpha(alpha)
+    p = [float(x) for x in p_values]
+    if any(not 0 <= x <= 1 for x in p):
+        raise ValueError(expected("p_values", "probabilities in [0, 1]", p))
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    adjusted, levels, reject = [0.0] * m, [0.0] * m, [False] * m
+    running, still = 0.0, True
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+        levels[i] = alpha / (m - rank)
+        still = still and p[i] <= levels[i]
+        reject[i] = still
+    return {"adjusted": adjusted, "reject": reject, "levels": levels}
 
 
 def fit_coscaling(ns, pass_at_n):

@@ -148,3 +148,73 @@ def test_bad_input_raises_value_error(case):
     fn, match, *exc = BAD[case]
     with pytest.raises(exc[0] if exc else ValueError, match=match):
         fn()
+
+
+# ---- seed-level statistics -------------------------------------------------------------------------------------
+
+
+def test_hierarchical_bootstrap_without_seed_variance_is_the_prompt_bootstrap():
+    row = torch.randn(40, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    same = row.expand(5, 40).clone()
+    out = mt.hierarchical_bootstrap(same, n_boot=500, seed=3)
+    mean, lo, hi = mt.bootstrap_ci(row, n_boot=500, seed=3)
+    assert out["mean"] == pytest.approx(mean, abs=1e-12)
+    assert out["lo"] == pytest.approx(lo, abs=1e-12) and out["hi"] == pytest.approx(hi, abs=1e-12)
+    # paired difference: a constant shift per prompt cancels, whatever the seed
+    shift = torch.randn(5, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    paired = mt.hierarchical_bootstrap(same + shift + 0.1, same + shift, n_boot=200)
+    assert paired["lo"] == pytest.approx(0.1) and paired["hi"] == pytest.approx(0.1)
+    assert paired["per_seed"] == [pytest.approx(0.1)] * 5 and paired["seeds"] == 5
+
+
+def test_hierarchical_bootstrap_with_one_prompt_is_the_seed_bootstrap():
+    per_seed = torch.tensor([0.1, 0.5, 0.2, 0.9, 0.4, 0.3], dtype=torch.float64)
+    out = mt.hierarchical_bootstrap(per_seed[:, None], n_boot=700, seed=5)
+    mean, lo, hi = mt.bootstrap_ci(per_seed, n_boot=700, seed=6)
+    assert (out["mean"], out["lo"], out["hi"]) == pytest.approx((mean, lo, hi), abs=1e-12)
+    assert out["per_seed"] == pytest.approx(per_seed.tolist())
+
+
+def test_hierarchical_bootstrap_unpaired_arms_and_p_value():
+    gen = torch.Generator().manual_seed(0)
+    a = 0.5 + 0.05 * torch.randn(8, 200, generator=gen, dtype=torch.float64)
+    b = 0.2 + 0.05 * torch.randn(3, 200, generator=gen, dtype=torch.float64)
+    out = mt.hierarchical_bootstrap(a, b, paired_seeds=False, n_boot=400)
+    assert out["lo"] < out["mean"] < out["hi"] and out["lo"] > 0.25 and out["p"] == pytest.approx(1 / 401)
+    null = mt.hierarchical_bootstrap(a - a.mean(), n_boot=400)
+    assert null["lo"] < 0 < null["hi"] and null["p"] > 0.05
+    with pytest.raises(ValueError, match="b: expected a tensor of shape"):
+        mt.hierarchical_bootstrap(a, b)  # paired seeds need equal seed counts
+    with pytest.raises(TypeError, match="a: expected a tensor"):
+        mt.hierarchical_bootstrap([[1.0]])
+
+
+def test_hierarchical_bootstrap_covers_with_training_noise_where_the_prompt_bootstrap_does_not():
+    """Synthetic study: value[s, g] = mu + u_s (training noise) + v_g (prompt difficulty) + e_sg. The seed-level
+    interval covers mu near the nominal rate; resampling prompts within seeds misses the training noise."""
+    gen = torch.Generator().manual_seed(11)
+    S, G, reps, mu = 8, 60, 150, 0.3
+    hier = within = 0
+    for _ in range(reps):
+        x = (mu + 0.1 * torch.randn(S, 1, generator=gen, dtype=torch.float64)
+             + 0.1 * torch.randn(1, G, generator=gen, dtype=torch.float64)
+             + 0.1 * torch.randn(S, G, generator=gen, dtype=torch.float64))
+        out = mt.hierarchical_bootstrap(x, n_boot=300, seed=int(torch.randint(0, 2**31, (1,), generator=gen)))
+        hier += out["lo"] <= mu <= out["hi"]
+        idx = torch.randint(0, G, (300, G), generator=gen)  # the earlier study's interval: prompts within seeds
+        boots = torch.stack([x[s][idx].mean(-1) for s in range(S)]).mean(0)
+        lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        within += lo <= mu <= hi
+    assert hier / reps >= 0.82, hier / reps  # S = 8 seeds: the bootstrap is a little short of 95%
+    assert within / reps <= 0.6, within / reps
+
+
+def test_holm():
+    out = mt.holm([0.01, 0.04, 0.03, 0.2], alpha=0.05)
+    assert out["adjusted"] == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert out["reject"] == [True, False, False, False]
+    assert out["levels"] == pytest.approx([0.0125, 0.025, 0.01667, 0.05], abs=1e-4)
+    assert mt.holm([0.001, 0.002], alpha=0.05)["reject"] == [True, True]
+    assert mt.holm([])["adjusted"] == []
+    with pytest.raises(ValueError, match="p_values"):
+        mt.holm([1.5])
