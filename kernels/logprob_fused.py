@@ -28,12 +28,14 @@ HBM traffic of the backward (b = bytes per input element, n = V / Vc chunks, GEM
 pass with L2 reuse by grouped tile order): dz 3 T V b, X 2 n T D b, W 2 V D b, dW V D b, dX32 8 n T D (+ the
 final cast). T = 8192, D = 2048, V = 151936, bf16, default Vc = 3840 (n = 40): 7.5 + 2.7 + 1.2 + 0.6 + 5.4 =
 ~17 GB, ~4.5 ms at 80% of 4.8 TB/s beside 6 TDV = 15.5 ms of tensor-core work: compute-bound.
-Extra memory beyond the returned gradients (floor = dX + dW in the input dtypes): the workspace T Vc b, dX32
-(T D (4 - b) more than dX) and split-K partials only for GEMMs with fewer tiles than SMs (< SMs x 128 x 128
-fp32, ~8.6 MB on 132 SMs). Vc comes from the memory budget (`chunk_cols`); the default is 15% of the floor:
-at the shape above 63 MB of workspace + 34 MB for dX32 = 1.15x the floor (0.66 GB). dX32 is not
-budgeted away: when T D (4 - b) alone passes 15% of the floor (T > ~0.18 V for 16-bit inputs) the extra is
-dX32 + a workspace of _MIN_COLS columns (e.g. T = 65536: 1.34x).
+Extra memory beyond the returned gradients (floor = dX + dW in the input dtypes): dX32 (T D (4 - b) more than
+dX) plus the larger of the workspace T Vc b (freed before the final cast) and dX itself during that cast, and
+split-K partials only for GEMMs with fewer tiles than SMs (< SMs x 128 x 128 fp32, ~8.6 MB on 132 SMs). Vc
+comes from the memory budget (`chunk_cols`); the default is 15% of the floor. At the shape above: 63 MB of
+workspace + 34 MB for dX32 = 1.15x the floor (0.66 GB). dX32 is the limit of chunking the vocabulary: for
+16-bit inputs the extra is about 4 T D bytes once T D b passes the workspace, so at V = 151936, D = 2048 the
+ratio is 1.15x at T = 8192, 1.2x at 16384, 1.35x at 32768 and 1.6x at 65536 (still well below the "gemm"
+strategy's 4 V D + C V b).
 
 Grid fill: phase 1 has (T / BLOCK_T) x (Vc / BLOCK_V) programs; a phase-2 GEMM with fewer output tiles than
 SMs splits its reduction (K) across programs into an fp32 partial buffer summed once (deterministic).
@@ -276,6 +278,7 @@ def fused_bwd(x, w, y, stats, entropy, g_logp, g_entropy, g_lse, temperature, ig
             matmul_into(dw[v0:v0 + vc], dz.T, x)  # final rows of dW: reduction over all T on chip
         if need_dx:
             matmul_into(dx32, dz, w_c, accumulate=v0 > 0)
+    del ws, dz  # free the workspace before dX is cast out of dX32
     return (dx32.to(x.dtype) if need_dx else None), dw
 
 

@@ -344,6 +344,7 @@ def gemm_bwd(x, w, y, stats, entropy, g_logp, g_entropy, g_lse, temperature, ign
         chunk_backward(x[s:e], w, y[s:e], stats[:, s:e], None if gh is None else entropy[s:e], gl[s:e],
                        None if gh is None else gh[s:e], gs[s:e], temperature, buf,
                        dx[s:e] if need_dx else None, dw32)
+    del buf  # free the logits chunk before dW is cast out of its fp32 accumulator
     return dx, (dw32.to(w.dtype) if need_dw else None)
 
 
@@ -407,6 +408,7 @@ class _GemmBonLossFunction(torch.autograd.Function):
                 gl = u.float().masked_fill_(bad_targets(y_c, V, ignore_index), math.nan)
                 chunk_backward(x[s:e], w, y_c, stats, None, gl, None, torch.zeros_like(gl), temperature, buf,
                                dx[s:e] if need_dx else None, dw32)
+        del buf  # free the logits chunk before dW is cast out of its fp32 accumulator
         ctx.grads = (dx, None if dw32 is None else dw32.to(w.dtype))
         return total
 
