@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from bonfast._validation import expected
 from bonfast.attention import attention
 from bonfast.ops import prefix_attention
+from bonfast.precision import check_precision, for_model
 
 _MASK32 = 0xFFFFFFFF
 
@@ -318,16 +319,20 @@ class Engine:
             the current policy version only; 0 turns the cache off.
         prefill_tokens: token budget of one prefill batch (prompts are grouped up to it).
         attention_impl: "auto" | "triton" | "torch", passed to `prefix_attention`.
+        precision: "auto" | "fp32" | "bf16" (`bonfast.precision`; "auto" is bf16 on CUDA). Under bf16 the model
+            runs under bf16 autocast: the KV cache is bf16, prefix attention takes its 16-bit path, and logits
+            are bf16 hidden x bf16 W accumulated and returned in fp32, as the trainer's loss head scores them.
     """
 
     def __init__(self, model, *, device=None, progress: bool = False, prefix_cache_tokens: int = 4096,
-                 prefill_tokens: int = 16384, attention_impl: str = "auto"):
+                 prefill_tokens: int = 16384, attention_impl: str = "auto", precision: str = "auto"):
         shared = getattr(model, "supports_prefix_sharing", False) and hasattr(model, "hidden")
         if not (shared or hasattr(model, "hf")) or not hasattr(model, "lm_head_weight"):
             raise TypeError(f"model: Engine needs a bonfast Transformer (hidden(), lm_head_weight, "
                              f"supports_prefix_sharing=True) or a bonfast.model.HFAdapter, got {type(model).__name__}")
         if attention_impl not in ("auto", "triton", "torch"):
             raise ValueError(f"attention_impl: expected 'auto', 'triton' or 'torch', got {attention_impl!r}")
+        check_precision("precision", precision)
         if prefix_cache_tokens < 0:
             raise ValueError(expected("prefix_cache_tokens", "an int >= 0", prefix_cache_tokens))
         if prefill_tokens < 1:
@@ -338,6 +343,7 @@ class Engine:
         self.prefix_cache_tokens = prefix_cache_tokens
         self.prefill_tokens = prefill_tokens
         self.attention_impl = attention_impl
+        self.precision = precision
         self.policy_version = 0
         self._cache: OrderedDict[tuple, _Prefix] = OrderedDict()
         self._stamp = self._weights_stamp()
@@ -393,15 +399,14 @@ class Engine:
 
     # --- prefill --------------------------------------------------------------------------------------
 
-    def _prefill(self, prompts: list[tuple]) -> tuple[dict[tuple, _Prefix], int]:
+    def _prefill(self, prompts: list[tuple], head) -> tuple[dict[tuple, _Prefix], int]:
         """Prefill results of the distinct `prompts`, from the cache or computed in length-sorted batches;
-        also returns the number of prompt tokens computed."""
+        also returns the number of prompt tokens computed. `head`: hidden [B, D] -> float32 logits [B, V]."""
         out = {p: self._cache[p] for p in prompts if p in self._cache}
         for p in out:
             self._cache.move_to_end(p)
         todo = sorted((p for p in prompts if p not in out), key=len, reverse=True)
         computed = sum(len(p) for p in todo)
-        W = self.model.lm_head_weight
         while todo:
             P = len(todo[0])
             batch, todo = todo[:max(1, self.prefill_tokens // P)], todo[max(1, self.prefill_tokens // P):]
@@ -413,7 +418,7 @@ class Engine:
             attn = _PrefillAttention()
             hidden = self.model.hidden(ids, torch.arange(P, device=self.device).expand_as(ids), attn)
             last = hidden[torch.arange(len(batch), device=self.device), lens - 1]   # (Gb, D)
-            logits = F.linear(last, W).float()                                     # (Gb, V)
+            logits = head(last)                                                     # (Gb, V) float32
             for i, p in enumerate(batch):
                 k = [x[i, :len(p)].transpose(0, 1) for x in attn.k]                 # (Hkv, P_g, Dh) views
                 v = [x[i, :len(p)].transpose(0, 1) for x in attn.v]
@@ -488,15 +493,20 @@ class Engine:
 
         Returns a `_Draws` (device tensors tokens [G*n, L], logprobs, lengths, finished) and a stats dict.
         """
+        policy = for_model(self.model, self.precision)
+        with policy.autocast():  # one region for the whole call: autocast casts each weight to bf16 once
+            return self._decode(prompts, n, L, sampling, stop_ids, seed, on_step, policy)
+
+    def _decode(self, prompts, n, L, sampling, stop_ids, seed, on_step, policy):
         dev = self.device
         G = len(prompts)
         u = sample_uniforms(sample_keys(seed, [list(p) for p in prompts], n).to(dev), L).view(G * n, L)
         draws = _Draws(u, stop_ids, sampling, on_step)
         if not getattr(self.model, "supports_prefix_sharing", False):
             return draws, self._generate_unshared(prompts, n, L, draws)
-        prefixes, computed = self._prefill(list(dict.fromkeys(prompts)))
+        head = policy.lm_head(self.model.lm_head_weight)             # hidden [B, D] -> float32 logits [B, V]
+        prefixes, computed = self._prefill(list(dict.fromkeys(prompts)), head)
         entries = [prefixes[p] for p in prompts]
-        W = self.model.lm_head_weight
         rows = torch.arange(G * n, device=dev)                        # active rows (flat sample ids)
         row_prompt = rows // n
         tok = draws.record(0, rows, torch.stack([e.logits for e in entries])[row_prompt])
@@ -525,7 +535,7 @@ class Engine:
             positions = (prompt_lens[row_prompt] + t)[:, None]                  # (B, 1)
             attn = _DecodeAttention(cache, slot, t, self.attention_impl)
             hidden = self.model.hidden(tok[:, None], positions, attn)           # (B, 1, D)
-            tok = draws.record(t + 1, rows, F.linear(hidden[:, 0], W).float())
+            tok = draws.record(t + 1, rows, head(hidden[:, 0]))
             stats["decode_steps"] += 1
             bar.update(1)
         bar.close()

@@ -158,7 +158,10 @@ class ModelConfig:
 
 
 class RMSNorm(nn.Module):
-    """`w * x / sqrt(mean(x^2) + eps)`, normalised in float32 (as transformers), cast back before the weight."""
+    """`w * x / sqrt(mean(x^2) + eps)`, normalised in float32 (as transformers), cast back before the weight.
+
+    The result has x's dtype: under bf16 autocast a bf16 input (q and k with qk_norm) stays bf16 although the
+    weight is a float32 master weight, so q, k and v keep one dtype."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -169,7 +172,7 @@ class RMSNorm(nn.Module):
         dtype = x.dtype
         x32 = x.float() if dtype != torch.float64 else x
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return (self.weight * x32.to(dtype)).to(dtype)
 
 
 def rope_inv_freq(cfg: ModelConfig, device=None) -> torch.Tensor:
@@ -226,7 +229,13 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = attn(layer_idx, q, k, v)
+        if torch.is_autocast_enabled(q.device.type):
+            # q, k, v are already in the compute dtype; attention keeps its own (fp32) accumulation, which
+            # autocast would otherwise round to 16 bits in the torch fallbacks' matmuls
+            with torch.autocast(q.device.type, enabled=False):
+                o = attn(layer_idx, q, k, v)
+        else:
+            o = attn(layer_idx, q, k, v)
         if o.shape != q.shape:
             raise ValueError(f"AttentionFn returned {tuple(o.shape)} at layer {layer_idx}, expected {tuple(q.shape)}")
         return self.o_proj(o.reshape(B, T, self.n_heads * self.head_dim))

@@ -22,12 +22,12 @@ T_resp = total response tokens, D width, V vocab.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, fields
 
 import torch
 
 from bonfast.attention import BACKENDS, CausalAttention, attention, flex_block_attention, resolve_backend
+from bonfast.precision import Precision, for_model
 
 
 @dataclass
@@ -260,20 +260,21 @@ class PackedAttention:
         return self._block_mask
 
 
-def _autocast(model, autocast):
-    """bf16 autocast on CUDA for float32 models unless `autocast=False` (a no-op context otherwise)."""
-    w = model.lm_head_weight
-    on = (w.is_cuda and w.dtype == torch.float32) if autocast is None else bool(autocast)
-    if on and not w.is_cuda:
-        raise ValueError("autocast=True needs the model on CUDA")
-    return torch.autocast("cuda", dtype=torch.bfloat16) if on else contextlib.nullcontext()
+def _policy(model, precision, autocast) -> Precision:
+    """The model's concrete precision policy; `autocast` (kept for older callers) overrides `precision`:
+    False is "fp32", True is "bf16"."""
+    if autocast is not None:
+        precision = "bf16" if autocast else "fp32"
+    return for_model(model, precision)
 
 
 def packed_hidden(model, batch: PackedBatch, *, backend: str = "auto", layout: str = "concat",
-                  autocast: bool | None = None) -> torch.Tensor:
+                  precision: str = "auto", autocast: bool | None = None) -> torch.Tensor:
     """Hidden states [T_resp, D] that predict `batch.targets` (graph kept, for the fused loss head).
 
-    Models without prefix sharing (`HFAdapter`) run the duplicated layout of the same batch.
+    Models without prefix sharing (`HFAdapter`) run the duplicated layout of the same batch. The model body runs
+    under the precision policy (`bonfast.precision`): "auto" is bf16 autocast on CUDA, float32 elsewhere; the
+    result is in the residual stream's dtype (float32 for a float32 model under either policy).
 
     Shapes:
         returns [T_resp, D]; row k predicts batch.targets[k] of sample batch.sample_index[k].
@@ -281,34 +282,40 @@ def packed_hidden(model, batch: PackedBatch, *, backend: str = "auto", layout: s
     if batch.shared and not model.supports_prefix_sharing:
         batch = batch.unshared()  # e.g. HFAdapter: one row per sample, same target order
     attn = PackedAttention(batch, backend, layout) if batch.shared else CausalAttention(backend)
-    with _autocast(model, autocast):
+    with _policy(model, precision, autocast).autocast():
         h = model.hidden(batch.input_ids, batch.positions, attn)  # (B, T, D)
     return h.reshape(-1, h.shape[-1])[batch.resp_rows]  # (T_resp, D); shared last-prompt rows repeat
 
 
 def packed_logprobs(model, batch: PackedBatch, temperature: float = 1.0, *, impl: str = "auto",
-                    backend: str = "auto", layout: str = "concat", autocast: bool | None = None):
+                    backend: str = "auto", layout: str = "concat", precision: str = "auto",
+                    autocast: bool | None = None):
     """Per-token log-probs of every response token, with the graph kept for training.
 
     `logp[k] = log softmax(h_k W^T / temperature)[targets[k]]` through `bonfast.ops.linear_logprobs`
-    (logits never formed), h_k the hidden row before the target.
+    (logits never formed), h_k the hidden row before the target. `precision` ("auto" | "fp32" | "bf16", see
+    `bonfast.precision`): under bf16 the loss head gets bf16 h and a bf16 cast of W (the gradient reaches the
+    fp32 W through the cast) and accumulates in fp32. `autocast=False` / `True` is the older spelling of
+    precision "fp32" / "bf16".
 
     Shapes:
         returns (logp [T_resp] float32, sample_index [T_resp] int64)
     """
     from bonfast.ops import linear_logprobs
-    h = packed_hidden(model, batch, backend=backend, layout=layout, autocast=autocast)
-    w = model.lm_head_weight
-    logp = linear_logprobs(h, w.to(h.dtype), batch.targets, temperature=temperature, impl=impl)
+    policy = _policy(model, precision, autocast)
+    h = packed_hidden(model, batch, backend=backend, layout=layout, precision=policy)
+    h, w = policy.head_inputs(h, model.lm_head_weight)  # (T_resp, D), (V, D) in the compute dtype
+    logp = linear_logprobs(h, w, batch.targets, temperature=temperature, impl=impl)
     return logp, batch.sample_index
 
 
 def score(model, prompts: list[list[int]], responses: list[list[list[int]]], *, temperature: float = 1.0,
-          impl: str = "auto", backend: str = "auto") -> list[list[torch.Tensor]]:
+          impl: str = "auto", backend: str = "auto", precision: str = "auto") -> list[list[torch.Tensor]]:
     """Per-token log-probs of n responses per prompt, each prompt computed once (no gradient).
 
     `score(...)[g][i][j] = log p(responses[g][i][j] | prompts[g] + responses[g][i][:j]) ` at the given
-    temperature. Models without prefix sharing (`HFAdapter`) are scored with one row per sample.
+    temperature. Models without prefix sharing (`HFAdapter`) are scored with one row per sample. `precision`
+    as in `packed_logprobs` (the engine's `precision` for the same model gives the same policy).
 
     Shapes:
         returns G lists of n float32 tensors [L_gi] on the model's device.
@@ -316,6 +323,6 @@ def score(model, prompts: list[list[int]], responses: list[list[list[int]]], *, 
     device = model.lm_head_weight.device
     batch = pack(prompts, responses, share_prefix=model.supports_prefix_sharing).to(device)
     with torch.no_grad():
-        logp, _ = packed_logprobs(model, batch, temperature, impl=impl, backend=backend)
+        logp, _ = packed_logprobs(model, batch, temperature, impl=impl, backend=backend, precision=precision)
     parts = iter(torch.split(logp, [x for ls in batch.lengths for x in ls]))
     return [[next(parts) for _ in ls] for ls in batch.lengths]
