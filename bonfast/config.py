@@ -31,11 +31,16 @@ class TrainConfig:
     n: int = 16                         # samples per prompt drawn at every step
     n_bon: int = 8                      # N': the BoN size the objective is aware of (1 = inference-unaware)
     # objective options: one field <method>_<option> per option of bonfast.objectives.OBJECTIVES[method]
+    bon_sft_form: str = "exact"         # bon_sft: "exact" gradient of log pi_bon or "variational" (published tilt)
+    bon_sft_lam: float | None = None    # bon_sft variational: tilt lambda (None = N' - 1; N' + 1 matches the BoN KL)
+    bon_rl_s_credit: str = "exact"      # bon_rl_s: "exact" subset-averaged credit or "winner" (published reading)
     bon_rl_v_credit: str = "exact"      # bon_rl_v: "exact" subset-averaged credit or "winner" (published reading)
     bon_rlb_negative_sign: int = -1     # bon_rlb: +1 exact identity, -1 penalise negatives (published)
     bon_rlb_sample_source: str = "bon"  # bon_rlb: "bon" picks or "policy_group" samples carry the weights
     bon_rlb_clip: float = 3.0           # bon_rlb: clip weights to [-clip, clip] (0 = off)
+    bon_rlb_p_estimator: str = "loo"    # bon_rlb: failure rate p from the samples outside the pick's group or "group"
     bon_rlb_p_sample_source: str = "bon"  # bon_rlb_p: "bon" picks or "policy_group" samples carry the weights
+    bon_rlb_p_p_estimator: str = "loo"  # bon_rlb_p: failure rate p, "loo" (leave-group-out) or "group" (1 - mean R)
     # ---- sampling -------------------------------------------------------------------------------------
     temperature: float = 1.0            # sampling temperature; the loss uses log-probs of the same tempered policy
     top_p: float = 1.0
@@ -129,11 +134,15 @@ class TrainConfig:
         for method, objective in OBJECTIVES.items():
             for option, allowed in objective.options.items():
                 name, value = f"{method}_{option}", getattr(self, f"{method}_{option}")
-                if allowed is None and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                                            and value >= 0):
-                    bad(name, "a number >= 0")
+                if allowed is None and value is not None and not (
+                        isinstance(value, numbers.Real) and not isinstance(value, bool) and value >= 0):
+                    bad(name, "a number >= 0 (or None for the default)")
                 if allowed is not None and value not in allowed:
                     bad(name, f"one of {', '.join(map(repr, allowed))}")
+        descends = OBJECTIVES[self.method].descends
+        problem = descends(self.n_bon, self.objective_kwargs()) if descends else None
+        if problem is not None:
+            bad(f"{self.method}_{problem[0]}", problem[1])
         if not self.eval_ks or min(self.eval_ks) < 1 or max(self.eval_ks) > self.eval_n:
             bad("eval_ks", f"sample counts in [1, eval_n = {self.eval_n}]")
         if not self.eval_temperatures or min(self.eval_temperatures) < 0:

@@ -271,20 +271,27 @@ def bon_rl_v(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, credi
     return pick * (R - b) / groups
 
 
-def bon_rl_s(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, baseline: str = "loo",
-             check_values: bool = True) -> Tensor:
+def bon_rl_s(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, credit: str = "exact",
+             baseline: str | None = None, check_values: bool = True) -> Tensor:
     """BoN-RL-S: J = E[max reward of N' = n_bon i.i.d. draws] (selection by the reward itself, any real reward).
 
-    This is bon_rl_v with scores = rewards. Ties in R do not change the picked reward. For binary R, J = pass@N'
-    = 1 − p^N' and the weights equal ``pass_at_k``. Exact for every n >= N'. ``baseline`` as in bon_rl_v.
+    This is bon_rl_v with scores = rewards, for both ``credit`` forms ("exact", the default, and "winner", the
+    published selected-only reading) and their ``baseline`` options. Ties in R do not change the picked reward.
+    For binary R, J = pass@N' = 1 − p^N' and the exact weights equal ``pass_at_k``. Exact for every n >= N'.
 
     Shapes:
         rewards: [G, n]; returns w [G, n] float64.
     """
-    check_choice("baseline", baseline, ("loo", "loo_k_minus_1", "none"))
+    credit = check_choice("credit", credit, ("exact", "winner"))
+    if baseline is None:
+        baseline = "loo" if credit == "exact" else "mean"
+    check_choice("baseline", baseline, ("loo", "loo_k_minus_1", "none") if credit == "exact" else ("mean", "none"))
     R, _, k, checks = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, method="bon_rl_s")
     run_checks(checks, check_values)
-    return _apply_baseline(lambda j: _subset_credit(R, R, j), R.shape[1], k, baseline)
+    if credit == "exact":
+        return _apply_baseline(lambda j: _subset_credit(R, R, j), R.shape[1], k, baseline)
+    pick, mean_r, groups = _group_picks(R, R, k)
+    return pick * (R - (mean_r if baseline == "mean" else 0.0)) / groups
 
 
 def _group_picks(s: Tensor, R: Tensor, N: int):
@@ -362,7 +369,8 @@ def _check_options(*, eps=None, clip=None, negative_sign=-1):
 
 
 def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negative_sign: int = -1,
-            sample_source: str = "bon", p="loo", clip=None, eps: float = 1e-3, check_values: bool = True) -> Tensor:
+            sample_source: str = "bon", p=None, p_estimator: str = "loo", clip=None, eps: float = 1e-3,
+            check_values: bool = True) -> Tensor:
     """BoN-RLB: the published g⁺/g⁻ weights for binary rewards (docs/method.md §5.3); N = N' = n_bon, p = P(fail).
 
         g⁺(p) = N p^(N−1) / (1 − p^N)  on correct samples,   negative_sign · g⁻(p),  g⁻(p) = N p / (1 − p)  on failures.
@@ -371,7 +379,8 @@ def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negati
     uniformly random correct sample if there is one, else a uniformly random sample; the tie rule, averaged exactly)
     carries the weight, divided by the number of groups. ``sample_source="policy_group"`` (re-implementation):
     every one of the n samples carries its weight, divided by n.
-    ``p``: a tensor [G] (the true p), "loo" (default; leave-out plug-in, see ``_fail_rate``) or "group" (1 − mean R).
+    ``p``: a tensor [G] (the true p), else ``p_estimator`` estimates it from the samples: "loo" (default; leave-out
+    plug-in, see ``_fail_rate``) or "group" (1 − mean R). ``p`` may also be given as the estimator's name.
     p̂ is clamped to [eps, 1 − eps]. ``clip=(C_pos, C_neg)`` caps |w| per sample before averaging
     (the re-implementation uses (3, 3)); a number C means (C, C), and 0 means no clip.
 
@@ -385,6 +394,7 @@ def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negati
         rewards: [G, n] in {0, 1}; p: [G] if a tensor; returns w [G, n] float64.
     """
     check_choice("sample_source", sample_source, ("bon", "policy_group"))
+    p = check_choice("p_estimator", p_estimator, ("loo", "group")) if p is None else p
     _check_options(eps=eps, clip=clip, negative_sign=negative_sign)
     if isinstance(clip, numbers.Real) and not isinstance(clip, bool):
         clip = (clip, clip) if clip > 0 else None
@@ -402,15 +412,16 @@ def bon_rlb(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, negati
     return pick * w / groups
 
 
-def bon_rlb_p(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, sample_source: str = "bon", p="loo",
-              eps: float = 1e-3, check_values: bool = True) -> Tensor:
+def bon_rlb_p(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, sample_source: str = "bon", p=None,
+              p_estimator: str = "loo", eps: float = 1e-3, check_values: bool = True) -> Tensor:
     """BoN-RLB(P): positive-only weights for binary rewards (docs/method.md §5.4). N = N' = n_bon.
 
         ḡ⁺(p) = N p^(N−1) (1 − p) / (1 − p^N) = N p^(N−1) / Σ_{t<N} p^t  ∈ [0, 1]   on correct BoN picks,
 
     with ``sample_source="bon"`` (default): disjoint groups as in bon_rlb, weight on correct picks, divided by the
     number of groups. With ``sample_source="policy_group"`` (π-sample form), every correct sample gets N p^(N−1) / n.
-    Both are exactly unbiased for ∇(1 − p^N) with the true p (a tensor [G]). ``p`` and ``eps`` work as in bon_rlb.
+    Both are exactly unbiased for ∇(1 − p^N) with the true p (a tensor [G]). ``p``, ``p_estimator`` and ``eps`` work
+    as in bon_rlb.
     Degenerate groups: all-wrong groups get 0. All-correct groups get ≈ N eps^(N−1) ≈ 0 (p̂ = eps). At N' = 1,
     ḡ⁺ = 1.
 
@@ -418,6 +429,7 @@ def bon_rlb_p(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, samp
         rewards: [G, n] in {0, 1}; p: [G] if a tensor; returns w [G, n] float64.
     """
     check_choice("sample_source", sample_source, ("bon", "policy_group"))
+    p = check_choice("p_estimator", p_estimator, ("loo", "group")) if p is None else p
     _check_options(eps=eps)
     R, _, N, checks = _validate(rewards, scores, n_bon=n_bon, allow_scores=False, binary=True, method="bon_rlb_p")
     p_hat = _fail_rate(R, N, p, sample_source, eps, checks)
@@ -603,11 +615,14 @@ class Objective:
              methods ``fn(expert_scores, scores, n_bon=, rewards=, **options) -> (w_expert [G], w_samples [G, n])``.
     label    a short display name.
     options  keyword options a run may set: option name -> allowed values (a tuple), or None for "a number
-             >= 0". ``bonfast.config.TrainConfig`` has one field ``<method>_<option>`` per option, and
+             >= 0, or None for the function's default". ``bonfast.config.TrainConfig`` has one field
+             ``<method>_<option>`` per option, and
              ``TrainConfig.objective_kwargs()`` collects those of the configured method.
     scores   the trainer passes the verifier scores r (else None: the method selects by the reward itself).
     expert   the method needs an expert (reference) response per prompt.
     bon_aware  False for the inference-unaware methods, which need n_bon = 1.
+    descends   None, or ``descends(n_bon, options) -> None | (option, reason)``: names the option of a setting whose
+             expected update is not an ascent direction of the method's objective (the trainer refuses it).
     """
     fn: Callable
     label: str
@@ -615,20 +630,35 @@ class Objective:
     scores: bool = False
     expert: bool = False
     bon_aware: bool = True
+    descends: Callable | None = None
+
+
+def _bon_rlb_descends(n_bon: int, options: dict):
+    """BoN-RLB with +g⁻ on π samples: s(p) = 1/(1 − p^N) − p^(2−N)/(1 − p) < 0 for every p when N >= 2, since
+    p^(2−N) >= 1 and 1 − p^N > 1 − p (``bon_rlb_scale``): the expected update points down the pass@N' gradient."""
+    if n_bon >= 2 and options.get("negative_sign") == 1 and options.get("sample_source") == "policy_group":
+        return ("negative_sign", "-1 when sample_source is 'policy_group' and n_bon >= 2: with +1 the expected "
+                "update is bon_rlb_scale(p) x grad pass@N' with a negative scale for every p, so training would "
+                "descend the objective (use sample_source 'bon' for the exact +1 identity)")
+    return None
 
 
 # The registry: adding a method = a weight function above + one entry here (+ its option fields in config.py).
 OBJECTIVES: dict[str, Objective] = {
     "sft": Objective(sft, "SFT", scores=True, expert=True, bon_aware=False),
-    "bon_sft": Objective(bon_sft, "BoN-SFT", scores=True, expert=True),
+    # lam: None (N' − 1) or a number >= 0; used by form "variational" only
+    "bon_sft": Objective(bon_sft, "BoN-SFT", {"form": ("exact", "variational"), "lam": None}, scores=True,
+                         expert=True),
     "rl": Objective(rl, "RL", bon_aware=False),
     "rl_v": Objective(rl_v, "RL-V", scores=True, bon_aware=False),
     "pass_at_k": Objective(pass_at_k, "PKPO pass@k"),
-    "bon_rl_s": Objective(bon_rl_s, "BoN-RL-S"),
+    "bon_rl_s": Objective(bon_rl_s, "BoN-RL-S", {"credit": ("exact", "winner")}),
     "bon_rl_v": Objective(bon_rl_v, "BoN-RL-V", {"credit": ("exact", "winner")}, scores=True),
     "bon_rlb": Objective(bon_rlb, "BoN-RLB", {"negative_sign": (-1, 1), "sample_source": ("bon", "policy_group"),
-                                              "clip": None}),
-    "bon_rlb_p": Objective(bon_rlb_p, "BoN-RLB(P)", {"sample_source": ("bon", "policy_group")}),
+                                              "clip": None, "p_estimator": ("loo", "group")},
+                         descends=_bon_rlb_descends),
+    "bon_rlb_p": Objective(bon_rlb_p, "BoN-RLB(P)", {"sample_source": ("bon", "policy_group"),
+                                                     "p_estimator": ("loo", "group")}),
 }
 METHODS = tuple(OBJECTIVES)
 

@@ -622,3 +622,69 @@ def test_no_host_sync_on_cuda():
             assert call().device.type == "cuda"
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Published variants reachable from the registry (TrainConfig fields <method>_<option>)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_bon_rl_s_winner_is_bon_rl_v_winner_with_the_reward_as_verifier():
+    gen = torch.Generator().manual_seed(3)
+    R = torch.randint(0, 3, (5, 8), generator=gen).to(torch.float64) / 2
+    for baseline in ("mean", "none"):
+        got = ob.bon_rl_s(R, n_bon=4, credit="winner", baseline=baseline)
+        torch.testing.assert_close(got, ob.bon_rl_v(R, n_bon=4, scores=R, credit="winner", baseline=baseline))
+    assert torch.equal(ob.bon_rl_s(R, n_bon=4), ob.bon_rl_s(R, n_bon=4, credit="exact", baseline="loo"))
+    with pytest.raises(ValueError, match="baseline"):
+        ob.bon_rl_s(R, n_bon=4, credit="winner", baseline="loo")
+
+
+def test_p_estimator_option_equals_the_p_string():
+    gen = torch.Generator().manual_seed(4)
+    R = torch.randint(0, 2, (6, 8), generator=gen).to(torch.float64)
+    for est in ("loo", "group"):
+        assert torch.equal(ob.bon_rlb(R, n_bon=4, p_estimator=est), ob.bon_rlb(R, n_bon=4, p=est))
+        assert torch.equal(ob.bon_rlb_p(R, n_bon=4, p_estimator=est), ob.bon_rlb_p(R, n_bon=4, p=est))
+    assert not torch.equal(ob.bon_rlb(R, n_bon=4, p_estimator="group"), ob.bon_rlb(R, n_bon=4))
+    with pytest.raises(ValueError, match="p_estimator"):
+        ob.bon_rlb_p(R, n_bon=4, p_estimator="true")
+
+
+@pytest.mark.parametrize("n_bon", [1, 2, 3, 8, 32])
+def test_descends_flags_exactly_the_settings_with_a_negative_scale(n_bon):
+    p = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
+    for sign in (-1, 1):
+        for source in ("bon", "policy_group"):
+            scale = ob.bon_rlb_scale(p, n_bon=n_bon, negative_sign=sign, sample_source=source)
+            flagged = ob.OBJECTIVES["bon_rlb"].descends(n_bon, {"negative_sign": sign, "sample_source": source,
+                                                                "clip": 3.0, "p_estimator": "loo"})
+            assert (flagged is not None) == bool((scale < 0).all()), (sign, source)
+            assert flagged is not None or bool((scale > 0).all())
+
+
+def test_published_variants_are_train_flags_and_descending_settings_are_refused():
+    from bonfast.cli import build_parser, config_from_args
+    from bonfast.config import TrainConfig
+
+    def cfg(*flags):
+        return config_from_args(build_parser().parse_args(["train", *flags]))
+
+    c = cfg("--method", "bon_sft", "--bon_sft_form", "variational", "--bon_sft_lam", "9").validate()
+    assert c.objective_kwargs() == {"form": "variational", "lam": 9.0}
+    assert TrainConfig(method="bon_sft").objective_kwargs() == {"form": "exact", "lam": None}  # lam None: N' - 1
+    assert cfg("--method", "bon_rl_s", "--bon_rl_s_credit", "winner").validate().objective_kwargs() == {
+        "credit": "winner"}
+    c = cfg("--method", "bon_rlb", "--bon_rlb_negative_sign", "1", "--bon_rlb_clip", "0",
+            "--bon_rlb_p_estimator", "group").validate()
+    assert c.objective_kwargs() == {"negative_sign": 1, "sample_source": "bon", "clip": 0.0, "p_estimator": "group"}
+    assert cfg("--method", "bon_rlb_p", "--bon_rlb_p_p_estimator", "group").validate().objective_kwargs()[
+        "p_estimator"] == "group"
+    with pytest.raises(ValueError, match=r"TrainConfig.bon_rlb_negative_sign: expected -1 when sample_source is "
+                                         r"'policy_group' and n_bon >= 2.*descend"):
+        TrainConfig(method="bon_rlb", bon_rlb_negative_sign=1, bon_rlb_sample_source="policy_group").validate()
+    TrainConfig(method="bon_rlb", bon_rlb_negative_sign=1, bon_rlb_sample_source="policy_group", n_bon=1).validate()
+    with pytest.raises(ValueError, match="TrainConfig.bon_sft_lam: expected a number >= 0"):
+        TrainConfig(method="bon_sft", bon_sft_lam=-1.0).validate()
+    with pytest.raises(ValueError, match="TrainConfig.bon_sft_form"):
+        TrainConfig(method="bon_sft", bon_sft_form="tilted").validate()
