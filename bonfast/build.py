@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from bonfast import checkpoint, distributed, rollout, tasks
+from bonfast import checkpoint, distributed, precision, rollout, tasks
 from bonfast.config import TrainConfig
 from bonfast.packing import pack, packed_logprobs
 
@@ -85,17 +85,25 @@ def sft_lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.sft_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.sft_steps)))
 
 
-def warm_start_path(cfg: TrainConfig) -> str:
-    """Cache file of the warm-start weights of `cfg`."""
-    key = hashlib.sha256(json.dumps({k: getattr(cfg, k) for k in WARM_START_KEYS}, default=str).encode())
+def warm_start_path(cfg: TrainConfig, device=None) -> str:
+    """Cache file of the warm-start weights of `cfg` on `device` (default: the config's device).
+
+    A warm start trained under the bf16 policy has its own key; fp32 keeps the key it had before precision
+    was a field, so existing fp32 caches stay valid."""
+    fields = {k: getattr(cfg, k) for k in WARM_START_KEYS}
+    policy = precision.resolve(cfg.precision, device if device is not None else resolve_device(cfg))
+    if policy.name != "fp32":
+        fields["precision"] = policy.name
+    key = hashlib.sha256(json.dumps(fields, default=str).encode())
     return os.path.join(checkpoint.cache_dir(), f"warmstart-{key.hexdigest()[:16]}.safetensors")
 
 
 def warm_start(cfg: TrainConfig, model, tokenizer, task, device, log) -> None:
-    """Supervised steps on gold answers (loss through the same packed path), cached by config hash."""
+    """Supervised steps on gold answers (loss through the same packed path and precision policy), cached by config
+    hash."""
     if cfg.sft_steps == 0:
         return
-    path = warm_start_path(cfg)
+    path = warm_start_path(cfg, device)
     if checkpoint.load_cached_weights(path, model, device):
         log({"kind": "sft", "cached": path})
         return
@@ -110,7 +118,7 @@ def warm_start(cfg: TrainConfig, model, tokenizer, task, device, log) -> None:
         answers = [[rollout.encode_response(tokenizer, task.reference_response(ex), cfg.max_new_tokens)]
                    for ex in examples]
         batch = pack(prompts, answers, pad_id=tokenizer.pad_token_id or 0)
-        logp, _ = packed_logprobs(model, batch.to(device), temperature=1.0)
+        logp, _ = packed_logprobs(model, batch.to(device), temperature=1.0, precision=cfg.precision)
         loss = -logp.sum() / logp.numel()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -73,6 +73,7 @@ class TrainConfig:
     ckpt_every: int = 20                # checkpoint every k steps (0 = only at the end)
     resume: bool = False                # resume from out_dir/checkpoint if present
     device: str = "auto"                # auto | cpu | cuda
+    precision: str = "auto"             # auto | fp32 | bf16: auto = bf16 on CUDA, fp32 on CPU (bonfast.precision)
     progress: bool = True               # progress bars
     fsdp_mixed_precision: bool = False  # torchrun/FSDP2: bf16 params in compute, fp32 master weights and reduce
     # ---- tiny model shape (model="tiny") --------------------------------------------------------------
@@ -149,6 +150,10 @@ class TrainConfig:
             bad("eval_temperatures", "non-negative temperatures (0 = greedy)")
         if self.device not in ("auto", "cpu", "cuda"):
             bad("device", '"auto", "cpu" or "cuda"')
+        if not isinstance(self.precision, str):
+            bad("precision", '"auto", "fp32" or "bf16"', TypeError)
+        if self.precision not in ("auto", "fp32", "bf16"):
+            bad("precision", '"auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16"')
         if self.device == "cuda":
             import torch
             if not torch.cuda.is_available():

@@ -79,7 +79,8 @@ def evaluate_checkpoint(cfg: TrainConfig) -> dict:
     device = resolve_device(cfg)
     model, tokenizer, task, verifier, tag = load_policy(cfg, device)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    result = evaluate(cfg, Engine(model, device=device), tokenizer, task, verifier, step=0, tag="eval")
+    engine = Engine(model, device=device, precision=cfg.precision)
+    result = evaluate(cfg, engine, tokenizer, task, verifier, step=0, tag="eval")
     print(f"{tag}\n{format_table(result)}")
     print(f"plot: {plot(result, None, os.path.join(cfg.out_dir, 'eval_pass_at_k.png'))}")
     return result
