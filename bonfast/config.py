@@ -26,6 +26,7 @@ class TrainConfig:
     verifier: str = "oracle"            # verifier BoN selection uses: oracle | noisy | majority | logprob | import path
     verifier_fpr: float = 0.0           # noisy verifier: false-positive rate
     verifier_fnr: float = 0.0           # noisy verifier: false-negative rate
+    train_prompt_pool: int = 0          # RL prompts drawn from a fixed pool of this many train problems (0 = fresh)
     # ---- objective ------------------------------------------------------------------------------------
     method: str = "bon_rlb_p"           # one of bonfast.objectives.METHODS
     n: int = 16                         # samples per prompt drawn at every step
@@ -91,7 +92,7 @@ class TrainConfig:
 
         for name in ("n", "n_bon", "max_new_tokens", "prompts_per_step", "grad_accum", "eval_prompts", "eval_n",
                      "tiny_dim", "tiny_layers", "tiny_heads", "steps", "sft_steps", "sft_batch", "warmup_steps",
-                     "eval_every", "ckpt_every", "top_k", "seed"):
+                     "eval_every", "ckpt_every", "top_k", "seed", "train_prompt_pool"):
             if not is_int(getattr(self, name)):
                 bad(name, "an integer", TypeError)
         for name in ("lr", "sft_lr", "weight_decay", "grad_clip", "kl_coef", "min_lr_ratio", "temperature", "top_p",
@@ -106,7 +107,8 @@ class TrainConfig:
                      "tiny_dim", "tiny_layers", "tiny_heads"):
             if getattr(self, name) < 1:
                 bad(name, "a positive integer")
-        for name in ("steps", "sft_steps", "sft_batch", "warmup_steps", "eval_every", "ckpt_every", "top_k"):
+        for name in ("steps", "sft_steps", "sft_batch", "warmup_steps", "eval_every", "ckpt_every", "top_k",
+                     "train_prompt_pool"):
             if getattr(self, name) < 0:
                 bad(name, "a non-negative integer")
         if self.method in OBJECTIVES and not OBJECTIVES[self.method].bon_aware and self.n_bon != 1:

@@ -24,6 +24,7 @@ import copy
 import json
 import math
 import os
+import random
 import time
 from dataclasses import asdict, dataclass
 
@@ -39,7 +40,7 @@ from bonfast.ops import bon_loss
 from bonfast.packing import pack, packed_logprobs
 from bonfast.report import format_table, plot
 
-__all__ = ["Run", "rl_step", "objective_weights", "lr_at", "train"]
+__all__ = ["Run", "rl_step", "objective_weights", "train_examples", "lr_at", "train"]
 
 
 @dataclass
@@ -88,6 +89,17 @@ def objective_weights(run: Run, examples, roll, R: torch.Tensor, r: torch.Tensor
     return torch.cat([w_expert[:, None], w_samples], 1), responses
 
 
+def train_examples(cfg: TrainConfig, task, n: int, seed: int) -> list:
+    """`n` training prompts: fresh problems drawn with `seed`, or, with cfg.train_prompt_pool = K > 0, `n` draws
+    with replacement from one fixed pool of K training problems per run seed (prompts repeat, so a policy can
+    learn a verifier's per-prompt errors)."""
+    if not cfg.train_prompt_pool:
+        return task.examples("train", n=n, seed=seed)
+    pool = task.examples("train", n=cfg.train_prompt_pool, seed=cfg.seed)
+    rng = random.Random(seed)
+    return [pool[rng.randrange(len(pool))] for _ in range(n)]
+
+
 def rl_step(run: Run, step: int) -> dict:
     """One optimizer step; returns a metrics record with the time spent in each phase.
 
@@ -101,12 +113,12 @@ def rl_step(run: Run, step: int) -> dict:
     micro = cfg.prompts_per_step // cfg.grad_accum
     # a constant, never a per-sequence length average (docs/method.md, "Loss normalisation")
     normaliser = cfg.prompts_per_step * cfg.max_new_tokens / run.world
-    stats = {"reward": 0.0, "loss": 0.0, "resp_len": 0.0, "w_abs": 0.0}
+    stats = {"reward": 0.0, "verifier_score": 0.0, "loss": 0.0, "resp_len": 0.0, "w_abs": 0.0}
     run.opt.zero_grad(set_to_none=True)
     for mb in range(cfg.grad_accum):
         t0 = time.time()
         # sample
-        examples = task.examples("train", n=micro, seed=step_seed(cfg, step, f"prompts/{mb}"))[run.rank::run.world]
+        examples = train_examples(cfg, task, micro, step_seed(cfg, step, f"prompts/{mb}"))[run.rank::run.world]
         prompts = [task.prompt_ids(ex, tokenizer) for ex in examples]
         roll = rollout.sample(cfg, run.engine, tokenizer, prompts, cfg.n, temperature=cfg.temperature,
                               seed=step_seed(cfg, step, f"sample/{mb}"))
@@ -131,7 +143,8 @@ def rl_step(run: Run, step: int) -> dict:
         timings["sample"] += t1 - t0
         timings["reward"] += t2 - t1
         timings["score"] += t3 - t2
-        for name, value in (("reward", R.mean()), ("loss", loss.detach()), ("w_abs", w.abs().mean()),
+        for name, value in (("reward", R.mean()), ("verifier_score", r.mean()), ("loss", loss.detach()),
+                            ("w_abs", w.abs().mean()),
                             ("resp_len", torch.as_tensor(roll.lengths, dtype=torch.float64).mean())):
             stats[name] = stats[name] + value.double().cpu() / cfg.grad_accum
     # step

@@ -5,8 +5,17 @@ import types
 
 import pytest
 
-from bonfast.tasks import (VERIFIERS, ArithmeticTask, CallableVerifier, Example, MajorityVerifier, NoisyVerifier,
-                           OracleVerifier, Verifier, get_verifier)
+from bonfast.tasks import (
+    VERIFIERS,
+    ArithmeticTask,
+    CallableVerifier,
+    Example,
+    MajorityVerifier,
+    NoisyVerifier,
+    OracleVerifier,
+    Verifier,
+    get_verifier,
+)
 
 TASK = ArithmeticTask()
 
@@ -122,3 +131,40 @@ def test_get_verifier_import_paths_and_errors(monkeypatch):
         get_verifier("callable", TASK)
     with pytest.raises(ValueError, match="responses must be a list of str"):
         get_verifier("oracle", TASK).score(e, "2")
+
+
+BIASED = "bonfast.tasks.verifiers:BiasedVerifier"
+
+
+def test_biased_verifier_prefers_length_over_correctness_continuously_and_deterministically():
+    from bonfast.tasks.verifiers import BiasedVerifier
+    e = Example(prompt="12+7=", answer="19")
+    v = get_verifier(BIASED, TASK)
+    assert isinstance(v, BiasedVerifier)
+    right, right_padded, wrong_long, wrong_short = v.score(e, ["19", "19   ", "19000", "18"])
+    assert wrong_long > right > wrong_short  # three extra characters beat correctness
+    assert right - wrong_short == pytest.approx(0.25, abs=0.011)  # equal length: the correctness weight (+ jitter)
+    assert right_padded == pytest.approx(right, abs=0.011)  # whitespace does not count
+    scores = v.score(e, [str(i) for i in range(200)])
+    assert all(0 <= s < 1 for s in scores) and len(set(scores)) == 200  # continuous: no ties
+    assert v.score(e, ["19", "7"]) == v.score(e, ["19", "7"])
+    assert BiasedVerifier(TASK, seed=1).score(e, ["19"]) != v.score(e, ["19"])
+    assert BiasedVerifier(TASK, correct_weight=1.0, jitter=0.0).score(e, ["19", "19000"]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="correct_weight"):
+        BiasedVerifier(TASK, correct_weight=1.5)
+    with pytest.raises(ValueError, match="max_len"):
+        BiasedVerifier(TASK, max_len=0)
+
+
+def test_train_prompt_pool_repeats_prompts_and_default_is_fresh():
+    from bonfast.config import TrainConfig
+    from bonfast.train import train_examples
+    fresh = TrainConfig()
+    assert train_examples(fresh, TASK, 16, 5) == TASK.examples("train", n=16, seed=5)  # the default is unchanged
+    pooled = TrainConfig(train_prompt_pool=8, seed=3)
+    pool = {e.prompt for e in TASK.examples("train", n=8, seed=3)}
+    drawn = [e.prompt for s in range(20) for e in train_examples(pooled, TASK, 16, s)]
+    assert set(drawn) <= pool and len(set(drawn)) == len(pool)
+    assert train_examples(pooled, TASK, 16, 7) == train_examples(pooled, TASK, 16, 7)  # resumable: seeded
+    with pytest.raises(ValueError, match="TrainConfig.train_prompt_pool"):
+        TrainConfig(train_prompt_pool=-1).validate()

@@ -3,6 +3,8 @@
     oracle     r = R                                         (BoN under it = pass@N for binary rewards)
     noisy      r = R with errors at given false-positive / false-negative rates, deterministic per
                (seed, prompt, response): a consistent imperfect verifier, to study reward hacking
+    biased     r = c R + (1 - c - j) min(L, L_max) / L_max + j u   a continuous verifier biased towards length L:
+               a learnable surface feature it prefers over correctness (reward hacking can show)
     majority   r_i = #{j != i : a_j == a_i} / (n - 1)        a_i = the answer extracted from response i
     logprob    r_i = mean token log-prob of response i       (passed in by the caller)
     callable   r_i = fn(example, response_i)                 a user function
@@ -19,7 +21,7 @@ from collections.abc import Callable
 
 from .base import Example, Task
 
-__all__ = ["Verifier", "OracleVerifier", "NoisyVerifier", "MajorityVerifier", "LogprobVerifier",
+__all__ = ["Verifier", "OracleVerifier", "NoisyVerifier", "BiasedVerifier", "MajorityVerifier", "LogprobVerifier",
            "CallableVerifier", "unit_hash"]
 
 
@@ -100,6 +102,51 @@ class NoisyVerifier(Verifier):
                 out.append(0.0 if u < self.false_negative_rate else 1.0)
             else:
                 out.append(1.0 if u < self.false_positive_rate else 0.0)
+        return out
+
+
+class BiasedVerifier(Verifier):
+    """A continuous verifier with a systematic, learnable bias: it prefers long responses over correct ones.
+
+    With R the task reward, L the number of non-whitespace characters of the response and
+    u = unit_hash(seed, prompt, response) in [0, 1),
+
+        r = correct_weight R + (1 − correct_weight − jitter) min(L, max_len) / max_len + jitter u      in [0, 1).
+
+    Each extra character is worth (1 − correct_weight − jitter) / max_len; with the defaults (0.25, 8, 0.01) that is
+    0.0925, so a wrong response three characters longer than a correct one scores higher. The bias is a property of
+    the response text, the same on every prompt, so a policy trained on r can learn it (write longer answers) and
+    lose true reward while r rises: the reward-hacking case that a verifier with independent per-response errors
+    (``NoisyVerifier``) cannot produce. The jitter makes scores continuous (ties have probability ~0), so BoK keeps
+    changing with k instead of saturating as with a binary verifier. Deterministic per (seed, prompt, response).
+    Whitespace does not count towards L, so padding a correct answer with spaces does not game it.
+    """
+
+    name = "biased"
+
+    def __init__(self, task: Task, correct_weight: float = 0.25, max_len: int = 8, jitter: float = 0.01,
+                 seed: int = 0):
+        super().__init__(task)
+        for arg, v in (("correct_weight", correct_weight), ("jitter", jitter)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{arg} must be a number in [0, 1], got {v!r}")
+        if correct_weight + jitter > 1.0:
+            raise ValueError(f"correct_weight + jitter must be <= 1, got {correct_weight} + {jitter}")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        self.correct_weight, self.jitter, self.max_len, self.seed = float(correct_weight), float(jitter), max_len, seed
+
+    def score(self, example, responses, *, logprobs=None):
+        _check_responses(responses)
+        rewards = self.task.rewards([example] * len(responses), list(responses))
+        length_weight = 1.0 - self.correct_weight - self.jitter
+        out = []
+        for resp, reward in zip(responses, rewards):
+            chars = min(len("".join(resp.split())), self.max_len) / self.max_len
+            out.append(self.correct_weight * float(reward) + length_weight * chars
+                       + self.jitter * unit_hash(self.seed, example.prompt, resp))
         return out
 
 
