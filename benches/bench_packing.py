@@ -157,7 +157,8 @@ def test_body_fwd_bwd(benchmark, provider, workload):
     benchmark.group = f"decoder body fwd+bwd {shape} G={G} n={N} P={P} R={R} D={cfg['dim']} L={cfg['n_layers']}"
     rounds, warmup = _rounds(shape)
     benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup, iterations=1)
-    _TIMES[(shape, "body", provider)] = benchmark.stats.stats.min
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        _TIMES[(shape, "body", provider)] = benchmark.stats.stats.min
     benchmark.extra_info.update(device=_device_name(device), torch=torch.__version__,
                                 rows_x_len=list(batch.input_ids.shape))
     if all((shape, "body", p) in _TIMES for p in PROVIDERS):
@@ -183,7 +184,8 @@ def test_train_step(benchmark, provider, workload):
                        f"V={cfg['vocab_size']}")
     rounds, warmup = _rounds(shape)
     benchmark.pedantic(run, rounds=min(rounds, 2), warmup_rounds=warmup, iterations=1)
-    _TIMES[(shape, "step", provider)] = benchmark.stats.stats.min
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        _TIMES[(shape, "step", provider)] = benchmark.stats.stats.min
     info = benchmark.extra_info
     info["device"] = _device_name(device)
     info["torch"] = torch.__version__
