@@ -39,17 +39,41 @@ import triton.language as tl
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _configs(interpret_cfg, cuda_cfgs):
+def _configs(cfgs_16bit):
+    """Autotune configs: the 16-bit tensor-core tiles, then the fp32 ones (`_by_dtype` keeps one group)."""
     if _INTERPRET:  # autotuning benchmarks through the driver, which the interpreter does not have
-        return [triton.Config(interpret_cfg, num_warps=1)]
-    return [triton.Config(c, num_warps=w, num_stages=s) for c, w, s in cuda_cfgs]
+        return [triton.Config(_INTERPRET_CFG, num_warps=1)]
+    return [triton.Config(c, num_warps=w, num_stages=s) for c, w, s in cfgs_16bit + _FP32_CFGS]
 
 
-_TILE_CFGS = [
+def _by_dtype(configs, named_args, **kwargs):
+    """early_config_prune: 16-bit inputs tune over the tensor-core tiles, fp32 (UPCAST) over the small fp32 ones."""
+    if len(configs) == 1:
+        return configs
+    n32 = len(_FP32_CFGS)
+    return configs[-n32:] if kwargs.get("UPCAST", named_args.get("UPCAST")) else configs[:-n32]
+
+
+# 16-bit tiles, checked spill-free on sm_80 / sm_90 by the ahead-of-time compile check (benches/README.md). The
+# backward kernels keep a logit tile, its gradient, a W (or X) tile and the dX (dW) rows live at once: the
+# tiles below stay under ~200 of the 255 registers a thread may have; 64-wide D steps, 128 x 128 logit tiles or
+# 4 warps spilled 8-168 bytes on sm_80 (some with entropy on sm_90 too).
+_FWD_CFGS = [
     ({"BLOCK_T": 64, "BLOCK_V": 128, "BLOCK_D": 64}, 4, 3),
     ({"BLOCK_T": 128, "BLOCK_V": 128, "BLOCK_D": 64}, 8, 3),
     ({"BLOCK_T": 128, "BLOCK_V": 64, "BLOCK_D": 64}, 4, 4),
     ({"BLOCK_T": 64, "BLOCK_V": 256, "BLOCK_D": 32}, 8, 3),
+]
+_BWD_CFGS = [
+    ({"BLOCK_T": 64, "BLOCK_V": 128, "BLOCK_D": 32}, 8, 3),
+    ({"BLOCK_T": 128, "BLOCK_V": 64, "BLOCK_D": 32}, 8, 3),
+    ({"BLOCK_T": 64, "BLOCK_V": 128, "BLOCK_D": 32}, 8, 4),
+    ({"BLOCK_T": 128, "BLOCK_V": 64, "BLOCK_D": 32}, 8, 4),
+]
+# exact fp32 products run on FMA units: small tiles (large ones spilled kilobytes and took ptxas ~40 s each)
+_FP32_CFGS = [
+    ({"BLOCK_T": 32, "BLOCK_V": 64, "BLOCK_D": 32}, 4, 2),
+    ({"BLOCK_T": 64, "BLOCK_V": 64, "BLOCK_D": 16}, 8, 2),
 ]
 _INTERPRET_CFG = {"BLOCK_T": 16, "BLOCK_V": 128, "BLOCK_D": 32}
 _KEY = ["D", "V", "T_BUCKET", "HAS_ENTROPY"]
@@ -81,7 +105,7 @@ def _logit_tile(X_ptr, W_ptr, offs_t, offs_v, mask_t, mask_v, D, stride_xt, stri
     return acc * inv_temp
 
 
-@triton.autotune(configs=_configs(_INTERPRET_CFG, _TILE_CFGS), key=_KEY)
+@triton.autotune(configs=_configs(_FWD_CFGS), key=_KEY, prune_configs_by={"early_config_prune": _by_dtype})
 @triton.jit(do_not_specialize=["T_BUCKET"])
 def _linear_logprobs_fwd_kernel(
         X_ptr, W_ptr, Y_ptr, M_ptr, S_ptr, A_ptr, ZY_ptr,
@@ -164,7 +188,8 @@ def _dlogits_tile(z, offs_v, mask_v, y, m, logs, ent, g_logp, g_ent, g_lse, inv_
     return dz * inv_temp
 
 
-@triton.autotune(configs=_configs(_INTERPRET_CFG, _TILE_CFGS), key=_KEY, reset_to_zero=["DX_ptr"])
+@triton.autotune(configs=_configs(_BWD_CFGS), key=_KEY, reset_to_zero=["DX_ptr"],
+                 prune_configs_by={"early_config_prune": _by_dtype})
 @triton.jit(do_not_specialize=["T_BUCKET"])
 def _linear_logprobs_bwd_dx_kernel(
         X_ptr, W_ptr, Y_ptr, M_ptr, LOGS_ptr, ENT_ptr, GL_ptr, GH_ptr, GS_ptr, DX_ptr,
@@ -199,7 +224,8 @@ def _linear_logprobs_bwd_dx_kernel(
             tl.store(dx_ptrs, dx, mask=dx_mask)
 
 
-@triton.autotune(configs=_configs(_INTERPRET_CFG, _TILE_CFGS), key=_KEY, reset_to_zero=["DW_ptr"])
+@triton.autotune(configs=_configs(_BWD_CFGS), key=_KEY, reset_to_zero=["DW_ptr"],
+                 prune_configs_by={"early_config_prune": _by_dtype})
 @triton.jit(do_not_specialize=["T_BUCKET"])
 def _linear_logprobs_bwd_dw_kernel(
         X_ptr, W_ptr, Y_ptr, M_ptr, LOGS_ptr, ENT_ptr, GL_ptr, GH_ptr, GS_ptr, DW_ptr,
@@ -351,3 +377,45 @@ def linear_logprobs(x, w, y, *, temperature=1.0, ignore_index=-100, return_entro
     w = w if w.stride(-1) == 1 else w.contiguous()
     return _LinearLogprobsFunction.apply(x, w, y.contiguous(), float(temperature), int(ignore_index),
                                          bool(return_entropy))
+
+
+
+
+def compile_cases():
+    """Ahead-of-time compile cases, checked by `python -m bonfast.kernels_aot` (a test runs it).
+
+    T, V, D are runtime ints: the compiled code depends only on whether they equal 1 or are multiples of 16
+    (and unit strides become constants), not on their size. So one aligned shape (T = 4096, D = 4096,
+    V = 128256; the D = 896..8192 and V = 32k..256k of real models are multiples of 16) stands for every
+    model, a ragged one (T = 777, D = 896, V = 50257) for unaligned token counts and vocabularies, and T = 1
+    for a single token. bf16, the CUDA compute dtype, compiles every autotune config of every kernel and must
+    not spill; fp16 tiles have bf16's size and layout (only the MMA type differs): one config per kernel; fp32
+    (exact fp32 products on FMA units) is recorded. Cases marked `full` (the entropy backward, the ragged and
+    T = 1 shapes, the second fp32 config) run with `--full` only, to keep the default check short.
+    """
+    f32, i64 = torch.float32, torch.int64
+    shapes = ((4096, 128256, 4096), (777, 50257, 896), (1, 151936, 896))
+    cases = []
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (f32, "fp32")):
+        for T, V, D in shapes:
+            for entropy in (False, True):
+                aligned = T == 4096
+                if (dtype != torch.bfloat16 and (entropy or not aligned)) or (entropy and not aligned):
+                    continue
+                head, dims = (dtype, dtype, i64), (T, V, D, _t_bucket(T), D, 1, D, 1)
+                flags = dict(HAS_ENTROPY=entropy, UPCAST=dtype == f32, PRECISION="ieee")
+                for kernel, args, extra in (
+                        (_linear_logprobs_fwd_kernel, head + (f32,) * 4 + dims + (1.0, 9), dict(GROUP_T=8)),
+                        (_linear_logprobs_bwd_dx_kernel, head + (f32,) * 7 + dims + (D, 1.0), {}),
+                        (_linear_logprobs_bwd_dw_kernel, head + (f32,) * 7 + dims + (D, 1.0), {})):
+                    base = dict(kernel=kernel, label=f"{name} T={T} D={D} V={V}" + (" entropy" if entropy else ""),
+                                args=args, constexprs=dict(flags, **extra), tensor_cores=dtype != f32,
+                                no_spills=dtype != f32)
+                    bwd_entropy = entropy and kernel is not _linear_logprobs_fwd_kernel
+                    if dtype == torch.bfloat16 and aligned:
+                        cases.append(dict(base, configs=None, full=bwd_entropy))
+                    elif dtype == f32:
+                        cases += [dict(base, configs=[0], full=False), dict(base, configs=[1], full=True)]
+                    else:
+                        cases.append(dict(base, configs=[0], full=dtype == torch.bfloat16))
+    return cases

@@ -201,6 +201,16 @@ def _num_splits(P: int, programs: int, device: torch.device) -> int:
     return max(1, min(triton.cdiv(2 * sms, max(programs, 1)), triton.cdiv(P, 256)))
 
 
+def _blocks(M, group, Dh, block_n=None):
+    """Launch constexprs (block sizes, warps) of the prefix kernel (M = n * group query rows) and the merge kernel
+    (one row per query head of a kv group); the ahead-of-time compile check uses the same choice."""
+    BLOCK_D = max(16, triton.next_power_of_2(Dh))
+    block_n = (64 if BLOCK_D <= 64 else 32) if block_n is None else block_n
+    fwd = dict(BLOCK_M=min(64, max(16, triton.next_power_of_2(M))), BLOCK_N=block_n, BLOCK_D=BLOCK_D)
+    merge = dict(BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=BLOCK_D)
+    return fwd, merge
+
+
 def prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v, suffix_lens=None, *,
                          scale=None, num_splits=None, block_n=None):
     """Triton launcher (inputs already validated; any strides). Returns out [G, n, Hq, Dh] in q's dtype.
@@ -219,10 +229,9 @@ def prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v,
     # bf16 under the interpreter, whose bf16 arithmetic is broken: upcast there
     upcast = q.dtype == torch.float32 or (_INTERPRET and q.dtype == torch.bfloat16)
     precision = "ieee"
-    BLOCK_D = max(16, triton.next_power_of_2(Dh))
-    block_n = (64 if BLOCK_D <= 64 else 32) if block_n is None else block_n
-    BLOCK_M = min(64, max(16, triton.next_power_of_2(M)))
-    m_blocks = triton.cdiv(M, BLOCK_M)
+    fwd_blocks, merge_blocks = _blocks(M, group, Dh, block_n)
+    block_n = fwd_blocks["BLOCK_N"]
+    m_blocks = triton.cdiv(M, fwd_blocks["BLOCK_M"])
     if num_splits is None:
         num_splits = _num_splits(P, G * Hkv * m_blocks, q.device)
     chunk = triton.cdiv(triton.cdiv(max(P, 1), num_splits), block_n) * block_n
@@ -234,7 +243,7 @@ def prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v,
         q, prefix_k, prefix_v, prefix_lens, o_part, lse_part,
         *q.stride(), *prefix_k.stride(), *prefix_v.stride(), *o_part.stride()[:4],
         G, Hkv, M, Dh, chunk, qk_scale,
-        GROUP=group, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_D=BLOCK_D, DOT_PRECISION=precision, UPCAST=upcast,
+        GROUP=group, DOT_PRECISION=precision, UPCAST=upcast, **fwd_blocks,
     )
 
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
@@ -246,7 +255,47 @@ def prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v,
         q, suffix_k, suffix_v, lens, o_part, lse_part, out,
         *q.stride(), *suffix_k.stride(), *suffix_v.stride(), *o_part.stride()[:4], *out.stride(),
         G, n, Hkv, M, Dh, t, num_splits, qk_scale,
-        GROUP=group, HAS_LENS=has_lens, BLOCK_M=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        BLOCK_D=BLOCK_D, DOT_PRECISION=precision, UPCAST=upcast,
+        GROUP=group, HAS_LENS=has_lens, DOT_PRECISION=precision, UPCAST=upcast, **merge_blocks,
     )
     return out
+
+
+def compile_cases():
+    """Ahead-of-time compile cases, checked by `python -m bonfast.kernels_aot`: the block sizes the launcher picks
+    (`_blocks`) for real GQA layouts: Qwen2.5-0.5B (14 query / 2 kv heads, head_dim 64: group 7) and Llama-3-8B
+    (32 / 8, head_dim 128: group 4), with n = 1, 8 and 64 samples (M = n * group query rows: 16-, 32- and
+    64-row tiles). G, P, t, M are runtime ints: their size does not change the code (only 1 and multiples of
+    16 specialise), so these cover every prompt and cache length; GROUP, the block sizes and the dtype do. bf16,
+    the CUDA compute dtype, must lower to tensor cores without spills; fp16 is spot-checked at one layout; fp32
+    (exact products, FMA) is recorded; fp32 and the fp16 merge run with `--full` only (fp32's spilling FMA code
+    takes ptxas ~15 s)."""
+    f32, i32 = torch.float32, torch.int32
+    cases = []
+    layouts = (("Qwen2.5-0.5B", 14, 2, 64, (1, 8)), ("Llama-3-8B", 32, 8, 128, (1, 8, 64)))
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (f32, "fp32")):
+        for model, Hq, Hkv, Dh, ns in layouts:
+            if dtype != torch.bfloat16:
+                if model != "Llama-3-8B":
+                    continue
+                ns = ns[-1:]
+            group, G, P, t, X = Hq // Hkv, 4, 1000, 300, 3
+            flags = dict(GROUP=group, DOT_PRECISION="ieee", UPCAST=dtype == f32)
+            for n in ns:
+                M = n * group
+                fwd, merge = _blocks(M, group, Dh)
+                q_strides = (n * Hq * Dh, Hq * Dh, Dh, 1)
+                o_strides = (G * Hkv * M * Dh, Hkv * M * Dh, M * Dh, Dh)
+                kv_strides = (Hkv * 2048 * Dh, 2048 * Dh, Dh, 1)  # a view of a preallocated 2048-token cache
+                label = f"{name} {model} n={n} (M={M})"
+                cases.append(dict(kernel=_prefix_attention_fwd_kernel, label=label, tensor_cores=dtype != f32,
+                                  no_spills=dtype != f32, full=dtype == f32, constexprs=dict(flags, **fwd),
+                                  args=(dtype, dtype, dtype, i32, f32, f32, *q_strides, *kv_strides, *kv_strides,
+                                        *o_strides, G, Hkv, M, Dh, 336, 0.18)))
+            sfx_strides = (n * Hkv * 512 * Dh, Hkv * 512 * Dh, 512 * Dh, Dh, 1)  # suffix buffers of 512 tokens
+            cases.append(dict(kernel=_suffix_attention_merge_kernel, label=f"{name} {model} n={n}",
+                              tensor_cores=dtype != f32, no_spills=dtype != f32, full=dtype != torch.bfloat16,
+                              constexprs=dict(flags, HAS_LENS=True, **merge),
+                              args=(dtype, dtype, dtype, i32, f32, f32, dtype, *q_strides, *sfx_strides,
+                                    *sfx_strides, *o_strides, n * Hq * Dh, Hq * Dh, Dh, 1,
+                                    G, n, Hkv, M, Dh, t, X, 0.18)))
+    return cases
