@@ -21,14 +21,15 @@ class TrainConfig:
     # ---- model and task -------------------------------------------------------------------------------
     model: str = "tiny"                 # "tiny" (embedded arithmetic model), or a local HF checkpoint dir / .gguf file
     gguf_file: str | None = None        # GGUF file name inside `model` (e.g. SmolLM2's Q4_1 file); None for safetensors
-    task: str = "arithmetic"            # task name (bonfast.tasks.TASKS) or an import path "pkg.mod:Class"
+    task: str = "arithmetic"            # task: a name listed by --help, or an import path "pkg.mod:Class"
     task_levels: tuple[int, ...] = (1, 2, 3)  # arithmetic difficulty levels used for training and evaluation
-    verifier: str = "oracle"            # verifier BoN selection uses: oracle | noisy | majority | logprob | import path
+    verifier: str = "oracle"            # verifier that picks the Best-of-N response (oracle = the task reward)
     verifier_fpr: float = 0.0           # noisy verifier: false-positive rate
     verifier_fnr: float = 0.0           # noisy verifier: false-negative rate
     train_prompt_pool: int = 0          # RL prompts drawn from a fixed pool of this many train problems (0 = fresh)
+    sandbox_isolation: str | None = None  # code tasks: auto | namespace | userns | process (weaker; explicit only)
     # ---- objective ------------------------------------------------------------------------------------
-    method: str = "bon_rlb_p"           # one of bonfast.objectives.METHODS
+    method: str = "bon_rlb_p"           # training objective (bonfast.objectives.OBJECTIVES; docs/objectives.md)
     n: int = 16                         # samples per prompt drawn at every step
     n_bon: int = 8                      # N': the BoN size the objective is aware of (1 = inference-unaware)
     # objective options: one field <method>_<option> per option of bonfast.objectives.OBJECTIVES[method]
@@ -44,8 +45,8 @@ class TrainConfig:
     bon_rlb_p_p_estimator: str = "loo"  # bon_rlb_p: failure rate p, "loo" (leave-group-out) or "group" (1 - mean R)
     # ---- sampling -------------------------------------------------------------------------------------
     temperature: float = 1.0            # sampling temperature; the loss uses log-probs of the same tempered policy
-    top_p: float = 1.0
-    top_k: int = 0
+    top_p: float = 1.0                  # nucleus sampling: keep the smallest token set of mass top_p (1 = off)
+    top_k: int = 0                      # sample among the k most likely tokens only (0 = off)
     max_new_tokens: int = 8             # response length cap (also the loss normaliser's length)
     reward_truncated: bool = False      # score responses cut at max_new_tokens (False: reward 0, not an answer)
     # ---- optimisation ---------------------------------------------------------------------------------
@@ -53,34 +54,35 @@ class TrainConfig:
     prompts_per_step: int = 64          # G: prompts per optimizer step (split into grad_accum micro-batches)
     grad_accum: int = 1                 # micro-batches per step
     lr: float = 3e-4                    # peak AdamW learning rate
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0           # AdamW weight decay of the RL phase
     warmup_steps: int = 5               # linear warmup, then cosine decay to min_lr_ratio * lr
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1           # final learning rate of the cosine decay, as a fraction of lr
     grad_clip: float = 1.0              # global grad-norm clip (0 = off)
     kl_coef: float = 0.0                # k3 KL penalty to a frozen copy of the initial policy (0 = no reference model)
     # ---- supervised warm start (embedded default) -----------------------------------------------------
     sft_steps: int = 200                # supervised steps on task gold answers before RL (0 = none); cached
-    sft_lr: float = 3e-3
-    sft_batch: int = 128
+    sft_lr: float = 3e-3                # peak learning rate of the warm start
+    sft_batch: int = 128                # prompts (with their reference answers) per warm-start step
     # ---- evaluation -----------------------------------------------------------------------------------
     eval_prompts: int = 800             # held-out prompts per evaluation
     eval_n: int = 16                    # samples per eval prompt (>= max(eval_ks))
-    eval_ks: tuple[int, ...] = (1, 2, 4, 8)
-    eval_temperatures: tuple[float, ...] = (1.0,)
+    eval_ks: tuple[int, ...] = (1, 2, 4, 8)  # k values of pass@k, BoK and majority@k (each <= eval_n)
+    eval_temperatures: tuple[float, ...] = (1.0,)  # sampling temperatures to evaluate at (0 = greedy)
     eval_every: int = 0                 # evaluate every k steps (0 = only before and after training)
     # ---- run ------------------------------------------------------------------------------------------
-    seed: int = 0
-    out_dir: str = "runs/default"
+    seed: int = 0                       # seeds the tiny model, prompts, samples and eval prompts
+    out_dir: str = "runs/default"       # run directory: config.json, metrics.jsonl, eval-*.json, plot, checkpoint
     ckpt_every: int = 20                # checkpoint every k steps (0 = only at the end)
-    resume: bool = False                # resume from out_dir/checkpoint if present
+    resume: bool = False                # continue the run in out_dir from its checkpoint (fresh start if none)
+    overwrite: bool = False             # replace an existing run in out_dir (without it or resume: an error)
     device: str = "auto"                # auto | cpu | cuda
     precision: str = "auto"             # auto | fp32 | bf16: auto = bf16 on CUDA, fp32 on CPU (bonfast.precision)
     progress: bool = True               # progress bars
     fsdp_mixed_precision: bool = False  # torchrun/FSDP2: bf16 params in compute, fp32 master weights and reduce
     # ---- tiny model shape (model="tiny") --------------------------------------------------------------
-    tiny_dim: int = 128
-    tiny_layers: int = 4
-    tiny_heads: int = 4
+    tiny_dim: int = 128                 # tiny model: hidden width D
+    tiny_layers: int = 4                # tiny model: decoder layers
+    tiny_heads: int = 4                 # tiny model: attention heads (kv heads: half)
 
     def validate(self) -> "TrainConfig":
         """Raise one error naming the first bad field (TypeError for a wrong type, else ValueError); return self."""
@@ -169,19 +171,28 @@ class TrainConfig:
 
     def _validate_task(self):
         from bonfast import tasks
+        from bonfast.tasks.sandbox import IsolationUnavailable
+        if self.sandbox_isolation not in (None, "auto", "namespace", "userns", "process"):
+            raise ValueError('TrainConfig.sandbox_isolation: expected "auto", "namespace", "userns" or "process" '
+                             "(None: the BONFAST_SANDBOX_ISOLATION environment variable), "
+                             f"got {self.sandbox_isolation!r}")
         try:
             tasks.get_task(self.task, **self.task_kwargs())
-        except ValueError as e:
+        except (ValueError, ImportError) as e:
             raise ValueError(f"TrainConfig.task: {e}") from None
-        except ImportError as e:
-            raise ValueError(f"TrainConfig.task: {e}") from None
+        except IsolationUnavailable as e:
+            raise ValueError(f"TrainConfig.sandbox_isolation: {e}") from None
         if self.verifier not in tasks.VERIFIERS and ":" not in self.verifier:
             raise ValueError(f"TrainConfig.verifier: expected one of {', '.join(tasks.VERIFIERS)} or an import path "
                              f"'pkg.module:Class', got {self.verifier!r}")
 
     def task_kwargs(self) -> dict:
         """Keyword arguments of `bonfast.tasks.get_task` for this config."""
-        return {"levels": tuple(self.task_levels)} if self.task == "arithmetic" else {}
+        if self.task == "arithmetic":
+            return {"levels": tuple(self.task_levels)}
+        if self.task == "humaneval":
+            return {"isolation": self.sandbox_isolation}
+        return {}
 
     def verifier_kwargs(self) -> dict:
         """Keyword arguments of `bonfast.tasks.get_verifier` for this config."""

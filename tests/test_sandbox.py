@@ -10,8 +10,15 @@ import time
 import pytest
 
 from bonfast.tasks import _callee
-from bonfast.tasks.sandbox import (_UID_BASE, CandidateError, IsolationUnavailable, Program, Sandbox, _children,
-                                   isolation_available, uid_processes)
+from bonfast.tasks.sandbox import (
+    _UID_BASE,
+    IsolationUnavailable,
+    Program,
+    Sandbox,
+    _children,
+    isolation_available,
+    uid_processes,
+)
 
 try:
     MODE = Sandbox().isolation
@@ -243,3 +250,11 @@ def test_humaneval_canonical_solutions_score_one_sample():
 def test_humaneval_all_164_canonical_solutions_score_one():
     rewards, n = _canonical()
     assert n == 164 and rewards == [1.0] * 164
+
+
+def test_train_config_passes_sandbox_isolation_to_code_tasks():
+    from bonfast.config import TrainConfig
+    assert TrainConfig(task="humaneval", sandbox_isolation="process").task_kwargs() == {"isolation": "process"}
+    assert TrainConfig(task="humaneval").task_kwargs() == {"isolation": None}
+    with pytest.raises(ValueError, match=r"TrainConfig\.sandbox_isolation: expected .*process.*got 'weak'"):
+        TrainConfig(task="humaneval", sandbox_isolation="weak").validate()
