@@ -20,6 +20,7 @@ These functions are for evaluation, not for the training hot path. Their input c
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
@@ -202,10 +203,14 @@ def _seed_prompt_matrix(name: str, x) -> Tensor:
     return x
 
 
-def _counts_of(idx: Tensor, size: int) -> Tensor:
-    """Row-wise multiplicities of resampled indices: [B, m] indices in [0, size) -> [B, size] float64 counts."""
-    counts = torch.zeros(idx.shape[0], size, dtype=torch.float64)
-    return counts.scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))
+@functools.lru_cache(maxsize=16)
+def _resample_weights(size: int, n_boot: int, seed: int) -> Tensor:
+    """[n_boot, size] float64: row b = multiplicities / size of `size` indices drawn with replacement, using
+    ``torch.Generator().manual_seed(seed)`` exactly as ``bootstrap_ci`` draws them. Cached (read-only): a report
+    makes thousands of comparisons on the same prompts and seeds."""
+    idx = torch.randint(0, size, (n_boot, size), generator=torch.Generator().manual_seed(seed))
+    counts = torch.zeros(n_boot, size, dtype=torch.float64)
+    return counts.scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64)) / size
 
 
 def hierarchical_bootstrap(a: Tensor, b: Tensor | None = None, *, paired_seeds: bool = True, n_boot: int = 2000,
@@ -251,14 +256,11 @@ def hierarchical_bootstrap(a: Tensor, b: Tensor | None = None, *, paired_seeds: 
                                        "as a)", list(B.shape)))
     if B is not None and paired_seeds:
         A, B = A - B, None
-    prompt_idx = torch.randint(0, G, (n_boot, G), generator=torch.Generator().manual_seed(seed))
-    prompt_w = _counts_of(prompt_idx, G) / G  # (n_boot, G)
+    prompt_w = _resample_weights(G, n_boot, seed)  # (n_boot, G)
 
     def arm(X: Tensor, gen_seed: int) -> Tensor:
-        seed_idx = torch.randint(0, X.shape[0], (n_boot, X.shape[0]),
-                                 generator=torch.Generator().manual_seed(gen_seed))
         per_seed = prompt_w @ X.T  # (n_boot, S): each seed's mean over the resampled prompts
-        return (per_seed * _counts_of(seed_idx, X.shape[0])).sum(-1) / X.shape[0]
+        return (per_seed * _resample_weights(X.shape[0], n_boot, gen_seed)).sum(-1)
 
     stats = arm(A, seed + 1)
     per_seed = A.mean(-1)

@@ -1,19 +1,39 @@
-"""The paper's comparison at small scale: every method on the embedded arithmetic task, several seeds.
+"""The paper's comparison at small scale, with seed-level statistics: every arm on the embedded arithmetic task.
 
-    python experiments/science.py                                   # every method on seeds 0, 1, 2
-    python experiments/science.py --methods rl,bon_rlb_p --seeds 0 --jobs 1   # a subset
+    python experiments/science.py --plan            # every run, its estimated CPU minutes, the total; runs nothing
+    python experiments/science.py                   # the whole study (resumable: rerun the same command to continue)
+    python experiments/science.py --groups main --arms rl,bon_rlb_p --jobs 1   # a subset
+    python experiments/science.py --smoke           # every code path on tiny settings into a temp dir (~minutes)
+    python experiments/science.py --report-only     # tabulate the runs that exist
 
-Each (method, seed) is one `bonfast train` run with the default preset (the seed's shared supervised warm start,
-then 400 steps of 64 prompts x 16 samples: equal sample budgets), varying only the method, N' and the verifier
-(METHODS below). "base" is the seed's warm start itself. Every policy is then evaluated the same way
-(`eval_policy`): the same 800 held-out prompts x 32 samples at T = 0.5, 1.0 and 1.5, judged by the task (pass@k,
-majority@k) and by the seed's noisy verifier (BoK: the verifier picks, the task scores). `report` turns the
-per-prompt numbers into docs/results/science.{md,json} and the PNG plots beside them: every interval is a 95%
-bootstrap over prompts, paired where a change is shown, pooled over seeds by resampling prompts within each seed.
+Arms (ARMS below; `--plan` lists them). Each arm is one `bonfast train` configuration; an arm differs from its
+reference only in the flags it names. Every run uses the default preset: the seed's supervised warm start ("base",
+shared by every arm of that seed), then 400 steps of 64 prompts x 16 samples (equal sample budgets), AdamW 3e-4.
 
-Runs execute as separate processes (`--jobs` at a time, one torch thread each, so results are bitwise
-reproducible on one machine); finished runs and evaluations are reused, and an interrupted run resumes from
-its last checkpoint (every 20 steps), so an interrupted call picks up where it stopped.
+    main       every method of the objective registry, N' = 8 (N' = 1 for the inference-unaware ones); the noisy
+               verifier for the methods trained on verifier scores (RL-V, BoN-RL-V), the task reward otherwise
+    variant    the published forms and ablations, reachable as `bonfast train` flags: variational BoN-SFT,
+               winner credit for BoN-RL-V and BoN-RL-S, BoN-RLB with the exact sign, without clipping and with the
+               group p estimator, BoN-RLB(P) on policy samples
+    sweep      BoN-RLB(P) at N' = 1, 2, 4, 16 (N' = 8 is the main arm), each evaluated at N = 1..32
+    gameable   RL-V and BoN-RL-V trained against the biased verifier (continuous, prefers long responses over correct
+               ones) on a repeating pool of 512 training prompts, so RL-V can learn to exploit it
+
+Seeds. Seed 0 is the tuning seed: the learning rate and batch were tuned on BoN-RLB(P) seed 0 before this study, so
+seed 0 is never reported (`--seeds` refuses it). Reported: seeds 1-8 for base and the headline pair (RL,
+BoN-RLB(P)), seeds 1-2 for the N' sweep, seeds 1-3 for every other arm. Every arm uses the same settings (no
+per-method tuning).
+
+Evaluation (`eval_policy`): the same 800 held-out prompts x 32 samples at T = 0.5, 1.0 and 1.5 for every policy:
+pass@k and BoK for every k = 1..32 (BoK under the seed's noisy verifier and under the biased verifier), majority@k,
+answer diversity, the biased verifier's mean score and the response length. `science_report.report` turns the
+per-prompt numbers into docs/results/science.{md,json} and the plots: every interval is the seed-level
+hierarchical bootstrap (`bonfast.metrics.hierarchical_bootstrap`), Holm-corrected across the secondary claims.
+
+Runs execute as separate processes (`--jobs` at a time, one torch thread each, so results are bitwise reproducible
+on one machine). A run is finished when its directory has done.json (training) and eval.json (evaluation); finished
+runs are reused and an interrupted one resumes from its last checkpoint (every 20 steps), so the same command picks
+up where the last call stopped, across sessions. Commit docs/results/ as runs land (`--report-only` rewrites it).
 """
 from __future__ import annotations
 
@@ -25,39 +45,148 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 
 from bonfast.objectives import OBJECTIVES
 
 NOISY = {"fpr": 0.25, "fnr": 0.1}  # the noisy verifier: accepts 25% of wrong responses, rejects 10% of right ones
-NOISY_ARGS = ["--verifier", "noisy", "--verifier_fpr", str(NOISY["fpr"]), "--verifier_fnr", str(NOISY["fnr"])]
+NOISY_ARGS = ("--verifier", "noisy", "--verifier_fpr", str(NOISY["fpr"]), "--verifier_fnr", str(NOISY["fnr"]))
+BIASED = "bonfast.tasks.verifiers:BiasedVerifier"  # default settings: correct_weight 0.25, max_len 8, jitter 0.01
+POOL = 512  # training prompts of the gameable arms
+BIASED_ARGS = ("--verifier", BIASED, "--train_prompt_pool", str(POOL))
 TRAIN_N_BON = 8
+SWEEP = (1, 2, 4, 8, 16)
+TEMPS = (0.5, 1.0, 1.5)
+KS = (1, 2, 4, 8, 16, 32)  # the k of the tables; eval.json holds every k in 1..N_EVAL
+N_EVAL = 32
+MAJ_KS = (8, 32)
+EVAL_SEED = 1234  # the held-out prompts are the same for every arm and seed (paired comparisons)
+HEADLINE = ("rl", "bon_rlb_p")  # inference-unaware vs BoN-aware
+TUNING_SEEDS = (0,)
+SEEDS = {"headline": tuple(range(1, 9)), "sweep": (1, 2), "other": (1, 2, 3)}
+
+# Estimated CPU minutes (2-core machine, two runs at a time, one thread each; from the earlier study's logs):
+# 400 steps x 64 prompts x 16 samples took 4.5-7 minutes, an 800 x 32 x 3 evaluation about one minute, a
+# 200-step warm start about half a minute.
+EST_TRAIN_MIN = 6.0
+EST_EVAL_MIN = 1.0
+EST_WARM_MIN = 0.5
 
 
-def _plan() -> dict:
-    """method -> (extra `bonfast train` arguments, label), for every method of the objective registry:
-    N' = 8 (N' = 1 for the inference-unaware ones); the noisy verifier for the methods trained on verifier
-    scores (RL-V, BoN-RL-V), the oracle otherwise."""
-    plan = {}
+@dataclass(frozen=True)
+class Arm:
+    """One training configuration: `bonfast train --method <method> --n_bon <n_bon> <args>`."""
+    method: str
+    n_bon: int
+    args: tuple = ()
+    label: str = ""
+    verifier: str = "oracle"  # what the training signal's verifier is: oracle | noisy | biased
+    group: str = "main"
+    reference: str | None = None  # the arm this one is a variant of (its comparison)
+
+
+def _arms() -> dict[str, Arm]:
+    arms = {}
     for name, objective in OBJECTIVES.items():
         noisy = objective.scores and not objective.expert
-        args = ([] if objective.bon_aware else ["--n_bon", "1"]) + (NOISY_ARGS if noisy else [])
         n_bon = TRAIN_N_BON if objective.bon_aware else 1
-        plan[name] = (args, f"{objective.label} (N'={n_bon}{', noisy verifier' if noisy else ''})")
-    return plan
+        arms[name] = Arm(name, n_bon, NOISY_ARGS if noisy else (),
+                         f"{objective.label} (N'={n_bon}{', noisy verifier' if noisy else ''})",
+                         "noisy" if noisy else "oracle")
+    variants = {  # name: (reference arm, extra flags, label suffix)
+        "bon_sft.variational": ("bon_sft", ("--bon_sft_form", "variational", "--bon_sft_lam", "9"),
+                                "variational, lambda 9"),
+        "bon_rl_v.winner": ("bon_rl_v", ("--bon_rl_v_credit", "winner"), "winner credit"),
+        "bon_rl_s.winner": ("bon_rl_s", ("--bon_rl_s_credit", "winner"), "winner credit"),
+        "bon_rlb.exact_sign": ("bon_rlb", ("--bon_rlb_negative_sign", "1"), "+g- (exact sign)"),
+        "bon_rlb.no_clip": ("bon_rlb", ("--bon_rlb_clip", "0"), "no clip"),
+        "bon_rlb.p_group": ("bon_rlb", ("--bon_rlb_p_estimator", "group"), "p from the group"),
+        "bon_rlb_p.policy_group": ("bon_rlb_p", ("--bon_rlb_p_sample_source", "policy_group"), "policy samples"),
+    }
+    for name, (ref, extra, suffix) in variants.items():
+        base = arms[ref]
+        arms[name] = Arm(base.method, base.n_bon, base.args + extra, f"{OBJECTIVES[ref].label} ({suffix})",
+                         base.verifier, "variant", ref)
+    for n_bon in SWEEP:
+        if n_bon != TRAIN_N_BON:
+            arms[f"bon_rlb_p.n{n_bon}"] = Arm("bon_rlb_p", n_bon, (), f"BoN-RLB(P) (N'={n_bon})", "oracle", "sweep",
+                                              "bon_rlb_p")
+    for name in ("rl_v", "bon_rl_v"):
+        n_bon = arms[name].n_bon
+        arms[f"{name}.biased"] = Arm(name, n_bon, BIASED_ARGS, f"{OBJECTIVES[name].label} (N'={n_bon}, biased "
+                                     f"verifier, pool {POOL})", "biased", "gameable")
+    return arms
 
 
-METHODS = _plan()
-LABELS = {"base": "base (warm start)", **{m: label for m, (_, label) in METHODS.items()}}
-TEMPS = (0.5, 1.0, 1.5)
-KS = (1, 2, 4, 8, 16, 32)
-MAJ_KS = (8, 32)
-EVAL_SEED = 1234  # the held-out prompts are the same for every method and seed (paired comparisons)
-HEADLINE = ("rl", "bon_rlb_p")  # the comparison the issue asks for with its interval: inference-unaware vs BoN-aware
+ARMS = _arms()
+GROUPS = ("main", "variant", "sweep", "gameable")
+LABELS = {"base": "base (warm start)", **{name: arm.label for name, arm in ARMS.items()}}
+
+
+def arm_seeds(name: str) -> tuple[int, ...]:
+    """The reported seeds of an arm (module docstring)."""
+    if name == "base" or name in HEADLINE:
+        return SEEDS["headline"]
+    return SEEDS["sweep"] if ARMS[name].group == "sweep" else SEEDS["other"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the plan
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every run of one study shares: `bonfast train` overrides, steps and the evaluation size."""
+    steps: int = 400
+    eval_prompts: int = 800
+    overrides: tuple = ()  # (field, value) pairs for the default preset, in training and in evaluation
+    in_run_eval: tuple = ("--eval_prompts", "64", "--eval_n", "8", "--eval_ks", "1,8")
+
+    def train_flags(self) -> list[str]:
+        return [str(x) for field, value in self.overrides for x in (f"--{field}", value)]
+
+    def minutes(self, arm: str) -> float:
+        """Estimated CPU minutes of one (arm, seed): training (or the warm start for base) plus evaluation."""
+        scale = dict(self.overrides)
+        work = (scale.get("prompts_per_step", 64) / 64) * (scale.get("n", 16) / 16)
+        train = EST_WARM_MIN if arm == "base" else EST_TRAIN_MIN * self.steps / 400 * work
+        return train + EST_EVAL_MIN * self.eval_prompts / 800
+
+
+SMOKE = Settings(steps=2, eval_prompts=4, overrides=(
+    ("tiny_dim", 32), ("tiny_layers", 1), ("tiny_heads", 2), ("sft_steps", 2), ("sft_batch", 8),
+    ("prompts_per_step", 2), ("max_new_tokens", 6), ("warmup_steps", 1), ("ckpt_every", 1)),
+    in_run_eval=("--eval_prompts", "2", "--eval_n", "8", "--eval_ks", "1,8"))
+
+
+def plan(arms: list[str], seeds: list[int] | None = None) -> list[tuple[str, int]]:
+    """(arm, seed) jobs: base first for every seed any arm needs, then the arms; `seeds` overrides the rule."""
+    jobs = [(arm, s) for arm in arms for s in (seeds if seeds is not None else arm_seeds(arm))]
+    need = sorted({s for _, s in jobs})
+    return [("base", s) for s in need] + [(a, s) for s in need for a in arms if (a, s) in set(jobs)]
+
+
+def print_plan(jobs: list[tuple[str, int]], settings: Settings, runs: str) -> float:
+    rows, total, done = [], 0.0, 0
+    for arm, seed in jobs:
+        out = os.path.join(runs, f"{arm}-seed{seed}")
+        finished = os.path.exists(os.path.join(out, "eval.json"))
+        minutes = settings.minutes(arm)
+        total += 0.0 if finished else minutes
+        done += finished
+        a = ARMS.get(arm)
+        rows.append(f"{arm:24s} seed {seed:2d}  N'={a.n_bon if a else '-':>2}  verifier "
+                    f"{a.verifier if a else '-':6s}  {'done' if finished else f'{minutes:5.1f} min'}")
+    print("\n".join(rows))
+    print(f"{len(jobs)} runs ({done} done); estimated CPU time left {total:.0f} min = {total / 60:.1f} h "
+          f"(wall time about half of that with --jobs 2 on 2 cores). Tuning seeds {TUNING_SEEDS} are not reported.")
+    return total
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -72,29 +201,30 @@ def _run(args: list[str], log_path: str, append: bool = False) -> None:
         raise RuntimeError(f"{' '.join(args)} failed with exit code {proc.returncode}; see {log_path}")
 
 
-def run_job(method: str, seed: int, root: str, steps: int, eval_prompts: int) -> str:
-    """Train (unless base) and evaluate one (method, seed); finished steps are skipped. Returns the run dir."""
-    out = os.path.join(root, f"{method}-seed{seed}")
+def run_job(arm: str, seed: int, root: str, settings: Settings) -> str:
+    """Train (unless base) and evaluate one (arm, seed); finished steps are skipped. Returns the run dir."""
+    out = os.path.join(root, f"{arm}-seed{seed}")
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
-    if method != "base" and not os.path.exists(os.path.join(out, "done.json")):
-        extra, _ = METHODS[method]
-        _run([sys.executable, "-m", "bonfast.cli", "train", "--method", method, "--seed", str(seed),
-              "--out_dir", out, "--steps", str(steps), "--progress", "false", "--resume", "true",
+    if arm != "base" and not os.path.exists(os.path.join(out, "done.json")):
+        a = ARMS[arm]
+        _run([sys.executable, "-m", "bonfast.cli", "train", "--method", a.method, "--n_bon", str(a.n_bon),
+              "--seed", str(seed), "--out_dir", out, "--steps", str(settings.steps), "--progress", "false",
+              "--resume", "true", *settings.train_flags(),
               # the in-run evaluation is a small sanity check only; eval_policy below is the measurement
-              "--eval_prompts", "64", "--eval_n", "8", "--eval_ks", "1,8", *extra],
-             os.path.join(out, "stdout.log"), append=True)
+              *settings.in_run_eval, *a.args], os.path.join(out, "stdout.log"), append=True)
         with open(os.path.join(out, "done.json"), "w") as f:
-            json.dump({"method": method, "seed": seed, "train_seconds": time.time() - t0}, f)
+            json.dump({"arm": arm, "seed": seed, "train_seconds": time.time() - t0}, f)
     if not os.path.exists(os.path.join(out, "eval.json")):
-        _run([sys.executable, __file__, "--eval-one", out, "--seeds", str(seed), "--eval_prompts", str(eval_prompts)],
+        _run([sys.executable, os.path.abspath(__file__), "--eval-one", out, "--seeds", str(seed),
+              "--eval_prompts", str(settings.eval_prompts), "--overrides", json.dumps(settings.overrides)],
              os.path.join(out, "eval.log"))
-    print(f"  {method} seed {seed}: done ({time.time() - t0:.0f} s)", flush=True)
+    print(f"  {arm} seed {seed}: done ({time.time() - t0:.0f} s)", flush=True)
     return out
 
 
-def eval_policy(run_dir: str, seed: int, eval_prompts: int) -> None:
-    """Per-prompt pass@k, BoK (noisy verifier), majority@k and answer diversity of one policy -> eval.json."""
+def eval_policy(run_dir: str, seed: int, eval_prompts: int, overrides: dict | None = None) -> None:
+    """Per-prompt pass@k and BoK (k = 1..32; noisy and biased verifiers), majority@k, diversity -> eval.json."""
     from bonfast import evaluate, metrics, rollout, tasks
     from bonfast.checkpoint import atomic_write
     from bonfast.config import preset
@@ -102,22 +232,26 @@ def eval_policy(run_dir: str, seed: int, eval_prompts: int) -> None:
 
     torch.set_num_threads(1)
     t0 = time.time()
-    cfg = preset("default", seed=seed, out_dir=run_dir)
+    cfg = preset("default", seed=seed, out_dir=run_dir, **(overrides or {}))
     model, tokenizer, task, _, tag = evaluate.load_policy(cfg, torch.device("cpu"))
     model.eval()
-    verifier = tasks.get_verifier("noisy", task, false_positive_rate=NOISY["fpr"], false_negative_rate=NOISY["fnr"],
-                                  seed=seed)  # the verifier the seed's noisy runs trained against
+    noisy = tasks.get_verifier("noisy", task, false_positive_rate=NOISY["fpr"], false_negative_rate=NOISY["fnr"],
+                               seed=seed)  # the verifier the seed's noisy runs trained against
+    biased = tasks.get_verifier(BIASED, task)  # the gameable arms' verifier (one fixed verifier for all seeds)
     examples = task.examples("test", n=eval_prompts, seed=EVAL_SEED)
     prompts = [task.prompt_ids(ex, tokenizer) for ex in examples]
-    n = max(KS)
+    n, ks = N_EVAL, range(1, N_EVAL + 1)
     result = {"tag": tag, "seed": seed, "n": n, "levels": [ex.meta["level"] for ex in examples], "temps": {}}
     for temp in TEMPS:
         roll = Engine(model).sample(prompts, n, max_new_tokens=cfg.max_new_tokens, temperature=temp,
                                     stop_token_ids=rollout.stop_ids(tokenizer), seed=EVAL_SEED + int(100 * temp))
-        R, r, answers = rollout.judge(task, verifier, examples, roll, tokenizer)
+        R, r, answers = rollout.judge(task, noisy, examples, roll, tokenizer)
+        texts = [[rollout.decode(tokenizer, t) for t in row] for row in roll.tokens]
+        g = torch.tensor([biased.score(ex, row) for ex, row in zip(examples, texts)], dtype=torch.float64)
         correct = R > 0.5
-        per = {f"pass@{k}": metrics.pass_at_k(torch.full((len(prompts),), n), correct.sum(1), k) for k in KS}
-        per.update({f"bo@{k}": metrics.bo_k(r, R, k) for k in KS})
+        per = {f"pass@{k}": metrics.pass_at_k(torch.full((len(prompts),), n), correct.sum(1), k) for k in ks}
+        per.update({f"bo@{k}": metrics.bo_k(r, R, k) for k in ks})
+        per.update({f"gbo@{k}": metrics.bo_k(g, R, k) for k in ks})
         per.update({f"maj@{k}": metrics.majority_at_k(answers, R, k) for k in MAJ_KS})
         distinct, entropy, modal_share, modal_correct = [], [], [], []
         for row, ok in zip(answers, correct.tolist()):
@@ -128,7 +262,7 @@ def eval_policy(run_dir: str, seed: int, eval_prompts: int) -> None:
             modal_share.append(top_count / n)
             modal_correct.append(float(ok[row.index(top)]))
         per.update(distinct=distinct, entropy=entropy, modal_share=modal_share, modal_correct=modal_correct,
-                   verifier_accepts=(r > 0.5).double().mean(1), length=[
+                   verifier_accepts=(r > 0.5).double().mean(1), biased_score=g.mean(1), length=[
                        sum(len(t) for t in toks) / n for toks in roll.tokens])
         result["temps"][f"{temp:g}"] = {k: torch.as_tensor(v, dtype=torch.float64).tolist() for k, v in per.items()}
     result["seconds"] = time.time() - t0
@@ -141,47 +275,83 @@ def eval_policy(run_dir: str, seed: int, eval_prompts: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# report
+# main
 
 
-def main():
+def _select(args) -> list[str]:
+    groups = [g for g in args.groups.split(",") if g]
+    bad = [g for g in groups if g not in GROUPS]
+    if bad:
+        raise SystemExit(f"--groups: unknown {bad}; expected a subset of {', '.join(GROUPS)}")
+    arms = [a for a, arm in ARMS.items() if arm.group in groups]
+    if args.arms:
+        wanted = [a for a in args.arms.split(",") if a and a != "base"]
+        unknown = [a for a in wanted if a not in ARMS]
+        if unknown:
+            raise SystemExit(f"--arms: unknown {unknown}; expected names from {', '.join(ARMS)}")
+        arms = [a for a in arms if a in wanted]
+    return arms
+
+
+def main(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated; base is always included")
-    ap.add_argument("--seeds", default="0,1,2", help="seeds on which every method runs")
-    ap.add_argument("--headline_seeds", default="",
-                    help=f"extra seeds for base and the headline pair {', '.join(HEADLINE)} only")
+    ap.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated subset of {', '.join(GROUPS)}")
+    ap.add_argument("--arms", default="", help="comma-separated arm names (default: every arm of the groups)")
+    ap.add_argument("--seeds", default="", help="seeds for every selected arm (default: the per-arm rule)")
+    ap.add_argument("--allow-tuning-seeds", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--eval_prompts", type=int, default=800)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--runs", default="runs/science", help="directory of the individual runs")
     ap.add_argument("--out", default="docs/results/science", help="output prefix (.md, .json, -*.png)")
+    ap.add_argument("--plan", action="store_true", help="print every run and its estimated CPU minutes; run nothing")
+    ap.add_argument("--smoke", action="store_true", help="every arm, one seed, tiny settings, into a temp dir")
     ap.add_argument("--eval-one", metavar="RUN_DIR", help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)
     ap.add_argument("--report-only", action="store_true", help="tabulate the runs that exist; train nothing")
-    args = ap.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    extra_seeds = [int(s) for s in args.headline_seeds.split(",") if s and int(s) not in seeds]
+    args = ap.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",") if s] or None
     if args.eval_one:
-        eval_policy(args.eval_one, seeds[0], args.eval_prompts)
+        eval_policy(args.eval_one, seeds[0], args.eval_prompts, dict(json.loads(args.overrides)))
         return
-    methods = [m for m in args.methods.split(",") if m and m != "base"]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SystemExit(f"--methods: unknown {unknown}; expected a subset of {', '.join(METHODS)}")
+    if seeds and not args.allow_tuning_seeds and set(seeds) & set(TUNING_SEEDS):
+        raise SystemExit(f"--seeds: seed(s) {sorted(set(seeds) & set(TUNING_SEEDS))} were used for tuning and are "
+                         "not reported (module docstring)")
+    arms = _select(args)
+    settings = Settings(steps=args.steps, eval_prompts=args.eval_prompts)
+    runs, out = args.runs, args.out
+    if args.smoke:
+        settings, seeds = SMOKE, seeds or [1]
+        root = tempfile.mkdtemp(prefix="bonfast-science-smoke-")
+        runs, out = os.path.join(root, "runs"), os.path.join(root, "results", "science")
+        os.environ.setdefault("BONFAST_CACHE", os.path.join(root, "cache"))  # warm starts stay in the temp dir
+    jobs = plan(arms, seeds)
+    if args.plan:
+        print_plan(jobs, settings, runs)
+        return
     start = datetime.datetime.now(datetime.timezone.utc)
     if not args.report_only:
-        jobs = [(m, s) for s in seeds for m in ["base", *methods]]
-        jobs += [(m, s) for s in extra_seeds for m in ["base", *HEADLINE] if m == "base" or m in methods]
-        print(f"{len(jobs)} jobs, {args.jobs} at a time, runs in {args.runs}", flush=True)
+        print(f"{len(jobs)} jobs, {args.jobs} at a time, runs in {runs}", flush=True)
+        bases = [j for j in jobs if j[0] == "base"]  # warm starts first: every arm of a seed reuses its cache
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda job: run_job(*job, args.runs, args.steps, args.eval_prompts), jobs))
+            list(pool.map(lambda job: run_job(*job, runs, settings), bases))
+            list(pool.map(lambda job: run_job(*job, runs, settings), [j for j in jobs if j[0] != "base"]))
     from science_report import report
-    report(args.runs, ["base", *methods], seeds + extra_seeds, args.out, meta={
+    all_seeds = sorted({s for _, s in jobs})
+    data = report(runs, ["base", *arms], all_seeds, out, meta={
         "date": start.isoformat(timespec="seconds"), "command": "python " + " ".join(sys.argv),
         "minutes": (datetime.datetime.now(datetime.timezone.utc) - start).total_seconds() / 60,
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores", "torch": torch.__version__,
-        "steps": args.steps, "eval_prompts": args.eval_prompts, "noisy_verifier": NOISY, "labels": LABELS,
-        "temps": TEMPS, "ks": KS, "n_bon": TRAIN_N_BON})
+        "steps": settings.steps, "eval_prompts": settings.eval_prompts, "noisy_verifier": NOISY,
+        "labels": LABELS, "groups": {a: ARMS[a].group for a in arms},
+        "references": {a: ARMS[a].reference for a in arms if ARMS[a].reference},
+        "n_bon": {a: ARMS[a].n_bon for a in arms}, "temps": TEMPS, "ks": KS, "train_n_bon": TRAIN_N_BON,
+        "tuning_seeds": TUNING_SEEDS, "pool": POOL, "smoke": args.smoke})
+    if args.smoke:
+        print(f"smoke run finished: {out}.md")
+    return data
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     main()

@@ -1,6 +1,9 @@
-"""experiments/science_report.py on synthetic evaluations: the pooled statistics and the written files."""
+"""experiments/science.py and science_report.py on synthetic per-prompt data: the plan, the seed-level statistics,
+the verdicts with Holm, the N' sweep and gameable sections, and the written files (fast); the whole pipeline on
+tiny settings (`--smoke`, slow)."""
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -11,51 +14,116 @@ import science  # noqa: E402
 import science_report  # noqa: E402
 
 
-def test_pooled_mean_and_interval():
-    a = torch.tensor([0.0, 1.0] * 50, dtype=torch.float64)
-    b = torch.full((100,), 0.25, dtype=torch.float64)
-    out = science_report.pooled([a, b])
-    assert out["mean"] == pytest.approx(0.375) and out["per_seed"] == [0.5, 0.25]
-    assert out["lo"] < 0.375 < out["hi"] and out["hi"] - out["lo"] < 0.2
-    const = science_report.pooled([b, b])
-    assert const["lo"] == const["hi"] == pytest.approx(0.25)  # no prompt noise, no interval
+def test_plan_covers_every_arm_with_the_seed_rule_and_never_a_tuning_seed(capsys, tmp_path):
+    jobs = science.plan(list(science.ARMS))
+    seeds = {}
+    for arm, seed in jobs:
+        seeds.setdefault(arm, []).append(seed)
+    assert not {s for _, s in jobs} & set(science.TUNING_SEEDS)
+    assert len(seeds["rl"]) >= 8 and len(seeds["bon_rlb_p"]) >= 8 and len(seeds["base"]) >= 8
+    assert all(len(v) >= 3 for a, v in seeds.items() if science.ARMS.get(a) and science.ARMS[a].group != "sweep")
+    sweep = {science.ARMS[a].n_bon for a in seeds if a in science.ARMS and science.ARMS[a].group == "sweep"}
+    assert sweep | {science.TRAIN_N_BON} == set(science.SWEEP)
+    assert all(len(seeds[a]) >= 2 for a in seeds if a in science.ARMS and science.ARMS[a].group == "sweep")
+    assert {"rl_v.biased", "bon_rl_v.biased", "bon_sft.variational", "bon_rl_v.winner", "bon_rl_s.winner",
+            "bon_rlb.exact_sign", "bon_rlb.no_clip", "bon_rlb.p_group"} <= set(seeds)
+    assert jobs[: len(seeds["base"])] == [("base", s) for s in sorted(seeds["base"])]  # warm starts first
+    total = science.print_plan(jobs, science.Settings(), str(tmp_path))
+    text = capsys.readouterr().out
+    assert f"{len(jobs)} runs (0 done)" in text and "rl_v.biased" in text and total > 60 * 4
+    with pytest.raises(SystemExit, match="tuning"):
+        science.main(["--plan", "--seeds", "0"])
 
 
-def _fake_eval(path, p_correct, seed, prompts=30, n=32):
+def test_every_arm_is_a_valid_train_command():
+    from bonfast.cli import build_parser, config_from_args
+    for name, arm in science.ARMS.items():
+        argv = ["train", "--method", arm.method, "--n_bon", str(arm.n_bon), *science.SMOKE.train_flags(), *arm.args]
+        cfg = config_from_args(build_parser().parse_args(argv)).validate()
+        assert cfg.method == arm.method, name
+
+
+def _fake_eval(path, p_correct, seed, prompts=24, n=32, curve=None):
     gen = torch.Generator().manual_seed(seed)
     temps = {}
     for t in science.TEMPS:
         correct = (torch.rand(prompts, n, generator=gen) < p_correct).double()
-        per = {f"pass@{k}": [float((correct[g, :k].sum() > 0)) for g in range(prompts)] for k in science.KS}
-        per.update({f"bo@{k}": correct[:, 0].tolist() for k in science.KS})
+        hit = (correct.cumsum(1) > 0).double().T.tolist()  # [k - 1][g]: any of the first k correct
+        first = correct[:, 0].tolist()
+        per = {f"pass@{k}": hit[k - 1] for k in range(1, n + 1)}
+        per.update({f"{p}@{k}": first for k in range(1, n + 1) for p in ("bo", "gbo")})
         per.update({f"maj@{k}": correct[:, 0].tolist() for k in science.MAJ_KS})
-        for name in ("distinct", "entropy", "modal_share", "modal_correct", "verifier_accepts", "length"):
+        for name in ("distinct", "entropy", "modal_share", "modal_correct", "verifier_accepts", "biased_score",
+                     "length"):
             per[name] = torch.rand(prompts, generator=gen).tolist()
         temps[f"{t:g}"] = per
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "eval.json"), "w") as f:
-        json.dump({"seed": seed, "n": n, "levels": [1] * prompts, "temps": temps}, f)
+        json.dump({"seed": seed, "n": n, "levels": [1 + g % 3 for g in range(prompts)], "temps": temps}, f)
+    if curve:
+        with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+            for step, (reward, score) in enumerate(curve, 1):
+                f.write(json.dumps({"kind": "train", "step": step, "reward": reward, "verifier_score": score}) + "\n")
 
 
-def test_report_writes_tables_and_plots(tmp_path):
-    runs = tmp_path / "runs"
-    for seed in (0, 1):
-        _fake_eval(runs / f"base-seed{seed}", 0.2, seed)
-        _fake_eval(runs / f"rl-seed{seed}", 0.3, 10 + seed)
-    _fake_eval(runs / "bon_rlb_p-seed1", 0.4, 21)  # a method with fewer seeds: paired on the seeds it has
-    out = str(tmp_path / "docs" / "science")
-    meta = {"date": "today", "command": "test", "minutes": 0.0, "machine": "cpu", "torch": torch.__version__,
+def _meta(arms):
+    return {"date": "today", "command": "test", "minutes": 0.0, "machine": "cpu", "torch": torch.__version__,
             "noisy_verifier": science.NOISY, "labels": science.LABELS, "temps": science.TEMPS, "ks": science.KS,
-            "n_bon": 8}
-    data = science_report.report(str(runs), ["base", "rl", "bon_rlb_p", "sft"], [0, 1], out, meta)
-    assert data["meta"]["missing"] == ["sft"] and data["meta"]["methods"] == ["base", "rl", "bon_rlb_p"]
-    assert data["meta"]["seeds_per_method"]["bon_rlb_p"] == [1]
-    entry = data["results"]["bon_rlb_p|T=1|pass@1"]
-    base_seed1 = data["results"]["base|T=1|pass@1"]["value"]["per_seed"][1]
-    assert entry["change_vs_base"]["mean"] == pytest.approx(entry["value"]["mean"] - base_seed1)
-    assert entry["minus_rl"]["per_seed"] == [pytest.approx(
-        entry["value"]["mean"] - data["results"]["rl|T=1|pass@1"]["value"]["per_seed"][1])]
-    assert "minus_rl" in entry and "minus_rl" not in data["results"]["rl|T=1|pass@1"]
+            "train_n_bon": 8, "groups": {a: science.ARMS[a].group for a in arms},
+            "references": {a: science.ARMS[a].reference for a in arms if science.ARMS[a].reference},
+            "n_bon": {a: science.ARMS[a].n_bon for a in arms}, "tuning_seeds": [0], "pool": 512}
+
+
+def test_report_on_synthetic_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(science_report, "N_BOOT", 200)  # fast; the statistics themselves are tested in test_metrics
+    runs = tmp_path / "runs"
+    p = {"base": 0.2, "rl": 0.02, "bon_rlb_p": 0.4, "bon_rlb_p.n2": 0.3, "bon_rl_v.winner": 0.3,
+         "rl_v.biased": 0.1, "bon_rl_v.biased": 0.3, "bon_rl_v": 0.3, "sft": 0.3}
+    seeds = {"base": (1, 2, 3), "rl": (1, 2, 3), "bon_rlb_p": (1, 2, 3), "bon_rlb_p.n2": (1, 2),
+             "bon_rl_v.winner": (1, 2), "rl_v.biased": (1, 2), "bon_rl_v.biased": (1, 2), "bon_rl_v": (2,),
+             "sft": (1, 3)}
+    for arm, ss in seeds.items():
+        for s in ss:
+            curve = [(0.3, 0.4 + 0.01 * i) for i in range(5)] if arm.endswith(".biased") else None
+            _fake_eval(runs / f"{arm}-seed{s}", p[arm], 100 * s + len(arm), curve=curve)
+    arms = ["rl", "bon_rlb_p", "sft", "bon_rl_v", "bon_rl_s", "bon_rlb_p.n2", "bon_rl_v.winner", "rl_v.biased",
+            "bon_rl_v.biased"]
+    out = str(tmp_path / "docs" / "science")
+    data = science_report.report(str(runs), ["base", *arms], [1, 2, 3], out, _meta(arms))
+    assert data["meta"]["missing"] == ["bon_rl_s"]
+    assert data["meta"]["seeds_per_arm"]["bon_rl_v"] == [2]
+    # a paired change is the per-seed difference on the seeds both arms have
+    entry = data["results"]["sft|T=1|pass@1"]
+    base = data["results"]["base|T=1|pass@1"]["value"]["per_seed"]
+    assert entry["change_vs_base"]["per_seed"] == pytest.approx(
+        [a - b for a, b in zip(entry["value"]["per_seed"], [base[0], base[2]])])
+    assert "minus_reference" in data["results"]["bon_rl_v.winner|T=1|pass@8"]  # paired with bon_rl_v on seed 2
+    # verdicts: the primary claim at 95%, the rest at Holm levels; the headline quotes the seed-level interval
+    v = data["verdicts"]
+    assert v["headline"]["level"] == 0.05 and v["headline"]["seeds"] == 3 and v["headline"]["verdict"] == "supported"
+    secondary = [c for k, c in v.items() if k != "headline"]
+    assert secondary and all(c["level"] <= 0.05 and c["p_holm"] >= c["p"] for c in secondary)
+    assert min(c["level"] for c in secondary) == pytest.approx(0.05 / len(secondary))
+    assert {"headline_bok", "rl_v_hacks", "bon_rl_v_resists"} <= set(v)
+    assert data["sweep"]["n_bon"] == [2, 8] and set(data["sweep"]["curves"]["2"]) == {str(k) for k in range(1, 33)}
+    assert data["gameable"]["curves"]["rl_v.biased"]["verifier_score"][-1] == pytest.approx(0.44)
     text = open(out + ".md").read()
-    assert "Headline at T = 1" in text and "Co-scaling" in text and "Not evaluated yet" in text
-    assert os.path.getsize(out + "-pass_at_k.png") > 0 and os.path.getsize(out + "-meta_coscaling.png") > 0
+    for heading in ("Verdicts", "Headline at T = 1", "Published variants", "N' sweep", "Gameable verifier",
+                    "Co-scaling", "Not evaluated yet"):
+        assert heading in text, heading
+    for png in ("-pass_at_k.png", "-meta_coscaling.png", "-nprime_sweep.png", "-gameable.png"):
+        assert os.path.getsize(out + png) > 0
+
+
+@pytest.mark.slow
+def test_smoke_runs_the_whole_pipeline(tmp_path):
+    """`science.py --smoke`: every arm on one seed, 2 steps, tiny model, into a temp dir, report included."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "science.py")
+    out = subprocess.run([sys.executable, script, "--smoke", "--jobs", "2"], env=env, capture_output=True,
+                         text=True, timeout=3600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "smoke run finished" in out.stdout
+    md = out.stdout.strip().splitlines()[-1].split(": ", 1)[1]
+    text = open(md).read()
+    assert "Verdicts" in text and "N' sweep" in text and "Gameable verifier" in text and "Not evaluated" not in text
