@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -21,7 +22,8 @@ from bonfast import checkpoint, distributed, precision, rollout, tasks
 from bonfast.config import TrainConfig
 from bonfast.packing import pack, packed_logprobs
 
-__all__ = ["resolve_device", "step_seed", "tiny_model_config", "build", "warm_start", "sft_lr_at", "progress"]
+__all__ = ["resolve_device", "step_seed", "tiny_model_config", "build", "warm_start", "sft_lr_at", "progress",
+           "check_task_encodable", "check_model_files"]
 
 # config fields that determine the warm-start weights (its cache key)
 WARM_START_KEYS = ("model", "task", "task_levels", "tiny_dim", "tiny_layers", "tiny_heads", "sft_steps", "sft_lr",
@@ -60,20 +62,51 @@ def build(cfg: TrainConfig, device: torch.device):
     if cfg.model == "tiny":
         from bonfast.tasks.tokenizer import ArithmeticTokenizer
         tokenizer = ArithmeticTokenizer()
+        check_task_encodable(cfg, task, tokenizer)  # before any work: the tiny tokenizer covers arithmetic only
         torch.manual_seed(cfg.seed)
         model = from_config(tiny_model_config(cfg, tokenizer)).to(device)
     else:
+        check_model_files(cfg)
         model, tokenizer = load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=torch.float32, device=device)
         if tokenizer is None:
             raise ValueError(f"TrainConfig.model: no tokenizer found with the checkpoint {cfg.model!r}")
+        check_task_encodable(cfg, task, tokenizer)
     verifier = tasks.get_verifier(cfg.verifier, task, **cfg.verifier_kwargs())
     return model, tokenizer, task, verifier
 
 
+def check_task_encodable(cfg: TrainConfig, task, tokenizer, count: int = 4) -> None:
+    """Encode a few of the task's prompts and reference answers (milliseconds): a task the model's tokenizer
+    cannot write fails here, naming the field, instead of after the warm start."""
+    try:
+        for ex in task.examples("train", n=count, seed=cfg.seed):
+            task.prompt_ids(ex, tokenizer)
+            reference = task.reference_response(ex)
+            if reference is not None:
+                rollout.encode_response(tokenizer, reference, cfg.max_new_tokens)
+    except (ValueError, KeyError) as e:
+        model = "the tiny model (its tokenizer writes arithmetic only)" if cfg.model == "tiny" else cfg.model
+        raise checkpoint.UserError(f"TrainConfig.task: expected a task the tokenizer of {model} can encode; "
+                                   f"{cfg.task!r} cannot be ({e}); pass --model with a checkpoint whose "
+                                   "tokenizer covers the task") from None
+
+
+def check_model_files(cfg: TrainConfig) -> None:
+    """A model directory without safetensors / config.json but with a .gguf file needs gguf_file: say so."""
+    if cfg.gguf_file is not None or not os.path.isdir(cfg.model):
+        return
+    names = os.listdir(cfg.model)
+    ggufs = sorted(n for n in names if n.endswith(".gguf"))
+    if ggufs and "config.json" not in names:
+        raise checkpoint.UserError(f"TrainConfig.gguf_file: {cfg.model} holds no config.json / safetensors "
+                                   f"checkpoint but GGUF file(s) {', '.join(ggufs)}; pass --gguf_file {ggufs[0]}")
+
+
 def progress(cfg: TrainConfig, total: int, desc: str):
-    """A tqdm bar, shown only with cfg.progress and only on rank 0."""
+    """A tqdm bar, shown only with cfg.progress, on rank 0, and when stderr is a terminal (quiet in logs)."""
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, disable=not cfg.progress or not distributed.is_main(), dynamic_ncols=True)
+    show = cfg.progress and distributed.is_main() and sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, disable=not show, dynamic_ncols=True)
 
 
 def sft_lr_at(cfg: TrainConfig, step: int) -> float:

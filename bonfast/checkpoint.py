@@ -17,10 +17,34 @@ import torch
 
 from bonfast import distributed
 
-__all__ = ["CHECKPOINT", "atomic_write", "save_checkpoint", "load_checkpoint", "load_model_weights",
-           "cache_dir", "load_cached_weights", "save_cached_weights"]
+__all__ = ["CHECKPOINT", "UserError", "atomic_write", "save_checkpoint", "load_checkpoint", "load_model_weights",
+           "checkpoint_step", "cache_dir", "load_cached_weights", "save_cached_weights"]
 
 CHECKPOINT = "checkpoint.safetensors"
+
+
+class UserError(ValueError):
+    """A problem with the input that the user can fix (run directory, checkpoint, model file, task vs tokenizer).
+
+    The message names the field or file and what was expected; `bonfast` prints it as one line and exits 2."""
+
+
+def checkpoint_step(out_dir: str) -> tuple[str, int, str] | None:
+    """(format, step, path) of out_dir's newest checkpoint, or None; UserError when it cannot be read."""
+    try:
+        latest = distributed.newest_checkpoint(out_dir, CHECKPOINT)
+    except Exception as e:  # noqa: BLE001 - safetensors / json / OS errors of a truncated or foreign file
+        raise UserError(f"{os.path.join(out_dir, CHECKPOINT)}: expected a bonfast checkpoint, the file cannot be "
+                        f"read ({_first_line(e)})") from e
+    if latest is None:
+        return None
+    name = CHECKPOINT if latest[0] == "safetensors" else distributed.DCP_DIR
+    return latest[0], latest[1], os.path.join(out_dir, name)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:

@@ -20,11 +20,16 @@ resumed run follows the same trajectory as an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import random
+import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -32,7 +37,7 @@ import torch
 
 from bonfast import distributed, objectives, rollout
 from bonfast.build import build, progress, resolve_device, step_seed, warm_start
-from bonfast.checkpoint import CHECKPOINT, atomic_write, load_checkpoint, save_checkpoint
+from bonfast.checkpoint import CHECKPOINT, UserError, atomic_write, checkpoint_step, load_checkpoint, save_checkpoint
 from bonfast.config import TrainConfig
 from bonfast.engine import Engine
 from bonfast.evaluate import evaluate
@@ -40,7 +45,8 @@ from bonfast.ops import bon_loss
 from bonfast.packing import pack, packed_logprobs
 from bonfast.report import format_table, plot
 
-__all__ = ["Run", "rl_step", "objective_weights", "train_examples", "lr_at", "train"]
+__all__ = ["Run", "rl_step", "objective_weights", "train_examples", "lr_at", "check_run_dir", "Interrupted",
+           "train"]
 
 
 @dataclass
@@ -214,36 +220,174 @@ class RunLog:
             _write_json(path, {k: torch.as_tensor(v).tolist() for k, v in record["per_prompt"].items()})
 
 
+# ------------------------------------------------------------------------------------------------------------
+# the run directory: checked before anything is written
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", CHECKPOINT, distributed.DCP_DIR)  # a directory with one holds a run
+SHAPE_FIELDS = ("model", "gguf_file", "tiny_dim", "tiny_layers", "tiny_heads")  # a checkpoint fits only these
+
+
+def check_run_dir(cfg: TrainConfig) -> dict:
+    """Check out_dir before the run touches it; returns {"resume": (format, step, path) | None, "created": dir}.
+
+    Raises UserError for a path that cannot be a writable directory, an existing run without --resume or
+    --overwrite, and (with --resume) an unreadable checkpoint or one written for another model shape. Creates
+    out_dir when missing (`created` is the top directory made, removed again if the run fails before it starts).
+    """
+    out = cfg.out_dir
+    if cfg.resume and cfg.overwrite:
+        raise UserError("TrainConfig.overwrite: expected at most one of --resume true (continue the run) and "
+                        "--overwrite true (replace it), got both")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"TrainConfig.out_dir: expected a directory, {out} is a file")
+    existing = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+    latest = None
+    if existing and cfg.resume:
+        latest = checkpoint_step(out)
+        if latest is not None:
+            _check_same_model(cfg, out)
+    elif existing and not cfg.overwrite:
+        found = checkpoint_step(out) if (CHECKPOINT in existing or distributed.DCP_DIR in existing) else None
+        what = ", ".join(existing) + (f"; checkpoint at step {found[1]}" if found else "")
+        raise UserError(f"TrainConfig.out_dir: {out} already holds a run ({what}); pass --resume true to continue "
+                        "it, --overwrite true to replace it, or another --out_dir")
+    created = None
+    if not os.path.isdir(out):
+        top = os.path.abspath(out)
+        while not os.path.exists(os.path.dirname(top)):
+            top = os.path.dirname(top)
+        try:
+            os.makedirs(out)
+        except OSError as e:
+            raise UserError(f"TrainConfig.out_dir: expected a directory that can be created, {out} cannot "
+                            f"({e.strerror}: {e.filename or out})") from None
+        created = top
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"TrainConfig.out_dir: expected a writable directory, {out} is not writable")
+    return {"resume": latest, "created": created}
+
+
+def _check_same_model(cfg: TrainConfig, out: str) -> None:
+    """--resume: the run's config.json must describe the same model shape as this config."""
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: expected the run's JSON config, it cannot be read ({e})") from None
+    for name in SHAPE_FIELDS:
+        if name in saved and saved[name] != getattr(cfg, name):
+            raise UserError(f"TrainConfig.{name}: the checkpoint in {out} was written with {name}="
+                            f"{saved[name]!r}, got {getattr(cfg, name)!r}; resume with the run's settings "
+                            f"({path}) or pass --overwrite true")
+
+
+def _start_run_dir(cfg: TrainConfig, resumed: bool) -> None:
+    """Every check passed: with --overwrite remove the old run's files, then write config.json."""
+    if cfg.overwrite and not resumed:
+        for name in os.listdir(cfg.out_dir):
+            path = os.path.join(cfg.out_dir, name)
+            if name in RUN_FILES or name in ("pass_at_k.png", "eval_pass_at_k.png") or (
+                    name.startswith("eval-") and name.endswith(".json")):
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    _write_json(os.path.join(cfg.out_dir, "config.json"), asdict(cfg), indent=2, default=str)
+
+
+def _remove_if_empty(top: str | None) -> None:
+    """Remove a directory tree this run created, when nothing was written into it."""
+    if top and os.path.isdir(top) and not any(files for _, _, files in os.walk(top)):
+        shutil.rmtree(top, ignore_errors=True)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the checkpoint of the last finished step was written."""
+
+
+@contextlib.contextmanager
+def _stop_at_step_boundary(enabled: bool):
+    """The first Ctrl-C (SIGINT) asks the loop to stop after the current step; a second one stops at once."""
+    state = {"stop": False}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum, frame):
+        state["stop"] = True
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C raises KeyboardInterrupt where it lands
+        print("\nCtrl-C: stopping after this step and writing a checkpoint (press again to stop now)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _load_resumed(cfg: TrainConfig, model, opt, device, where: str) -> int:
+    try:
+        return load_checkpoint(cfg.out_dir, model, opt, device)
+    except Exception as e:  # noqa: BLE001 - a truncated file or one written for another model
+        raise UserError(f"{where}: expected a checkpoint of this run's model, it cannot be loaded "
+                        f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); "
+                        "pass --overwrite true to start over") from e
+
+
 def train(cfg: TrainConfig) -> dict:
-    """Run a BoN-aware fine-tuning run; returns {"before": eval, "after": eval, "records": [...]}."""
+    """Run a BoN-aware fine-tuning run; returns {"before": eval, "after": eval, "records": [...]}.
+
+    Nothing in out_dir changes until the config, the run directory, the checkpoint (with resume) and the
+    model / task pairing have been checked (UserError otherwise). Ctrl-C stops after the current step with a
+    checkpoint of it (`Interrupted`).
+    """
     cfg.validate()
     rank, world, device = distributed.init(resolve_device(cfg))  # torchrun: one process per device
     distributed.check_config(cfg, world)
     main = rank == 0  # only rank 0 prints, writes metrics.jsonl and plots
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    plan, error = None, None
     if main:
-        _write_json(os.path.join(cfg.out_dir, "config.json"), asdict(cfg), indent=2, default=str)
-    model, tokenizer, task, verifier = build(cfg, device)
-    latest = distributed.newest_checkpoint(cfg.out_dir, CHECKPOINT) if cfg.resume else None  # (format, step)
-    resumed = latest is not None
-    start = latest[1] if resumed else 0
+        try:
+            plan = check_run_dir(cfg)
+        except UserError as e:
+            error = str(e)
+    plan, error = distributed.broadcast_object((plan, error))
+    if error is not None:
+        raise UserError(error)
+    try:
+        latest = plan["resume"]  # (format, step, path) or None
+        resumed = latest is not None
+        model, tokenizer, task, verifier = build(cfg, device)
+        pending = []  # warm-start records, logged once the run directory is started
+        if main and (not resumed or cfg.kl_coef > 0):  # a resumed run's KL reference is still the warm start
+            warm_start(cfg, model, tokenizer, task, device, pending.append if not resumed else lambda record: None)
+        ref_model = None
+        if cfg.kl_coef > 0:  # frozen copy of the policy the run started from
+            ref_model = copy.deepcopy(model).requires_grad_(False)
+        sampler = distributed.sampling_replica(model, cfg)  # world 1: the policy itself
+        model, ref_model = distributed.shard(model, cfg), distributed.shard(ref_model, cfg)  # rank 0's weights
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        start = _load_resumed(cfg, model, opt, device, latest[2]) if resumed else 0
+    except BaseException:
+        if main:
+            _remove_if_empty(plan["created"])
+        raise
+    # every check passed: from here on the run directory changes
+    if main:
+        _start_run_dir(cfg, resumed)
+        if resumed:
+            print(f"resumed from {latest[2]} at step {start}")
     log = RunLog(os.path.join(cfg.out_dir, "metrics.jsonl") if main else None, resume_step=start if resumed else None)
     if not resumed:
         log({"kind": "config", "step": 0, **asdict(cfg)})
-    if main and (not resumed or cfg.kl_coef > 0):  # a resumed run's KL reference is still the warm start
-        warm_start(cfg, model, tokenizer, task, device, log if not resumed else lambda record: None)
-    ref_model = None
-    if cfg.kl_coef > 0:  # frozen copy of the policy the run started from
-        ref_model = copy.deepcopy(model).requires_grad_(False)
-    sampler = distributed.sampling_replica(model, cfg)  # world 1: the policy itself
-    model, ref_model = distributed.shard(model, cfg), distributed.shard(ref_model, cfg)  # rank 0's weights
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    if resumed:
-        start = load_checkpoint(cfg.out_dir, model, opt, device)
-        if main:
-            print(f"resumed from the {latest[0]} checkpoint in {cfg.out_dir} at step {start}")
+    for record in pending:
+        log(record)
     distributed.copy_weights(sampler, model)  # world > 1: the replica gets rank 0's (or the loaded) weights
-    engine = Engine(sampler, device=device, precision=cfg.precision)  # samples under the trainer's policy
+    show = cfg.progress and main and sys.stderr.isatty()
+    engine = Engine(sampler, device=device, precision=cfg.precision,  # samples under the trainer's policy
+                    progress=show and cfg.model != "tiny")  # a decode bar for slow models only
     run = Run(cfg, model, ref_model, engine, opt, tokenizer, task, verifier, device, rank, world)
 
     def evaluate_now(step: int, tag: str) -> dict:
@@ -257,17 +401,24 @@ def train(cfg: TrainConfig) -> dict:
         print(format_table(before))
     bar = progress(cfg, cfg.steps, f"{cfg.method} (N'={cfg.n_bon}, n={cfg.n})")
     bar.update(start)
-    for step in range(start, cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        record = rl_step(run, step)
-        log(record)
-        bar.update(1)
-        bar.set_postfix(reward=f"{record['reward']:.3f}", loss=f"{record['loss']:.4f}")
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            log(evaluate_now(step + 1, "periodic"))
-        if cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
-            save_checkpoint(cfg.out_dir, model, opt, step + 1)
+    with _stop_at_step_boundary(world == 1) as stop:
+        for step in range(start, cfg.steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, step)
+            record = rl_step(run, step)
+            log(record)
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward']:.3f}", loss=f"{record['loss']:.4f}")
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps and not stop["stop"]:
+                log(evaluate_now(step + 1, "periodic"))
+            saved = cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0
+            if saved or stop["stop"]:
+                save_checkpoint(cfg.out_dir, model, opt, step + 1)
+            if stop["stop"]:
+                bar.close()
+                where = os.path.join(cfg.out_dir, CHECKPOINT)
+                raise Interrupted(f"stopped after step {step + 1} of {cfg.steps}; checkpoint {where} "
+                                  f"(step {step + 1}) is current; continue with --resume true")
     bar.close()
     save_checkpoint(cfg.out_dir, model, opt, cfg.steps)
     after = evaluate_now(cfg.steps, "after")
@@ -276,5 +427,7 @@ def train(cfg: TrainConfig) -> dict:
         print(format_table(before, after))
         plot_path = plot(before, after, os.path.join(cfg.out_dir, "pass_at_k.png"))
         where = os.path.join(cfg.out_dir, CHECKPOINT if world == 1 else distributed.DCP_DIR)
-        print(f"metrics: {log.path}\nplot:    {plot_path}\ncheckpoint: {where}")
+        evals = ", ".join(sorted(f for f in os.listdir(cfg.out_dir) if f.startswith("eval-")))
+        print(f"metrics: {log.path}\nplot:    {plot_path}\nevals:   {evals} (per-prompt values)\n"
+              f"checkpoint: {where}")
     return {"before": before, "after": after, "records": log.records}
