@@ -5,7 +5,12 @@ Providers (grouped by shape, mode and loss form so ratios print together):
     torch_lce      -F.linear_cross_entropy(reduction="none", options=LinearCrossEntropyOptions()) -> same reduction
     bonfast_torch  bonfast.ops.fused_bon_loss(impl="torch")
     compile        torch.compile(naive)
-    triton         bonfast.ops.fused_bon_loss(impl="triton")      (CUDA only)
+    triton         bonfast.ops.fused_bon_loss(impl="triton")      (CUDA only; strategy "auto")
+    triton_gemm    the same with strategy="gemm": gradients computed in the forward (6 TDV of work in all)
+    triton_fused   the same with strategy="fused": the memory-floor backward (8 TDV)
+    triton_tiles   the same with strategy="tiles": the first kernels (10 TDV), for comparison
+TFLOP/s are counted at 8 TDV for "full" whatever the strategy does, so they compare time at equal work; the gemm
+strategy's "bwd" mode is nearly free because its backward only scales gradients made in the forward.
 Forms: plain (w * logp) and clipped_k3 (PPO-clipped ratio against old_logp + k3 KL against ref_logp).
 A second test times the reduction alone (bon_loss on a [T] vector): torch vs triton.
 Token layout: 64 samples of equal length T / 64, weights [8, 8] float64, normaliser = T (a constant).
@@ -38,8 +43,10 @@ from benchkit import CaseLog, torch_lce_missing
 from bonfast.ops import bon_loss, fused_bon_loss
 from bonfast.reference import bon_loss_ref
 
-HEAD_PROVIDERS = ["naive", "torch_lce", "bonfast_torch", "compile", "triton"]
-SCRIPT_PROVIDERS = ["triton", "naive", "torch_lce", "bonfast_torch", "compile"]  # script order: compile last
+HEAD_PROVIDERS = ["naive", "torch_lce", "bonfast_torch", "compile", "triton", "triton_gemm", "triton_fused",
+                  "triton_tiles"]
+SCRIPT_PROVIDERS = ["triton", "triton_gemm", "triton_fused", "triton_tiles", "naive", "torch_lce", "bonfast_torch",
+                    "compile"]  # script order: compile last
 FORMS = ["plain", "clipped_k3"]
 FLOPS_PER_TDV = {"fwd": 2, "bwd": 6, "full": 8}
 SAMPLES = 64
@@ -84,10 +91,12 @@ def make_head_fn(provider, device, form, extra):
         return lambda x, w, y: fused_bon_loss(x, w, y, si, weights, normaliser=normaliser, impl="torch", **kw)
     if provider == "compile":
         return torch.compile(naive)
-    if provider == "triton":
+    if provider == "triton" or provider.startswith("triton_"):
         if device != "cuda":
             pytest.skip("triton needs CUDA")
-        return lambda x, w, y: fused_bon_loss(x, w, y, si, weights, normaliser=normaliser, impl="triton", **kw)
+        strategy = provider.removeprefix("triton_") if provider != "triton" else "auto"
+        return lambda x, w, y: fused_bon_loss(x, w, y, si, weights, normaliser=normaliser, impl="triton",
+                                              strategy=strategy, **kw)
     raise ValueError(f"unknown provider {provider!r}; expected one of {HEAD_PROVIDERS}")
 
 
