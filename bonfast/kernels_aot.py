@@ -105,6 +105,20 @@ def _describe(blocks, warps, stages):
     return " ".join(f"{k}{v}" for k, v in short.items()) + f" w{warps} s{stages}"
 
 
+def ptxas_path(arch=90):
+    """The ptxas bundled with triton's NVIDIA backend (None when this triton build has none)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+    except ImportError:
+        return None
+    try:
+        tool = get_ptxas(arch)
+    except TypeError:  # older triton: get_ptxas() takes no arch
+        tool = get_ptxas()
+    path = getattr(tool, "path", tool)
+    return path if path and os.access(path, os.X_OK) else None
+
+
 _PTXAS_RE = {
     "regs": re.compile(r"Used (\d+) registers"),
     "spill_st": re.compile(r"(\d+) bytes spill stores"),
@@ -115,12 +129,11 @@ _PTXAS_RE = {
 def _ptxas_stats(log, ptx, arch):
     """(registers, spill store bytes, spill load bytes) from ptxas -v output; runs ptxas itself if needed."""
     if not _PTXAS_RE["regs"].search(log):
-        from triton.backends.nvidia.compiler import get_ptxas
         with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
             f.write(ptx)
         try:
             gpu = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
-            out = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name={gpu}", f.name, "-o", os.devnull],
+            out = subprocess.run([ptxas_path(arch), "-v", f"--gpu-name={gpu}", f.name, "-o", os.devnull],
                                  capture_output=True, text=True, check=True)
             log = out.stderr + out.stdout
         finally:

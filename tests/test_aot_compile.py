@@ -11,18 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from bonfast.kernels_aot import ptxas_path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _ptxas_available():
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
-        return os.access(get_ptxas(90).path, os.X_OK)
-    except Exception:  # noqa: BLE001 - no NVIDIA backend in this triton build
-        return False
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not _ptxas_available(),
+@pytest.mark.skipif(not sys.platform.startswith("linux") or ptxas_path() is None,
                     reason="needs triton's NVIDIA backend and its bundled ptxas (Linux x86_64)")
 def test_every_kernel_compiles_for_sm80_and_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
