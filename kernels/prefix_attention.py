@@ -202,7 +202,7 @@ def _num_splits(P: int, programs: int, device: torch.device) -> int:
 
 
 def _blocks(M, group, Dh, block_n=None):
-    """Launch constexprs (block sizes, warps) of the prefix kernel (M = n * group query rows) and the merge kernel
+    """Block sizes of the prefix kernel (M = n * group query rows) and the merge kernel
     (one row per query head of a kv group); the ahead-of-time compile check uses the same choice."""
     BLOCK_D = max(16, triton.next_power_of_2(Dh))
     block_n = (64 if BLOCK_D <= 64 else 32) if block_n is None else block_n
