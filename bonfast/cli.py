@@ -289,13 +289,15 @@ def _bench(argv: list[str]) -> int:
         os.makedirs(os.path.dirname(results), exist_ok=True)
         cmd.append(f"--benchmark-json={results}")
     cmd += extra
-    print("bonfast bench: " + " ".join(os.path.relpath(c, ROOT) if os.path.isabs(c) and c.startswith(ROOT)
-                                       else c for c in cmd[1:]), flush=True)
+    shown = " ".join(os.path.relpath(c, ROOT) if os.path.isabs(c) and c.startswith(ROOT) else c for c in cmd[1:])
+    print(f"bonfast bench: running (in {ROOT}): python {shown}", flush=True)
     rc = subprocess.call(cmd, cwd=ROOT)
     if results is not None and os.path.exists(results):
-        print(f"bonfast bench: results in {results}")
+        print(f"bonfast bench: results in {results} (pytest exit status {rc})")
     elif results is None and "--benchmark-json" in names:
-        print("bonfast bench: results in the --benchmark-json file you named")
+        print(f"bonfast bench: results in the --benchmark-json file you named (pytest exit status {rc})")
+    else:
+        print(f"bonfast bench: no results file (nothing timed; pytest exit status {rc})")
     return rc
 
 
