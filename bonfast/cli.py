@@ -101,10 +101,11 @@ def _add_fields(parser, fields, hints, comments, choices):
             parser.add_argument(f"--{f.name}", type=_tuple_of(elem), default=None, metavar="A,B,...", help=helptext)
         else:
             base = next((t for t in typing.get_args(tp) if t is not type(None)), tp) if origin else tp
+            optional = type(None) in typing.get_args(tp)  # `--field none` is accepted (the default)
             # torchrun's own parser rejects `--n` (an ambiguous prefix of --nnodes / --nproc_per_node)
             alias = ("--n_samples",) if f.name == "n" else ()
-            parser.add_argument(f"--{f.name}", *alias, type=_scalar(base), default=None, metavar=base.__name__.upper(),
-                                help=helptext)
+            parser.add_argument(f"--{f.name}", *alias, type=_scalar(base, optional), default=None,
+                                metavar=base.__name__.upper(), help=helptext)
 
 
 def _bool(s: str) -> bool:
@@ -115,8 +116,10 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
-def _scalar(tp):
+def _scalar(tp, optional: bool = False):
     def parse(s: str):
+        if optional and s.lower() == "none":
+            return None
         try:
             return tp(s)
         except ValueError:

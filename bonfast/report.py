@@ -17,16 +17,19 @@ __all__ = ["format_table", "plot", "bok_is_pass"]
 def bok_is_pass(*results: dict | None) -> bool:
     """Whether bo@k equals pass@k at every k and temperature in every given result (oracle verifier)."""
     results = [r for r in results if r is not None]
+
+    def same(a: dict | None, b: dict) -> bool:
+        return a is not None and all(abs(a[key] - b[key]) <= 1e-12 for key in ("mean", "lo", "hi"))
     return bool(results) and all(
-        table.get(f"bo@{name.split('@')[1]}") == v
+        same(table.get(f"bo@{name.split('@')[1]}"), v)
         for r in results for table in r["metrics"].values() for name, v in table.items() if name.startswith("pass@"))
 
 
 def _verifier_note(result: dict, same: bool) -> str:
     verifier = result.get("verifier")
     if same:
-        return f"bo@k = pass@k here (verifier: {verifier or 'oracle'}; it picks a correct response when there is one)"
-    return f"bo@k: the verifier's ({verifier}) pick among k samples" if verifier else ""
+        return f"bo@k = pass@k here: the {verifier or 'oracle'} verifier picks a correct response whenever there is one"
+    return f"bo@k: reward of the {verifier} verifier's pick among k samples" if verifier else ""
 
 
 def format_table(before: dict, after: dict | None = None) -> str:
@@ -38,13 +41,13 @@ def format_table(before: dict, after: dict | None = None) -> str:
     labels = (before.get("tag", "before"), after.get("tag", "after") if after else None)
     for temp, table in before["metrics"].items():
         lines.append(f"{temp}  ({before['prompts']} prompts, n = {before['n']} samples each; 95% bootstrap CI)")
-        head = f"  {'metric':12s} {labels[0]:>22s}" + (f" {labels[1]:>22s}" if after else "")
+        head = f"  {'metric':14s} {labels[0]:>22s}" + (f" {labels[1]:>22s}" if after else "")
         lines.append(head + (f" {'change (paired CI)':>24s}" if paired else ""))
         for name, v in table.items():
             if same and name.startswith("bo@"):
                 continue
             label = f"{name} = bo@{name.split('@')[1]}" if same and name.startswith("pass@") else name
-            row = f"  {label:12s} {_fmt(v):>22s}"
+            row = f"  {label:14s} {_fmt(v):>22s}"
             if after:
                 row += f" {_fmt(after['metrics'][temp][name]):>22s}"
             if paired:
@@ -54,7 +57,7 @@ def format_table(before: dict, after: dict | None = None) -> str:
                 row += f" {100 * mean:+6.1f} [{100 * lo:+6.1f}, {100 * hi:+6.1f}]"
             lines.append(row)
     note = _verifier_note(before, same)
-    return "\n".join(lines + ([f"  ({note})"] if note else []))
+    return "\n".join(lines + ([f"  {note}"] if note else []))
 
 
 def _fmt(v: dict) -> str:
