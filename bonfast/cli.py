@@ -227,8 +227,10 @@ def _bench_help() -> str:
         "root, prints the command it ran and where the results went (a JSON file under runs/bench/ unless you pass",
         "--benchmark-json, --benchmark-disable or --collect-only). Suites come first (default: all); every",
         "option, and everything after `--`, goes to pytest unchanged. Without --shapes (or BONFAST_BENCH_SHAPES)",
-        "the quick preset `tiny` is used, so that a plain `bonfast bench` finishes in minutes on a laptop CPU;",
-        "CUDA-only cases skip on a machine without a GPU.",
+        "the quick defaults apply, so that a plain `bonfast bench` is a smoke run of every case on a laptop CPU:",
+        "--shapes tiny --modes full --bench-rounds 1 --no-memory (an option you give replaces its default).",
+        "With --shapes, the suites' own defaults apply (3 rounds, fwd/bwd/full, peak memory). CUDA-only cases",
+        "skip on a machine without a GPU.",
         "",
         "suites:",
         *(f"  {name:20s} {os.path.relpath(path, ROOT)}" for name, path in suites.items()),
@@ -240,8 +242,8 @@ def _bench_help() -> str:
         "any pytest / pytest-benchmark option (-k, -q, -s, --co, --benchmark-json PATH, --benchmark-disable, ...).",
         "",
         "examples:",
-        "  bonfast bench                                       every suite, shapes `tiny`",
-        "  bonfast bench bon_loss linear_logprobs --shapes cpu-small",
+        "  bonfast bench                                       every suite, quick defaults",
+        "  bonfast bench bon_loss linear_logprobs --shapes cpu-small       full measurement on CPU shapes",
         "  bonfast bench --co -q                               list the cases without running them",
         "  bonfast bench packing -k packed --benchmark-json out.json",
         "  bonfast bench linear_logprobs -- --providers naive,bonfast_torch --modes full",
@@ -283,7 +285,11 @@ def _bench(argv: list[str]) -> int:
     cmd = [sys.executable, "-m", "pytest", *(targets or [BENCH_DIR]), "-o", "python_files=bench_*.py",
            "-p", "no:cacheprovider", "--benchmark-columns=min,mean,stddev,rounds", "--benchmark-group-by=group"]
     if "--shapes" not in names and "BONFAST_BENCH_SHAPES" not in os.environ:
-        cmd += ["--shapes", "tiny"]
+        # quick defaults: a smoke-sized run of every case; any of them given explicitly wins
+        quick = {"--shapes": "tiny", "--modes": "full", "--bench-rounds": "1", "--no-memory": None}
+        for option, value in quick.items():
+            if option not in names:
+                cmd += [option] if value is None else [option, value]
     results = None
     collect_only = any(a in ("--co", "--collect-only") for a in extra)
     if not collect_only and "--benchmark-disable" not in names and "--benchmark-json" not in names:
