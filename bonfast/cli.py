@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = (("train", "BoN-aware fine-tuning run (default: the embedded arithmetic run)"),
                 ("eval", "evaluate a run's checkpoint (out_dir): pass@k / BoK / majority@k table + plot"))
     for name, helptext in commands:
-        p = sub.add_parser(name, help=helptext, description=helptext)
+        p = sub.add_parser(name, help=helptext, description=helptext,
+                           usage=f"bonfast {name} [--preset NAME] [--FIELD VALUE ...]  (the fields are listed below)")
         p.add_argument("--preset", default=None, choices=sorted(PRESETS), metavar="NAME",
                        help=f"named preset to start from; one of: {', '.join(PRESETS)} (default: default)")
         p.add_argument("--debug", type=_bool, default=False, metavar="true|false",
