@@ -229,7 +229,8 @@ def _bench_help() -> str:
         "--benchmark-json, --benchmark-disable or --collect-only). Suites come first (default: all); every",
         "option, and everything after `--`, goes to pytest unchanged. Without --shapes (or BONFAST_BENCH_SHAPES)",
         "the quick defaults apply, so that a plain `bonfast bench` is a smoke run of every case on a laptop CPU:",
-        "--shapes tiny --modes full --bench-rounds 1 --no-memory (an option you give replaces its default).",
+        "--shapes tiny --modes full --bench-rounds 1 --no-memory, BONFAST_PACKING_SHAPES=qwen-tiny (an option",
+        "or variable you set replaces its default).",
         "With --shapes, the suites' own defaults apply (3 rounds, fwd/bwd/full, peak memory). CUDA-only cases",
         "skip on a machine without a GPU.",
         "",
@@ -285,12 +286,14 @@ def _bench(argv: list[str]) -> int:
     names = " ".join(extra)
     cmd = [sys.executable, "-m", "pytest", *(targets or [BENCH_DIR]), "-o", "python_files=bench_*.py",
            "-p", "no:cacheprovider", "--benchmark-columns=min,mean,stddev,rounds", "--benchmark-group-by=group"]
+    env = dict(os.environ)
     if "--shapes" not in names and "BONFAST_BENCH_SHAPES" not in os.environ:
         # quick defaults: a smoke-sized run of every case; any of them given explicitly wins
         quick = {"--shapes": "tiny", "--modes": "full", "--bench-rounds": "1", "--no-memory": None}
         for option, value in quick.items():
             if option not in names:
                 cmd += [option] if value is None else [option, value]
+        env.setdefault("BONFAST_PACKING_SHAPES", "qwen-tiny")  # bench_packing's own model-shape switch
     results = None
     collect_only = any(a in ("--co", "--collect-only") for a in extra)
     if not collect_only and "--benchmark-disable" not in names and "--benchmark-json" not in names:
@@ -300,8 +303,9 @@ def _bench(argv: list[str]) -> int:
         cmd.append(f"--benchmark-json={results}")
     cmd += extra
     shown = " ".join(os.path.relpath(c, ROOT) if os.path.isabs(c) and c.startswith(ROOT) else c for c in cmd[1:])
-    print(f"bonfast bench: running (in {ROOT}): python {shown}", flush=True)
-    rc = subprocess.call(cmd, cwd=ROOT)
+    packing = f"BONFAST_PACKING_SHAPES={env['BONFAST_PACKING_SHAPES']} " if "BONFAST_PACKING_SHAPES" in env else ""
+    print(f"bonfast bench: running (in {ROOT}): {packing}python {shown}", flush=True)
+    rc = subprocess.call(cmd, cwd=ROOT, env=env)
     if results is not None and os.path.exists(results):
         print(f"bonfast bench: results in {results} (pytest exit status {rc})")
     elif results is None and "--benchmark-json" in names:

@@ -215,7 +215,7 @@ def test_bench_help_lists_suites_and_presets(capsys):
 def test_bench_forwards_options(monkeypatch, capsys, tmp_path):
     calls = []
 
-    def call(cmd, cwd):
+    def call(cmd, cwd, env):
         calls.append(cmd)
         for c in cmd:  # as pytest-benchmark would
             if c.startswith("--benchmark-json="):

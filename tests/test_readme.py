@@ -60,7 +60,7 @@ def test_shell_command_works_as_written(command, tmp_path, monkeypatch, capsys):
     argv = words[1:]
     if argv[0] == "bench":
         monkeypatch.chdir(tmp_path)
-        monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd: 0)  # build the pytest command, time nothing
+        monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd, env: 0)  # build the pytest command, time nothing
         assert cli.main(argv) == 0
         return
     parser = cli.build_parser()
