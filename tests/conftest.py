@@ -12,12 +12,32 @@ from precision import triton_device
 
 
 def pytest_collection_modifyitems(config, items):
+    _start_aot_check(config, items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def _start_aot_check(config, items):
+    """The ahead-of-time compile check (tests/test_aot_compile.py) takes a minute or two of one core: start it
+    now in the background and run its test last, so it overlaps the rest of the suite."""
+    aot = [item for item in items if item.nodeid.endswith("test_every_kernel_compiles_for_sm80_and_sm90")]
+    if not aot:
+        return
+    items[:] = [item for item in items if item not in aot] + aot
+    import test_aot_compile
+    if test_aot_compile.AVAILABLE:
+        config.stash[test_aot_compile.AOT_KEY] = test_aot_compile.start_check()
+
+
+def pytest_unconfigure(config):
+    import sys
+    module = sys.modules.get("test_aot_compile")
+    if module is not None and module.AOT_KEY in config.stash:
+        module.stop_check(config.stash[module.AOT_KEY])  # interrupted sessions: kill only what we started
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -5,8 +5,10 @@ The check (`python -m bonfast.kernels_aot`) runs in a subprocess with TRITON_INT
 when `@triton.jit` decorates, and this test session's kernels are interpreted on a CPU-only machine.
 """
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,15 +16,43 @@ import pytest
 from bonfast.kernels_aot import ptxas_path
 
 ROOT = Path(__file__).resolve().parents[1]
+AOT_KEY = pytest.StashKey()  # the background check started at collection (tests/conftest.py)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or ptxas_path() is None,
-                    reason="needs triton's NVIDIA backend and its bundled ptxas (Linux x86_64)")
-def test_every_kernel_compiles_for_sm80_and_sm90():
+AVAILABLE = sys.platform.startswith("linux") and ptxas_path() is not None
+
+
+def start_check():
+    """Start `python -m bonfast.kernels_aot` in the background (one target at a time, one core): tests/conftest.py
+    calls this when the test is collected, so the compiles overlap the rest of the suite (which runs on one
+    thread). Output goes to a temporary file; the process has its own session so it can be killed by group."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.pop("TRITON_CACHE_DIR", None)  # the tool compiles into a fresh temporary cache: a real compile every run
-    proc = subprocess.run([sys.executable, "-m", "bonfast.kernels_aot", "--quiet"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1200)
-    summary = [line for line in proc.stderr.splitlines() if line.startswith(("kernels_aot:", "FAIL"))]
-    assert proc.returncode == 0, "\n".join(summary) or proc.stderr[-3000:]
-    assert any("0 failures" in line for line in summary), proc.stderr[-3000:]
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-m", "bonfast.kernels_aot", "--quiet", "--jobs", "1"], cwd=ROOT,
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+def stop_check(started):
+    """Kill a started check that is still running (its own process group only)."""
+    proc, log = started
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+
+
+@pytest.mark.skipif(not AVAILABLE, reason="needs triton's NVIDIA backend and its bundled ptxas (Linux x86_64)")
+def test_every_kernel_compiles_for_sm80_and_sm90(request):
+    started = request.config.stash.get(AOT_KEY, None) or start_check()
+    proc, log = started
+    try:
+        proc.wait(timeout=1200)
+        log.seek(0)
+        output = log.read()
+    finally:
+        stop_check(started)
+    summary = [line for line in output.splitlines() if line.startswith(("kernels_aot:", "FAIL"))]
+    assert proc.returncode == 0, "\n".join(summary) or output[-3000:]
+    assert any("0 failures" in line for line in summary), output[-3000:]
