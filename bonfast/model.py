@@ -332,13 +332,14 @@ class Transformer(nn.Module):
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write config.json + model.safetensors that both `load_model` and transformers read."""
         from safetensors.torch import save_file
+
+        from bonfast.checkpoint import atomic_write
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.config.to_hf().save_pretrained(path)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.hf_state_dict().items()}
-        tmp = path / "model.safetensors.tmp"
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path / "model.safetensors")  # atomic: a crash never leaves half a checkpoint
+        # atomic: a crash never leaves half a checkpoint
+        atomic_write(str(path / "model.safetensors"), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
 
 
 def hf_key(name: str) -> str:
@@ -506,7 +507,9 @@ def load_model(path: str | os.PathLike, *, gguf_file: str | None = None, dtype: 
         return model.to(dtype=dtype, device=device), _tokenizer(path, gguf_file)
     cfg_file = path / "config.json"
     if not cfg_file.exists():
-        raise ValueError(f"load_model: {cfg_file} not found (a checkpoint directory needs config.json)")
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = f"; the directory holds {', '.join(ggufs)}: pass gguf_file={ggufs[0]!r}" if ggufs else ""
+        raise ValueError(f"load_model: {cfg_file} not found (a checkpoint directory needs config.json){hint}")
     model_type = json.loads(cfg_file.read_text()).get("model_type")
     if model_type in SUPPORTED_MODEL_TYPES:
         cfg = ModelConfig.from_hf(AutoConfig.from_pretrained(path, local_files_only=True))

@@ -218,3 +218,9 @@ def test_smollm2_gguf_matches_transformers():
     ids = tok("Question: what is 17 + 25? Answer:", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert (model(ids) - hf(ids).logits).abs().max() <= 1e-4
+
+
+def test_load_model_names_gguf_file_when_directory_holds_one(tmp_path):
+    (tmp_path / "tiny.Q4_1.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match=r"config\.json not found.*pass gguf_file='tiny\.Q4_1\.gguf'"):
+        load_model(tmp_path)
