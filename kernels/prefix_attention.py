@@ -278,7 +278,7 @@ def compile_cases():
                 if model != "Llama-3-8B":
                     continue
                 ns = ns[-1:]
-            group, G, P, t, X = Hq // Hkv, 4, 1000, 300, 3
+            group, G, t, X = Hq // Hkv, 4, 300, 3
             flags = dict(GROUP=group, DOT_PRECISION="ieee", UPCAST=dtype == f32)
             for n in ns:
                 M = n * group

@@ -3,10 +3,16 @@ import math
 
 import pytest
 import torch
-
-from bonfast.attention import (CausalAttention, attention, available_backends, causal_mask, force_backend,
-                               resolve_backend)
 from precision import DTYPES, assert_three_way
+
+from bonfast.attention import (
+    CausalAttention,
+    attention,
+    available_backends,
+    causal_mask,
+    force_backend,
+    resolve_backend,
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -5,10 +5,10 @@ import re
 
 import pytest
 import torch
+from precision import assert_three_way, impl_name
 
 from bonfast.ops import bon_loss, fused_bon_loss, linear_logprobs
 from bonfast.reference import bon_loss_ref, linear_logprobs_ref
-from precision import assert_three_way, impl_name
 
 IMPLS = ["torch", "triton"]
 FORMS = {

@@ -8,11 +8,12 @@ import re
 
 import pytest
 import torch
+from precision import DTYPES, assert_three_way
+from precision import impl_name as _impl
 
 import bonfast.ops as ops
 from bonfast.ops import linear_logprobs
 from bonfast.reference import linear_logprobs_ref
-from precision import DTYPES, assert_three_way, impl_name as _impl
 
 # "torch-tiled" (tests/conftest.py): the torch path with 7 x 64 tiles, so every shape below crosses several
 # token chunks and vocabulary blocks (the online softmax across blocks, a ragged last block)

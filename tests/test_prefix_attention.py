@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
+from precision import DTYPES, assert_three_way
 
 from bonfast.kernels.prefix_attention import prefix_attention_fwd
 from bonfast.ops import prefix_attention, prefix_attention_torch
-from precision import DTYPES, assert_three_way
-
 
 # (G, n, Hq, Hkv, Dh, P, t): GQA with odd sizes, MHA, MQA with n = 1, no suffix yet (t = 0), a big group
 CASES = [

