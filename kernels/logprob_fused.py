@@ -54,6 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
+from bonfast.kernels._strategy_function import apply as strategy_apply
 from bonfast.kernels.logprob_gemm import budget_bytes, grad_vectors, num_sms
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -282,25 +283,9 @@ def fused_bwd(x, w, y, stats, entropy, g_logp, g_entropy, g_lse, temperature, ig
     return (dx32.to(x.dtype) if need_dx else None), dw
 
 
-class _FusedLogprobsFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w, y, temperature, ignore_index, want_entropy, memory_budget):
-        from bonfast.kernels.linear_logprobs import linear_logprobs_fwd
-        logp, entropy, lse, stats = linear_logprobs_fwd(x, w, y, temperature, ignore_index, want_entropy)
-        if entropy is None:
-            entropy = torch.zeros_like(logp)
-            ctx.mark_non_differentiable(entropy)
-        ctx.save_for_backward(x, w, y, stats, entropy)
-        ctx.temperature, ctx.ignore_index, ctx.memory_budget = temperature, ignore_index, memory_budget
-        ctx.set_materialize_grads(False)
-        return logp, entropy, lse
-
-    @staticmethod
-    def backward(ctx, g_logp, g_entropy, g_lse):
-        x, w, y, stats, entropy = ctx.saved_tensors
-        dx, dw = fused_bwd(x, w, y, stats, entropy, g_logp, g_entropy, g_lse, ctx.temperature, ctx.ignore_index,
-                           ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.memory_budget)
-        return dx, dw, None, None, None, None, None
+def _fused_fwd(x, w, y, temperature, ignore_index, want_entropy, memory_budget):
+    from bonfast.kernels.linear_logprobs import linear_logprobs_fwd
+    return linear_logprobs_fwd(x, w, y, temperature, ignore_index, want_entropy)
 
 
 def linear_logprobs_fused(x, w, y, *, temperature=1.0, ignore_index=-100, return_entropy=False,
@@ -308,10 +293,7 @@ def linear_logprobs_fused(x, w, y, *, temperature=1.0, ignore_index=-100, return
     """fused strategy on validated x [T, D], w [V, D], y [T] int64 -> (logp, entropy, lse), fp32 [T].
 
     `entropy` is zeros (not differentiable) unless return_entropy; memory_budget: see `chunk_cols`."""
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    w = w if w.stride(-1) == 1 else w.contiguous()
-    return _FusedLogprobsFunction.apply(x, w, y.contiguous(), float(temperature), int(ignore_index),
-                                        bool(return_entropy), memory_budget)
+    return strategy_apply(x, w, y, temperature, ignore_index, return_entropy, _fused_fwd, fused_bwd, memory_budget)
 
 
 class _FusedBonLossFunction(torch.autograd.Function):

@@ -55,6 +55,8 @@ import torch
 import triton
 import triton.language as tl
 
+from bonfast.kernels._strategy_function import apply as strategy_apply
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _BLOCK_R, _BLOCK_V = (16, 1024) if _INTERPRET else (4, 1024)  # rows x vocabulary entries per program
 
@@ -348,36 +350,13 @@ def gemm_bwd(x, w, y, stats, entropy, g_logp, g_entropy, g_lse, temperature, ign
     return dx, (dw32.to(w.dtype) if need_dw else None)
 
 
-class _GemmLogprobsFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w, y, temperature, ignore_index, want_entropy, rows):
-        logp, entropy, lse, stats = gemm_fwd(x, w, y, temperature, ignore_index, want_entropy, rows)
-        if entropy is None:
-            entropy = torch.zeros_like(logp)
-            ctx.mark_non_differentiable(entropy)
-        ctx.save_for_backward(x, w, y, stats, entropy)
-        ctx.temperature, ctx.ignore_index, ctx.rows = temperature, ignore_index, rows
-        ctx.set_materialize_grads(False)
-        return logp, entropy, lse
-
-    @staticmethod
-    def backward(ctx, g_logp, g_entropy, g_lse):
-        x, w, y, stats, entropy = ctx.saved_tensors
-        dx, dw = gemm_bwd(x, w, y, stats, entropy, g_logp, g_entropy, g_lse, ctx.temperature, ctx.ignore_index,
-                          ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.rows)
-        return dx, dw, None, None, None, None, None
-
-
 def linear_logprobs_gemm(x, w, y, *, temperature=1.0, ignore_index=-100, return_entropy=False,
                          memory_budget=None):
     """gemm strategy on validated x [T, D], w [V, D], y [T] int64 -> (logp, entropy, lse), fp32 [T].
 
     `entropy` is zeros (not differentiable) unless return_entropy; memory_budget: see `chunk_rows`."""
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    w = w if w.stride(-1) == 1 else w.contiguous()
     rows = chunk_rows(x.shape[0], x.shape[1], w.shape[0], x.dtype, memory_budget)
-    return _GemmLogprobsFunction.apply(x, w, y.contiguous(), float(temperature), int(ignore_index),
-                                       bool(return_entropy), rows)
+    return strategy_apply(x, w, y, temperature, ignore_index, return_entropy, gemm_fwd, gemm_bwd, rows)
 
 
 class _GemmBonLossFunction(torch.autograd.Function):

@@ -42,3 +42,23 @@ def triton_device():
     if os.environ.get("TRITON_INTERPRET") == "1":
         return torch.device("cpu")
     return torch.device("cuda") if torch.cuda.is_available() else None
+
+
+def naive_head(x, w, y, temperature, ignore_index=-100):
+    """What a user writes: logits in the input dtype, upcast, log-softmax, gather -> (logp, entropy, lse)."""
+    z = (x @ w.T).float() / temperature  # (T, V)
+    logq = torch.log_softmax(z, dim=-1)
+    keep = y != ignore_index
+    logp = logq.gather(-1, torch.where(keep, y, 0)[:, None])[:, 0]
+    entropy = -(logq.exp() * logq).sum(-1)
+    lse = torch.logsumexp(z, -1)
+    return tuple(torch.where(keep, t, 0.0) for t in (logp, entropy, lse))
+
+
+def outputs_and_grads(fn, x, w, grads):
+    """Outputs of fn(x, w) and the gradients of sum_i <out_i, g_i> w.r.t. x and w."""
+    x = x.detach().clone().requires_grad_()
+    w = w.detach().clone().requires_grad_()
+    outs = fn(x, w)
+    dx, dw = torch.autograd.grad(sum((o.double() * g).sum() for o, g in zip(outs, grads)), (x, w))
+    return [o.detach() for o in outs] + [dx, dw]

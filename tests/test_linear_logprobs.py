@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from precision import DTYPES, assert_three_way
+from precision import DTYPES, assert_three_way, naive_head, outputs_and_grads
 from precision import impl_name as _impl
 
 import bonfast.ops as ops
@@ -23,34 +23,18 @@ IMPLS = ["torch", "torch-tiled", "triton"]
 SHAPES = [(1, 33, 521, 1.0), (40, 67, 509, 0.5), (23, 64, 300, 1.7)]
 
 
-def _naive(x, w, y, temperature, ignore_index=-100):
-    """What a user writes: logits in the input dtype, upcast, log-softmax, gather."""
-    z = (x @ w.T).float() / temperature  # (T, V)
-    logq = torch.log_softmax(z, dim=-1)
-    keep = y != ignore_index
-    logp = logq.gather(-1, torch.where(keep, y, 0)[:, None])[:, 0]
-    entropy = -(logq.exp() * logq).sum(-1)
-    lse = torch.logsumexp(z, -1)
-    return tuple(torch.where(keep, t, 0.0) for t in (logp, entropy, lse))
-
-
-def _run_all(fn, x, w, grads):
-    """Outputs of fn(x, w) and the gradients of sum_i <out_i, g_i> w.r.t. x and w."""
-    x = x.detach().clone().requires_grad_()
-    w = w.detach().clone().requires_grad_()
-    outs = fn(x, w)
-    dx, dw = torch.autograd.grad(sum((o.double() * g).sum() for o, g in zip(outs, grads)), (x, w))
-    return [o.detach() for o in outs] + [dx, dw]
 
 
 def _check_three_way(impl, x, w, y, temperature, dtype, ignore_index=-100):
     T = y.shape[0]
     grads = [torch.randn(T, dtype=torch.float64, device=y.device) for _ in range(3)]
-    out = _run_all(lambda a, b: linear_logprobs(a, b, y, temperature=temperature, ignore_index=ignore_index,
-                                                return_entropy=True, return_lse=True, impl=_impl(impl)), x, w, grads)
-    pt = _run_all(lambda a, b: _naive(a, b, y, temperature, ignore_index), x, w, grads)
-    gt = _run_all(lambda a, b: linear_logprobs_ref(a, b, y, temperature=temperature, ignore_index=ignore_index),
-                  x.double(), w.double(), grads)
+    out = outputs_and_grads(
+        lambda a, b: linear_logprobs(a, b, y, temperature=temperature, ignore_index=ignore_index, return_entropy=True,
+                                     return_lse=True, impl=_impl(impl)), x, w, grads)
+    pt = outputs_and_grads(lambda a, b: naive_head(a, b, y, temperature, ignore_index), x, w, grads)
+    gt = outputs_and_grads(
+        lambda a, b: linear_logprobs_ref(a, b, y, temperature=temperature, ignore_index=ignore_index),
+        x.double(), w.double(), grads)
     for name, o, p, g in zip(["logp", "entropy", "lse", "dX", "dW"], out, pt, gt):
         assert_three_way(o, p, g, dtype, name=f"{impl} {name}")
     return out

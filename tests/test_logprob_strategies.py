@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from precision import DTYPES, assert_three_way
+from precision import DTYPES, assert_three_way, naive_head, outputs_and_grads
 
 import bonfast.kernels.logprob_fused as fused
 import bonfast.kernels.logprob_gemm as gemm
@@ -26,24 +26,6 @@ def _small_chunks(monkeypatch):
     monkeypatch.setattr(fused, "_SPLIT_MIN_K", 16)
 
 
-def _naive(x, w, y, temperature, ignore_index=-100):
-    """What a user writes: logits in the input dtype, upcast, log-softmax, gather."""
-    z = (x @ w.T).float() / temperature  # (T, V)
-    logq = torch.log_softmax(z, dim=-1)
-    keep = y != ignore_index
-    logp = logq.gather(-1, torch.where(keep, y, 0)[:, None])[:, 0]
-    entropy = -(logq.exp() * logq).sum(-1)
-    lse = torch.logsumexp(z, -1)
-    return tuple(torch.where(keep, t, 0.0) for t in (logp, entropy, lse))
-
-
-def _run_all(fn, x, w, grads):
-    """Outputs of fn(x, w) and the gradients of sum_i <out_i, g_i> w.r.t. x and w."""
-    x = x.detach().clone().requires_grad_()
-    w = w.detach().clone().requires_grad_()
-    outs = fn(x, w)
-    dx, dw = torch.autograd.grad(sum((o.double() * g).sum() for o, g in zip(outs, grads)), (x, w))
-    return [o.detach() for o in outs] + [dx, dw]
 
 
 def _inputs(T, D, V, dtype, device, ignored=0.25):
@@ -67,10 +49,11 @@ def test_three_way(strategy, dtype, T, D, V, temperature, kernel_device):
     x, w, y = _inputs(T, D, V, dtype, kernel_device)
     grads = [torch.randn(T, dtype=torch.float64, device=kernel_device) for _ in range(3)]
     fn = STRATEGIES[strategy]
-    out = _run_all(lambda a, b: fn(a, b, y, temperature=temperature, return_entropy=True, memory_budget=TINY),
-                   x, w, grads)
-    pt = _run_all(lambda a, b: _naive(a, b, y, temperature), x, w, grads)
-    gt = _run_all(lambda a, b: linear_logprobs_ref(a, b, y, temperature=temperature), x.double(), w.double(), grads)
+    out = outputs_and_grads(lambda a, b: fn(a, b, y, temperature=temperature, return_entropy=True, memory_budget=TINY),
+                            x, w, grads)
+    pt = outputs_and_grads(lambda a, b: naive_head(a, b, y, temperature), x, w, grads)
+    gt = outputs_and_grads(lambda a, b: linear_logprobs_ref(a, b, y, temperature=temperature),
+                           x.double(), w.double(), grads)
     for name, o, p, g in zip(["logp", "entropy", "lse", "dX", "dW"], out, pt, gt):
         assert_three_way(o, p, g, dtype, name=f"{strategy} {name}")
     assert out[0].dtype == torch.float32 and out[3].dtype == dtype and out[4].dtype == dtype
@@ -201,8 +184,10 @@ def test_matmul_into_split_k(accumulate, dtype, kernel_device):
 
 def test_fused_backward_is_deterministic(kernel_device):
     x, w, y = _inputs(23, 40, 400, torch.bfloat16, kernel_device)
-    runs = [_run_all(lambda a, b: fused.linear_logprobs_fused(a, b, y, return_entropy=True, memory_budget=TINY),
-                     x, w, [torch.ones(23, dtype=torch.float64, device=kernel_device)] * 3) for _ in range(2)]
+    ones = [torch.ones(23, dtype=torch.float64, device=kernel_device)] * 3
+    runs = [outputs_and_grads(
+        lambda a, b: fused.linear_logprobs_fused(a, b, y, return_entropy=True, memory_budget=TINY), x, w, ones)
+        for _ in range(2)]
     for r0, r1 in zip(*runs):
         assert torch.equal(r0, r1)
 
