@@ -49,9 +49,11 @@ def full_logprobs(model, prompt, response, temperature):
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-def test_step_logits_equal_full_recompute(impl):
-    """Every decode step's logits (prefix KV once, suffix per sample, LSE merge) == model.forward."""
-    model = tiny_model()
+def test_step_logits_equal_full_recompute(impl, device):
+    """Every decode step's logits (prefix KV once, suffix per sample, LSE merge) == model.forward.
+
+    `device`: CUDA for impl="triton" on a GPU, the CPU under the interpreter; a clean skip otherwise."""
+    model = tiny_model().to(device)
     engine = Engine(model, attention_impl=impl)
     record = []
     n, L = 3, 5
@@ -64,8 +66,8 @@ def test_step_logits_equal_full_recompute(impl):
         for row, got in zip(rows.tolist(), logits):
             seq = list(prompts[row // n]) + tokens[row, :t].tolist()
             with torch.no_grad():
-                want = model(torch.tensor([seq]))[0, -1]
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+                want = model(torch.tensor([seq], device=device))[0, -1]
+            torch.testing.assert_close(got.cpu(), want.cpu(), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("temperature,top_p,top_k", [(1.0, 1.0, 0), (0.7, 0.9, 20), (1.3, 0.5, 0)])
