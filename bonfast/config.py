@@ -199,6 +199,8 @@ class TrainConfig:
         if self.verifier == "noisy":
             return {"false_positive_rate": self.verifier_fpr, "false_negative_rate": self.verifier_fnr,
                     "seed": self.seed}
+        if self.verifier == "biased":
+            return {"seed": self.seed}
         return {}
 
     def objective_kwargs(self) -> dict:

@@ -26,7 +26,7 @@ def _responses(example, k):
 
 
 def test_names():
-    assert VERIFIERS == ("oracle", "noisy", "majority", "logprob", "callable")
+    assert VERIFIERS == ("oracle", "noisy", "majority", "logprob", "biased", "callable")
 
 
 def test_oracle_equals_task_reward():
@@ -168,3 +168,11 @@ def test_train_prompt_pool_repeats_prompts_and_default_is_fresh():
     assert train_examples(pooled, TASK, 16, 7) == train_examples(pooled, TASK, 16, 7)  # resumable: seeded
     with pytest.raises(ValueError, match="TrainConfig.train_prompt_pool"):
         TrainConfig(train_prompt_pool=-1).validate()
+
+
+def test_biased_verifier_by_name_from_the_cli_config():
+    from bonfast import tasks
+    from bonfast.config import TrainConfig
+    cfg = TrainConfig(verifier="biased", seed=3).validate()
+    verifier = tasks.get_verifier(cfg.verifier, tasks.get_task(cfg.task, **cfg.task_kwargs()), **cfg.verifier_kwargs())
+    assert type(verifier).__name__ == "BiasedVerifier" and verifier.seed == 3

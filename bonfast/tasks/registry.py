@@ -5,7 +5,15 @@ import importlib
 import inspect
 
 from .base import Task, build_from_object, check_task_object, load_object
-from .verifiers import CallableVerifier, LogprobVerifier, MajorityVerifier, NoisyVerifier, OracleVerifier, Verifier
+from .verifiers import (
+    BiasedVerifier,
+    CallableVerifier,
+    LogprobVerifier,
+    MajorityVerifier,
+    NoisyVerifier,
+    OracleVerifier,
+    Verifier,
+)
 
 __all__ = ["TASKS", "VERIFIERS", "get_task", "get_verifier"]
 
@@ -26,6 +34,7 @@ _VERIFIERS = {
     "noisy": NoisyVerifier,
     "majority": MajorityVerifier,
     "logprob": LogprobVerifier,
+    "biased": BiasedVerifier,
     "callable": CallableVerifier,
 }
 TASKS = tuple(_TASKS)
