@@ -29,12 +29,13 @@ check runs on the device (no host sync). Offsets into X, W, dX and dW are int64 
 The autotuner keys on (D, V, a power-of-two bucket of T, HAS_ENTROPY), so the config chosen at one T is not
 reused at a very different T.
 """
-import math
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from bonfast.kernels.logprob_gemm import grad_vectors, merge_stats
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -269,11 +270,6 @@ def _kernel_flags(x):
     return upcast, "ieee"  # fp32 tiles: exact fp32 products (no TF32); 16-bit tiles ignore the precision flag
 
 
-def _bad_targets(y, V, ignore_index):
-    """Rows whose target is neither ignore_index nor in [0, V): their logp (and gradients) become NaN."""
-    return (y != ignore_index) & ((y < 0) | (y >= V))
-
-
 def _num_splits(T, V, device):
     """Vocabulary splits: enough (token tile, split) programs to fill the GPU twice over."""
     if _INTERPRET or device.type != "cuda":
@@ -300,19 +296,7 @@ def linear_logprobs_fwd(x, w, y, temperature, ignore_index, want_entropy):
     _linear_logprobs_fwd_kernel[grid](
         x, w, y, m, s, a, zy, T, V, D, _t_bucket(T), x.stride(0), x.stride(1), w.stride(0), w.stride(1),
         1.0 / temperature, splits, HAS_ENTROPY=want_entropy, UPCAST=upcast, PRECISION=precision, GROUP_T=8)
-    # merge the per-split partials: O(splits * T) work
-    mx = m.amax(0)  # (T,)
-    scale = torch.exp(m - mx)  # (splits, T); empty splits have m = -inf -> 0
-    s_tot = (s * scale).sum(0)
-    log_s = torch.log(s_tot)
-    valid = y != ignore_index
-    logp = torch.where(valid, (zy.sum(0) - mx) - log_s, 0.0).masked_fill_(_bad_targets(y, V, ignore_index), math.nan)
-    entropy = None
-    if want_entropy:
-        a_tot = torch.where(s > 0, scale * (a + s * (m - mx)), 0.0).sum(0)
-        entropy = torch.where(valid, log_s - a_tot / s_tot, 0.0)
-    stats = torch.stack((mx, log_s))  # (2, T): what the backward needs to rebuild softmax tiles
-    return logp, entropy, torch.where(valid, mx + log_s, 0.0), stats
+    return merge_stats(part, y, V, ignore_index, want_entropy)  # O(splits * T) merge of the partials
 
 
 def linear_logprobs_bwd(x, w, y, stats, entropy, g_logp, g_entropy, g_lse, temperature, ignore_index,
@@ -320,15 +304,10 @@ def linear_logprobs_bwd(x, w, y, stats, entropy, g_logp, g_entropy, g_lse, tempe
     """Launch the backward kernels. g_* are [T] upstream gradients (None = zero). Returns (dX, dW)."""
     T, D = x.shape
     V = w.shape[0]
-    valid = y != ignore_index
+    gl, gh, gs = grad_vectors(y, V, ignore_index, g_logp, g_entropy, g_lse)  # bad targets: NaN gradients
+    has_entropy = gh is not None
     zeros = torch.zeros(T, dtype=torch.float32, device=x.device)
-    if g_logp is None:
-        gl = zeros
-    else:  # rows with an out-of-range target have NaN logp: their gradient is NaN too, never a plausible number
-        gl = torch.where(valid, g_logp.float(), 0.0).masked_fill_(_bad_targets(y, V, ignore_index), math.nan)
-    gs = zeros if g_lse is None else torch.where(valid, g_lse.float(), 0.0)
-    has_entropy = g_entropy is not None
-    gh = torch.where(valid, g_entropy.float(), 0.0) if has_entropy else zeros
+    gh = gh if has_entropy else zeros
     ent = entropy if has_entropy else zeros
     upcast, precision = _kernel_flags(x)
     args = (x, w, y, stats[0], stats[1], ent, gl, gh, gs)
