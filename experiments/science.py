@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--runs", default="runs/science", help="directory of the individual runs")
     ap.add_argument("--out", default="docs/results/science", help="output prefix (.md, .json, -*.png)")
+    ap.add_argument("--results-doc", default="", help="the generated results document (default: docs/RESULTS.md "
+                    "with the default --out, else RESULTS.md beside --out)")
     ap.add_argument("--plan", action="store_true", help="print every run and its estimated CPU minutes; run nothing")
     ap.add_argument("--smoke", action="store_true", help="every arm, one seed, tiny settings, into a temp dir")
     ap.add_argument("--eval-one", metavar="RUN_DIR", help=argparse.SUPPRESS)
@@ -320,10 +322,13 @@ def main(argv: list[str] | None = None):
     arms = _select(args)
     settings = Settings(steps=args.steps, eval_prompts=args.eval_prompts)
     runs, out = args.runs, args.out
+    doc = args.results_doc or ("docs/RESULTS.md" if out == ap.get_default("out") else
+                               os.path.join(os.path.dirname(out), "RESULTS.md"))
     if args.smoke:
         settings, seeds = SMOKE, seeds or [1]
         root = tempfile.mkdtemp(prefix="bonfast-science-smoke-")
         runs, out = os.path.join(root, "runs"), os.path.join(root, "results", "science")
+        doc = os.path.join(root, "RESULTS.md")
         os.environ.setdefault("BONFAST_CACHE", os.path.join(root, "cache"))  # warm starts stay in the temp dir
     jobs = plan(arms, seeds)
     if args.plan:
@@ -336,6 +341,7 @@ def main(argv: list[str] | None = None):
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: run_job(*job, runs, settings), bases))
             list(pool.map(lambda job: run_job(*job, runs, settings), [j for j in jobs if j[0] != "base"]))
+    import results_doc
     from science_report import report
     all_seeds = sorted({s for _, s in jobs})
     data = report(runs, ["base", *arms], all_seeds, out, meta={
@@ -346,10 +352,38 @@ def main(argv: list[str] | None = None):
         "labels": LABELS, "groups": {a: ARMS[a].group for a in arms},
         "references": {a: ARMS[a].reference for a in arms if ARMS[a].reference},
         "n_bon": {a: ARMS[a].n_bon for a in arms}, "temps": TEMPS, "ks": KS, "train_n_bon": TRAIN_N_BON,
-        "tuning_seeds": TUNING_SEEDS, "pool": POOL, "smoke": args.smoke})
+        "tuning_seeds": TUNING_SEEDS, "pool": POOL, "smoke": args.smoke,
+        "planned": {a: [s for a2, s in jobs if a2 == a] for a in ["base", *arms]},
+        "cpu_minutes": cpu_minutes(runs, jobs)})
+    results_doc.write(data, doc, real_model_status())
     if args.smoke:
         print(f"smoke run finished: {out}.md")
     return data
+
+
+def cpu_minutes(runs: str, jobs: list[tuple[str, int]]) -> dict:
+    """Training and evaluation minutes of the finished runs (each ran on one thread: wall time = CPU time)."""
+    train = evaluation = 0.0
+    count = 0
+    for arm, seed in jobs:
+        out = os.path.join(runs, f"{arm}-seed{seed}")
+        if not os.path.exists(os.path.join(out, "eval.json")):
+            continue
+        count += 1
+        if os.path.exists(os.path.join(out, "done.json")):
+            with open(os.path.join(out, "done.json")) as f:
+                train += json.load(f)["train_seconds"] / 60
+        with open(os.path.join(out, "eval.json")) as f:
+            evaluation += json.load(f)["seconds"] / 60
+    return {"runs": count, "train": train, "eval": evaluation, "total": train + evaluation}
+
+
+def real_model_status() -> str:
+    path = "docs/results/real_model.md"
+    if os.path.exists(path):
+        return f"Results of its last call: `{path}`."
+    return ("**Not run**: it is sized for a GPU and none was available to this study (on the 2-core CPU one step of "
+            "16 samples of a 135M model takes minutes); the GPU plan above is an estimate, not a measurement.")
 
 
 if __name__ == "__main__":

