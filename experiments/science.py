@@ -311,6 +311,8 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--eval-one", metavar="RUN_DIR", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)
     ap.add_argument("--report-only", action="store_true", help="tabulate the runs that exist; train nothing")
+    ap.add_argument("--no-report", action="store_true", help="run the selected jobs; leave the report to a later "
+                    "--report-only call (a queue of several selections)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s] or None
     if args.eval_one:
@@ -341,6 +343,8 @@ def main(argv: list[str] | None = None):
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda job: run_job(*job, runs, settings), bases))
             list(pool.map(lambda job: run_job(*job, runs, settings), [j for j in jobs if j[0] != "base"]))
+    if args.no_report:
+        return None
     import results_doc
     from science_report import report
     all_seeds = sorted({s for _, s in jobs})
