@@ -33,7 +33,10 @@ hierarchical bootstrap (`bonfast.metrics.hierarchical_bootstrap`), Holm-correcte
 Runs execute as separate processes (`--jobs` at a time, one torch thread each, so results are bitwise reproducible
 on one machine). A run is finished when its directory has done.json (training) and eval.json (evaluation); finished
 runs are reused and an interrupted one resumes from its last checkpoint (every 20 steps), so the same command picks
-up where the last call stopped, across sessions. Commit docs/results/ as runs land (`--report-only` rewrites it).
+up where the last call stopped, across sessions. Commit docs/results/ and docs/RESULTS.md as runs land
+(`--report-only` rewrites them). The report keeps a compact copy of every run's per-prompt data in
+docs/results/science-runs/ (science_data.py, ~80 kB a run) and reads only that, so a clean clone without runs/
+regenerates every table and verdict.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 
+import science_data
 import torch
 
 from bonfast import metrics
@@ -48,12 +49,17 @@ CLAIMS = [
 ]
 
 
-def load(runs: str, arm: str, seed: int) -> dict | None:
-    path = os.path.join(runs, f"{arm}-seed{seed}", "eval.json")
+def load(runs: str, data_dir: str, arm: str, seed: int, ks) -> tuple[dict | None, dict | None]:
+    """(evaluation, training curve) of one run, read through its compact file in `data_dir` (science_data), which
+    is refreshed from runs/<arm>-seed<seed>/eval.json when that is newer; (None, None) if neither exists."""
+    run_dir = os.path.join(runs, f"{arm}-seed{seed}")
+    path = science_data.path_of(data_dir, arm, seed)
+    source = os.path.join(run_dir, "eval.json")
+    if os.path.exists(source) and (not os.path.exists(path) or os.path.getmtime(source) > os.path.getmtime(path)):
+        science_data.save(science_data.read_eval(run_dir), path, tuple(ks), train_curve(runs, arm, seed))
     if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+        return None, None
+    return science_data.load(path)
 
 
 def train_curve(runs: str, arm: str, seed: int) -> dict | None:
@@ -101,21 +107,25 @@ def verdict(stat: dict, sign: int) -> str:
     return "inconclusive"
 
 
-def report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict) -> dict:
-    """Write out.md, out.json and the plots from the eval.json of every (arm, seed) that has one; return the data."""
+def report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, data_dir: str | None = None) -> dict:
+    """Write out.md, out.json and the plots from every (arm, seed) evaluated (runs/*/eval.json, or its compact copy
+    in `data_dir`, default <dirname(out)>/science-runs); return the data."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # thousands of small bootstraps: thread hand-offs cost more than they save
     try:
-        return _report(runs, arms, seeds, out, meta)
+        return _report(runs, arms, seeds, out, meta,
+                       data_dir or os.path.join(os.path.dirname(out) or ".", "science-runs"))
     finally:
         torch.set_num_threads(threads)
 
 
-def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict) -> dict:
+def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, data_dir: str) -> dict:
     labels, temps, ks = meta["labels"], [f"{t:g}" for t in meta["temps"]], meta["ks"]
     groups = meta.get("groups", {})
     n_bon = meta["train_n_bon"]
-    evals = {(m, s): load(runs, m, s) for m in arms for s in seeds}
+    loaded = {(m, s): load(runs, data_dir, m, s, meta["ks"]) for m in arms for s in seeds}
+    evals = {key: ev for key, (ev, _) in loaded.items()}
+    curves = {key: curve for key, (_, curve) in loaded.items()}
     if not any(evals[("base", s)] for s in seeds):
         raise SystemExit(f"no evaluated base policy under {runs}; run experiments/science.py first")
     have = {m: [s for s in seeds if evals[(m, s)] is not None and evals[("base", s)] is not None] for m in arms}
@@ -224,7 +234,7 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict) 
     sweep = sweep_section(stat, evals, have, arms, meta, labels, n_bon, ks, lines)
     if sweep:
         data["sweep"] = sweep
-    gameable = gameable_section(stat, runs, R, arms, have, meta, labels, n_bon, lines)
+    gameable = gameable_section(stat, curves, R, arms, have, meta, labels, n_bon, lines)
     if gameable:
         data["gameable"] = gameable
 
@@ -349,7 +359,7 @@ def sweep_section(stat, evals, have, arms, meta, labels, n_bon, ks, lines) -> di
     return {"curves": curves, "best_n_bon": dict(zip(map(str, ks), best)), "n_bon": order}
 
 
-def gameable_section(stat, runs, R, arms, have, meta, labels, n_bon, lines) -> dict | None:
+def gameable_section(stat, curves_of, R, arms, have, meta, labels, n_bon, lines) -> dict | None:
     """RL-V vs BoN-RL-V against the biased verifier: the proxy (its score) against the truth (pass@N), BoK under
     it, and the training curves of verifier score and true reward."""
     pair = [m for m in ("rl_v.biased", "bon_rl_v.biased") if m in arms]
@@ -375,7 +385,7 @@ def gameable_section(stat, runs, R, arms, have, meta, labels, n_bon, lines) -> d
     lines += table(["arm", "biased score", f"pass@{n_bon} (per seed)", f"gBo{n_bon}", "gBo32"], rows) + [""]
     curves = {}
     for m in pair:
-        per_seed = [c for c in (train_curve(runs, m, s) for s in have[m]) if c is not None]
+        per_seed = [c for c in (curves_of[(m, s)] for s in have[m]) if c is not None]
         if per_seed:
             length = min(len(c["step"]) for c in per_seed)
             curves[m] = {key: [sum(c[key][i] for c in per_seed) / len(per_seed) for i in range(length)]

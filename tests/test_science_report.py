@@ -9,9 +9,12 @@ import sys
 import pytest
 import torch
 
+from bonfast import metrics
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
 import results_doc  # noqa: E402
 import science  # noqa: E402
+import science_data  # noqa: E402
 import science_report  # noqa: E402
 
 
@@ -49,9 +52,9 @@ def _fake_eval(path, p_correct, seed, prompts=24, n=32, curve=None):
     temps = {}
     for t in science.TEMPS:
         correct = (torch.rand(prompts, n, generator=gen) < p_correct).double()
-        hit = (correct.cumsum(1) > 0).double().T.tolist()  # [k - 1][g]: any of the first k correct
+        count = correct.sum(1).long()
         first = correct[:, 0].tolist()
-        per = {f"pass@{k}": hit[k - 1] for k in range(1, n + 1)}
+        per = {f"pass@{k}": metrics.pass_at_k(torch.full_like(count, n), count, k).tolist() for k in range(1, n + 1)}
         per.update({f"{p}@{k}": first for k in range(1, n + 1) for p in ("bo", "gbo")})
         per.update({f"maj@{k}": correct[:, 0].tolist() for k in science.MAJ_KS})
         for name in ("distinct", "entropy", "modal_share", "modal_correct", "verifier_accepts", "biased_score",
@@ -131,6 +134,28 @@ def test_report_on_synthetic_runs(tmp_path, monkeypatch):
         assert heading in doc, heading
     assert results_doc.overall(["supported", "inconclusive"]) == "mixed (1 inconclusive, 1 supported)"
     assert results_doc.overall([]) .startswith("not tested")
+
+
+def test_committed_compact_data_alone_regenerates_the_report(tmp_path, monkeypatch):
+    """The per-run .npz files (science_data) are what gets committed: a clean clone without runs/ gets the same
+    report, and pass@k read back from them is bitwise the evaluation's."""
+    monkeypatch.setattr(science_report, "N_BOOT", 100)
+    runs = tmp_path / "runs"
+    for arm, p in (("base", 0.3), ("rl", 0.2), ("bon_rlb_p", 0.4)):
+        for s in (1, 2):
+            _fake_eval(runs / f"{arm}-seed{s}", p, 10 * s + len(arm))
+    arms = ["rl", "bon_rlb_p"]
+    first = science_report.report(str(runs), ["base", *arms], [1, 2], str(tmp_path / "a" / "science"), _meta(arms))
+    data_dir = tmp_path / "a" / "science-runs"
+    assert sorted(os.listdir(data_dir)) == sorted(f"{a}-seed{s}.npz" for a in ("base", *arms) for s in (1, 2))
+    ev, _ = science_data.load(str(data_dir / "rl-seed1.npz"))
+    with open(runs / "rl-seed1" / "eval.json") as f:
+        original = json.load(f)
+    assert all(ev["temps"][t][f"pass@{k}"] == original["temps"][t][f"pass@{k}"] for t in ev["temps"]
+               for k in range(1, 33))
+    again = science_report.report(str(tmp_path / "no-runs"), ["base", *arms], [1, 2], str(tmp_path / "b" / "science"),
+                                  _meta(arms), data_dir=str(data_dir))
+    assert again["results"] == first["results"] and again["verdicts"] == first["verdicts"]
 
 
 @pytest.mark.slow

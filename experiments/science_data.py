@@ -1,0 +1,79 @@
+"""The study's per-prompt data in a compact form that is committed with the results (docs/results/science-runs/).
+
+A run's eval.json (science.py `eval_policy`, ~2.5 MB) holds every per-prompt value for k = 1..32. The report needs
+less: pass@k for every k (a function of the number of correct samples per prompt, so one uint8 per prompt), BoK
+for the table k, and the per-prompt extras. `save` writes that as one compressed .npz per run (~70 kB), `load`
+rebuilds the dict the report reads (pass@k recomputed by the same `bonfast.metrics.pass_at_k` the evaluation used,
+so it is bitwise the evaluation's value). The report always reads through this round trip, so the committed
+files alone regenerate every table: `science.py --report-only` works on a clean clone.
+
+Stored per temperature: the number of correct samples (uint8), `bo@k` / `gbo@k` for the report's k, `maj@k` and
+the extras as float32 (the report's numbers are therefore float32-rounded per prompt; the effect on any table
+value is below 1e-6), and per run the training curve (true reward and verifier score per step) when the run has
+one.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from bonfast import metrics
+
+FLOAT_NAMES = ("maj@8", "maj@32", "distinct", "entropy", "modal_share", "modal_correct", "verifier_accepts",
+               "biased_score", "length")
+
+
+def path_of(data_dir: str, arm: str, seed: int) -> str:
+    return os.path.join(data_dir, f"{arm}-seed{seed}.npz")
+
+
+def save(ev: dict, path: str, ks: tuple[int, ...], curve: dict | None = None) -> None:
+    """eval.json's dict (+ the training curve) -> compressed .npz at `path` (written to a temporary name first)."""
+    n = int(ev["n"])
+    arrays = {"n": np.array(n), "seed": np.array(int(ev["seed"])), "levels": np.asarray(ev["levels"], np.uint8),
+              "temps": np.array(list(ev["temps"]))}
+    for t, per in ev["temps"].items():
+        count = np.rint(np.asarray(per["pass@1"], np.float64) * n)
+        if np.abs(count - np.asarray(per["pass@1"]) * n).max() > 1e-6:
+            raise ValueError(f"{path}: pass@1 x n is not an integer count")
+        arrays[f"{t}/correct"] = count.astype(np.uint8)
+        for name in [f"{p}@{k}" for p in ("bo", "gbo") for k in ks] + list(FLOAT_NAMES):
+            arrays[f"{t}/{name}"] = np.asarray(per[name], np.float32)
+    if curve:
+        for key in ("step", "reward", "verifier_score"):
+            arrays[f"curve/{key}"] = np.asarray(curve[key], np.float64)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load(path: str) -> tuple[dict, dict | None]:
+    """(the report's view of eval.json, the training curve or None) from a .npz written by `save`."""
+    with np.load(path) as z:
+        n = int(z["n"])
+        ev = {"seed": int(z["seed"]), "n": n, "levels": z["levels"].astype(int).tolist(), "temps": {}}
+        for t in z["temps"].tolist():
+            count = torch.from_numpy(z[f"{t}/correct"].astype(np.int64))
+            per = {f"pass@{k}": metrics.pass_at_k(torch.full_like(count, n), count, k).tolist()
+                   for k in range(1, n + 1)}
+            prefix = f"{t}/"
+            per.update({key[len(prefix):]: z[key].astype(np.float64).tolist() for key in z.files
+                        if key.startswith(prefix) and key != f"{t}/correct"})
+            ev["temps"][t] = per
+        curve = None
+        if "curve/step" in z.files:
+            curve = {"step": z["curve/step"].astype(int).tolist(), "reward": z["curve/reward"].tolist(),
+                     "verifier_score": z["curve/verifier_score"].tolist()}
+    return ev, curve
+
+
+def read_eval(run_dir: str) -> dict | None:
+    path = os.path.join(run_dir, "eval.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
