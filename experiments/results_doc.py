@@ -108,7 +108,11 @@ def _claim_text(v: dict, labels: dict) -> str:
     level = "95%" if v.get("p_holm") is None else f"{100 * (1 - v['level']):.2f}%"
     return (f"{labels.get(v['arm'], v['arm'])} - {labels.get(v['minus'], v['minus'])}, {v['metric']} at "
             f"T = {v['T']}: {fmt(v, scale_of(v['metric']), signed=True, seeds=len(v['per_seed']) <= 8)}, "
-            f"{len(v['per_seed'])} seeds, {level} -> **{v['verdict']}**")
+            f"{n_seeds(len(v['per_seed']))}, {level} -> **{v['verdict']}**")
+
+
+def n_seeds(count: int) -> str:
+    return f"{count} seed" + ("" if count == 1 else "s")
 
 
 def _change(R: dict, arm: str, name: str, kind: str, seeds: bool = False) -> str:
@@ -127,8 +131,8 @@ def _seeds_line(meta: dict, labels: dict) -> tuple[str, bool]:
     return text, not short
 
 
-def write(data: dict, path: str, real_model_status: str) -> str:
-    """Write docs/RESULTS.md from `data`; returns the text."""
+def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
+    """Write docs/RESULTS.md from `data` (`seconds`: how long the call that made it took); returns the text."""
     meta, R, V = data["meta"], data["results"], data.get("verdicts", {})
     labels, n = meta["labels"], meta["train_n_bon"]
     seeds_text, complete = _seeds_line(meta, labels)
@@ -146,7 +150,7 @@ def write(data: dict, path: str, real_model_status: str) -> str:
             + (f" The runs in this report took {cpu['total']:.0f} CPU-minutes ({cpu['runs']} runs: training "
                f"{cpu['train']:.0f}, evaluation {cpu['eval']:.0f}), about {cpu['total'] / 2 / 60:.1f} h of wall "
                "time on the 2-core machine." if cpu else "")
-            + f" The call that wrote this file (`{meta['command']}`) took {60 * meta['minutes']:.0f} s; "
+            + f" The call that wrote this file (`{meta['command']}`) took {seconds:.0f} s; "
             "`--report-only` reuses every finished run and trains nothing.", ""]
     out += [SETUP, ""]
 
@@ -154,7 +158,7 @@ def write(data: dict, path: str, real_model_status: str) -> str:
     h, hb = V.get("headline"), V.get("headline_bok")
     out += [f"## The headline: BoN-RLB(P) (N' = {n}) vs RL (N' = 1) at k = N' = {n}, T = 1", ""]
     if h:
-        out += [f"**pass@{n}: {fmt(h, signed=True)} points, {len(h['per_seed'])} seeds (per seed: "
+        out += [f"**pass@{n}: {fmt(h, signed=True)} points, {n_seeds(len(h['per_seed']))} (per seed: "
                 + ", ".join(f"{100 * x:+.1f}" for x in h["per_seed"]) + f"): {h['verdict']}.** "
                 + (f"**Bo{n} (noisy verifier): {fmt(hb, signed=True)} points "
                    f"({100 * (1 - hb['level']):.2f}% Holm interval): {hb['verdict']}.**" if hb else ""), ""]

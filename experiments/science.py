@@ -362,7 +362,8 @@ def main(argv: list[str] | None = None):
         "tuning_seeds": TUNING_SEEDS, "pool": POOL, "smoke": args.smoke,
         "planned": {a: [s for a2, s in jobs if a2 == a] for a in ["base", *arms]},
         "cpu_minutes": cpu_minutes(runs, jobs)})
-    results_doc.write(data, doc, real_model_status())
+    results_doc.write(data, doc, real_model_status(),
+                      (datetime.datetime.now(datetime.timezone.utc) - start).total_seconds())
     if args.smoke:
         print(f"smoke run finished: {out}.md")
     return data

@@ -120,15 +120,15 @@ def test_report_on_synthetic_runs(tmp_path, monkeypatch):
     # docs/RESULTS.md is generated from the same data: every verdict it states is one of the report's
     data["meta"]["planned"] = {"base": [1, 2, 3], "rl": [1, 2, 3], "bon_rl_s": [1, 2, 3], "sft": [1, 2, 3]}
     data["meta"]["cpu_minutes"] = {"runs": 20, "train": 100.0, "eval": 20.0, "total": 120.0}
-    doc = results_doc.write(data, str(tmp_path / "RESULTS.md"), "Not run.")
+    doc = results_doc.write(data, str(tmp_path / "RESULTS.md"), "Not run.", 12.0)
     assert doc == open(tmp_path / "RESULTS.md").read()
     h = v["headline"]
     assert f"**pass@8: {science_report.fmt(h, signed=True)} points, 3 seeds" in doc
     assert "Bo8 (noisy verifier)" in doc and "Short of the plan" in doc and "BoN-RL-S (N'=8) 0/3" in doc
-    assert "120 CPU-minutes" in doc and "Not run." in doc
+    assert "120 CPU-minutes" in doc and "Not run." in doc and "took 12 s" in doc
     for key, claim in v.items():
         text = science_report.fmt(claim, science_report.scale_of(claim["metric"]), signed=True, seeds=True)
-        assert f"{text}, {len(claim['per_seed'])} seeds" in doc, key
+        assert f"{text}, {results_doc.n_seeds(len(claim['per_seed']))}" in doc, key
     for heading in ("## Verdicts on the paper's findings", "## Published variants", "## N' sweep",
                     "## A verifier that can be gamed", "## Caveats"):
         assert heading in doc, heading
