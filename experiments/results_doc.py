@@ -44,9 +44,10 @@ Published variants and ablations (group `variant`, each against the arm it varie
 (lambda 9), winner credit for BoN-RL-V and BoN-RL-S, BoN-RLB with the exact sign of its negative term, without
 clipping, with p estimated from the group, and BoN-RLB(P) on policy samples. N' sweep (group `sweep`):
 BoN-RLB(P) at N' = 1, 2, 4, 16 beside the main N' = 8 arm. Gameable verifier (group `gameable`): RL-V and BoN-RL-V
-trained against `bonfast.tasks.verifiers.BiasedVerifier` (`--verifier biased`: continuous, 0.25 x correctness +
-0.74 x response length capped at 8 characters + 0.01 x jitter, so three extra characters outweigh being right) on
-a repeating pool of 512 training prompts (`--train_prompt_pool 512`), so a policy can learn the verifier's bias.
+trained against `bonfast.tasks.verifiers.BiasedVerifier` (`--verifier bonfast.tasks.verifiers:BiasedVerifier`,
+one fixed jitter for every seed; continuous: 0.25 x correctness + 0.74 x response length capped at 8 non-space
+characters + 0.01 x jitter, so three extra characters outweigh being right) on a repeating pool of 512 training
+prompts (`--train_prompt_pool 512`), so a policy can learn the verifier's bias.
 
 The noisy verifier accepts 25% of wrong responses and rejects 10% of right ones, deterministically per
 (prompt, response) and per seed. Evaluation of every policy: the same 800 held-out prompts x 32 samples at
