@@ -74,12 +74,12 @@ HEADLINE = ("rl", "bon_rlb_p")  # inference-unaware vs BoN-aware
 TUNING_SEEDS = (0,)
 SEEDS = {"headline": tuple(range(1, 9)), "sweep": (1, 2), "other": (1, 2, 3)}
 
-# Estimated CPU minutes (2-core machine, two runs at a time, one thread each; from the earlier study's logs):
-# 400 steps x 64 prompts x 16 samples took 4.5-7 minutes, an 800 x 32 x 3 evaluation about one minute, a
-# 200-step warm start about half a minute.
-EST_TRAIN_MIN = 6.0
-EST_EVAL_MIN = 1.0
-EST_WARM_MIN = 0.5
+# Estimated CPU minutes (2-core machine, two runs at a time, one thread each), measured on this study's first runs
+# (2026-11-30): 400 steps x 64 prompts x 16 samples with the small in-run evaluations 9.5-10 minutes, the
+# 800 x 32 x 3 evaluation 0.7 minutes, a 200-step warm start plus its evaluation about 2 minutes.
+EST_TRAIN_MIN = 9.7
+EST_EVAL_MIN = 0.7
+EST_WARM_MIN = 1.3
 
 
 @dataclass(frozen=True)
