@@ -152,7 +152,7 @@ def rl_step(run: Run, step: int) -> dict:
         for name, value in (("reward", R.mean()), ("verifier_score", r.mean()), ("loss", loss.detach()),
                             ("w_abs", w.abs().mean()),
                             ("resp_len", torch.as_tensor(roll.lengths, dtype=torch.float64).mean())):
-            stats[name] = stats[name] + value.double().cpu() / cfg.grad_accum
+            stats[name] = stats[name] + value.detach().double() / cfg.grad_accum  # stays on its device: no sync
     # step
     t0 = time.time()
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
