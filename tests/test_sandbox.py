@@ -258,3 +258,59 @@ def test_train_config_passes_sandbox_isolation_to_code_tasks():
     assert TrainConfig(task="humaneval").task_kwargs() == {"isolation": None}
     with pytest.raises(ValueError, match=r"TrainConfig\.sandbox_isolation: expected .*process.*got 'weak'"):
         TrainConfig(task="humaneval", sandbox_isolation="weak").validate()
+
+
+@needs_isolation
+def test_a_killed_caller_leaves_no_sandbox_behind():
+    """SIGKILL the process that runs the sandbox mid-program: `unshare` dies with it (parent-death signal) and the
+    namespace with `unshare`. Only processes this test started are signalled (the caller by pid; the leftover
+    `unshare`, if the test fails, by its own pid)."""
+    import signal
+    import subprocess
+    import sys
+
+    from bonfast.tasks.sandbox import _parent_death_prefix
+    if not _parent_death_prefix():
+        pytest.skip("setpriv --pdeathsig is unavailable here")
+    caller = subprocess.Popen([sys.executable, "-c", (
+        "from bonfast.tasks.sandbox import Sandbox\n"
+        "Sandbox(timeout_s=60).run('import time\\ntime.sleep(60)\\ndef f():\\n    return 1\\n',"
+        " ['assert candidate() == 1'])\n")], start_new_session=True)
+    sandboxes = []
+    try:
+        deadline = time.monotonic() + 30
+        while not sandboxes and time.monotonic() < deadline:
+            time.sleep(0.1)
+            sandboxes = [p for p in _children(caller.pid)  # the program's, not an `unshare ... true` probe
+                         if _command(p).startswith("unshare") and " -c " in _command(p)]
+        assert sandboxes, "the sandbox did not start"
+        os.kill(caller.pid, signal.SIGKILL)
+        caller.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in sandboxes):
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in sandboxes), "the sandbox outlived the process that started it"
+    finally:
+        if caller.poll() is None:
+            os.kill(caller.pid, signal.SIGKILL)
+            caller.wait()
+        for pid in sandboxes:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its new parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

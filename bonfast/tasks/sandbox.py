@@ -171,6 +171,22 @@ def _unshare_prefix(userns: bool) -> list[str]:
         "--net", "--pid", "--ipc", "--mount", "--uts", "--fork", "--kill-child", "--mount-proc"]
 
 
+@functools.lru_cache(maxsize=1)
+def _parent_death_prefix() -> list[str]:
+    """`setpriv --pdeathsig KILL` where it works, else nothing: the kernel kills `unshare` when the thread that
+    started it dies, and `unshare --kill-child` then kills the namespace's first process, which ends the namespace.
+    So a trainer that crashes or is SIGKILLed leaves no sandbox behind (without it, a program stays until its
+    RLIMIT_CPU or until it reads from its closed request pipe)."""
+    prefix = ["setpriv", "--pdeathsig", "KILL"]
+    if shutil.which("setpriv") is None:
+        return []
+    try:
+        subprocess.run(prefix + ["true"], check=True, timeout=20, capture_output=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return prefix
+
+
 @functools.lru_cache(maxsize=2)
 def _probe(userns: bool) -> bool:
     if shutil.which("unshare") is None:
@@ -553,7 +569,7 @@ class Sandbox:
                   str(resp_w)]
         if self.isolation == "process":
             return python
-        return _unshare_prefix(self.isolation == "userns") + python
+        return _parent_death_prefix() + _unshare_prefix(self.isolation == "userns") + python
 
     def _run(self, program: Program, slot: int) -> SandboxResult:
         start = time.monotonic()
