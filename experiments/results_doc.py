@@ -144,7 +144,10 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
               f"{seeds_text}")
     if meta.get("missing"):
         status += f" Not run yet: {', '.join(labels.get(a, a) for a in meta['missing'])}."
-    out += [status, ""]
+    out += [status, "",
+            "This study replaces an earlier one (seeds 0-2 with the tuning seed among them, intervals over prompts "
+            "only, so without training variance); that version's tables are in the repository's history, and no "
+            "number below comes from it.", ""]
     cpu = meta.get("cpu_minutes")
     out += [f"**Run time.** Data: {meta['machine']}, torch {meta['torch']}, two runs at a time with one thread "
             f"each (bitwise reproducible on one machine)."
