@@ -10,15 +10,8 @@ import time
 import pytest
 
 from bonfast.tasks import _callee
-from bonfast.tasks.sandbox import (
-    _UID_BASE,
-    IsolationUnavailable,
-    Program,
-    Sandbox,
-    _children,
-    isolation_available,
-    uid_processes,
-)
+from bonfast.tasks._isolation import UID_BASE, children, parent_death_prefix
+from bonfast.tasks.sandbox import IsolationUnavailable, Program, Sandbox, isolation_available, uid_processes
 
 try:
     MODE = Sandbox().isolation
@@ -42,11 +35,11 @@ def _work_dirs():
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
     dirs = _work_dirs()
-    before = set(_children(os.getpid()))
+    before = set(children(os.getpid()))
     yield
     # A run returns only after its pid namespace is empty, so these hold at once (no polling, no race).
-    assert set(_children(os.getpid())) - before == set(), "a sandbox process outlived its run"
-    assert uid_processes(_UID_BASE, _UID_BASE + 255) == [], "a process of a sandbox uid is still alive"
+    assert set(children(os.getpid())) - before == set(), "a sandbox process outlived its run"
+    assert uid_processes(UID_BASE, UID_BASE + 255) == [], "a process of a sandbox uid is still alive"
     assert _work_dirs() == dirs, "a work directory was not deleted"
 
 
@@ -269,8 +262,7 @@ def test_a_killed_caller_leaves_no_sandbox_behind():
     import subprocess
     import sys
 
-    from bonfast.tasks.sandbox import _parent_death_prefix
-    if not _parent_death_prefix():
+    if not parent_death_prefix():
         pytest.skip("setpriv --pdeathsig is unavailable here")
     caller = subprocess.Popen([sys.executable, "-c", (
         "from bonfast.tasks.sandbox import Sandbox\n"
@@ -281,7 +273,7 @@ def test_a_killed_caller_leaves_no_sandbox_behind():
         deadline = time.monotonic() + 30
         while not sandboxes and time.monotonic() < deadline:
             time.sleep(0.1)
-            sandboxes = [p for p in _children(caller.pid)  # the program's, not an `unshare ... true` probe
+            sandboxes = [p for p in children(caller.pid)  # the program's, not an `unshare ... true` probe
                          if _command(p).startswith("unshare") and " -c " in _command(p)]
         assert sandboxes, "the sandbox did not start"
         os.kill(caller.pid, signal.SIGKILL)

@@ -17,7 +17,8 @@ import time
 import pytest
 import sandbox_attacks as attacks
 
-from bonfast.tasks.sandbox import _UID_BASE, IsolationUnavailable, Sandbox, isolation_available, uid_processes
+from bonfast.tasks._isolation import UID_BASE
+from bonfast.tasks.sandbox import IsolationUnavailable, Sandbox, isolation_available, uid_processes
 
 USER = "bonfast-sbx-test"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,7 +125,7 @@ def test_attacks_as_the_current_user(listener, tmp_path, monkeypatch):
         params = _params(listener, victim, secret, dirs)
         out = attacks.grade(params, _names(isolation), SANDBOX, HAS_HUMANEVAL)
         _check(out, params, dirs, victim, listener)
-        assert uid_processes(_UID_BASE, _UID_BASE + 255) == []  # this process's sandbox uids
+        assert uid_processes(UID_BASE, UID_BASE + 255) == []  # this process's sandbox uids
     finally:
         victim.kill()
         victim.wait()

@@ -45,13 +45,11 @@ from __future__ import annotations
 import builtins
 import functools
 import os
-import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -59,7 +57,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _callee
-from ._callee import WireError
+from ._channel import Candidate, CandidateError, Channel, ChannelDown
+from ._isolation import (
+    SLOTS,
+    STDLIB,
+    UID_BASE,
+    WORKDIR_IN_NAMESPACE,
+    children,
+    isolation_available,
+    kill_uid,
+    masks,
+    parent_death_prefix,
+    uid_processes,
+    unshare_prefix,
+)
 
 __all__ = ["Program", "SandboxResult", "Sandbox", "run_program", "isolation_available", "uid_processes",
            "CandidateError", "IsolationUnavailable", "ENV_ISOLATION", "WEAK_ISOLATION_OPTION"]
@@ -70,28 +81,10 @@ WEAK_ISOLATION_OPTION = (f"TrainConfig.sandbox_isolation='process' (environment:
                          f"Sandbox(isolation='process'))")
 ISOLATIONS = ("auto", "namespace", "userns", "process")
 
-# The interpreter's standard library, bound back read-only inside the sandbox where a mask hides it.
-_STDLIB = os.path.realpath(os.path.dirname(os.__file__))
-_WORKDIR_IN_NAMESPACE = "/tmp/work"
-_NEVER_MASKED = {"/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sys",
-                 "/dev", "/var", "/boot", "/opt", "/srv", "/mnt", "/media", "/nix", "/snap"}
-_ALWAYS_MASKED = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/home", "/root")
-_CHECKOUT = str(Path(__file__).resolve().parents[2])
-# Sandbox uids (root only): no passwd entry; one per concurrent slot of this process, so RLIMIT_NPROC is per slot.
-_UID_BASE = 0x4000_0000 + (os.getpid() & 0xFFFF) * 256
-_MAX_MESSAGE = 16 << 20
 
 
 class IsolationUnavailable(RuntimeError):
     """Neither root nor unprivileged user namespaces: kernel isolation cannot be set up."""
-
-
-class CandidateError(Exception):
-    """The candidate raised an exception that is not a builtin one (its name is the message)."""
-
-
-class _ChannelDown(Exception):
-    """The sandboxed process stopped answering (timeout, crash, limit, malformed frame)."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -165,49 +158,6 @@ class SandboxResult:
         return self.status == "ok" and self.total > 0 and self.passed == self.total
 
 
-# ---- isolation ----------------------------------------------------------------------------------------------
-def _unshare_prefix(userns: bool) -> list[str]:
-    return ["unshare"] + (["--user", "--map-root-user"] if userns else []) + [
-        "--net", "--pid", "--ipc", "--mount", "--uts", "--fork", "--kill-child", "--mount-proc"]
-
-
-@functools.lru_cache(maxsize=1)
-def _parent_death_prefix() -> list[str]:
-    """`setpriv --pdeathsig KILL` where it works, else nothing: the kernel kills `unshare` when the thread that
-    started it dies, and `unshare --kill-child` then kills the namespace's first process, which ends the namespace.
-    So a trainer that crashes or is SIGKILLed leaves no sandbox behind (without it, a program stays until its
-    RLIMIT_CPU or until it reads from its closed request pipe)."""
-    prefix = ["setpriv", "--pdeathsig", "KILL"]
-    if shutil.which("setpriv") is None:
-        return []
-    try:
-        subprocess.run(prefix + ["true"], check=True, timeout=20, capture_output=True)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return prefix
-
-
-@functools.lru_cache(maxsize=2)
-def _probe(userns: bool) -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    try:
-        subprocess.run(_unshare_prefix(userns) + ["true"], check=True, timeout=20, capture_output=True)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return True
-
-
-def isolation_available() -> str | None:
-    """"namespace" (root and `unshare` works), "userns" (not root, unprivileged user namespaces work) or None."""
-    if os.geteuid() == 0:
-        return "namespace" if _probe(False) else None
-    return "userns" if _probe(True) else None
-
-
-isolation_available.cache_clear = _probe.cache_clear  # type: ignore[attr-defined]
-
-
 def _resolve_isolation(isolation: str | None) -> str:
     if isolation is None:
         isolation = os.environ.get(ENV_ISOLATION) or "auto"
@@ -227,225 +177,8 @@ def _resolve_isolation(isolation: str | None) -> str:
             "userns": "a non-root user"}[isolation]
     raise IsolationUnavailable(
         f"sandbox isolation {isolation!r} is unavailable here (needs {need} and a working `unshare`: "
-        f"`{' '.join(_unshare_prefix(os.geteuid() != 0))} true` failed); set {WEAK_ISOLATION_OPTION} to accept "
+        f"`{' '.join(unshare_prefix(os.geteuid() != 0))} true` failed); set {WEAK_ISOLATION_OPTION} to accept "
         f"weaker isolation: no network, file-system, pid or memory isolation beyond resource limits")
-
-
-def _masks(extra: Iterable[str]) -> list[str]:
-    paths = list(_ALWAYS_MASKED) + [os.path.expanduser("~"), os.getcwd(), _CHECKOUT] + list(extra)
-    out: list[str] = []
-    for p in sorted({os.path.realpath(p) for p in paths}, key=len):
-        if p in _NEVER_MASKED or not os.path.isdir(p) or any(p.startswith(m + "/") for m in out):
-            continue
-        out.append(p)
-    return out
-
-
-class _SlotPool:
-    """Concurrency slots (-> distinct sandbox uids when root) shared by every Sandbox of this process."""
-
-    def __init__(self):
-        self._free: list[int] = []
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def acquire(self) -> int:
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-            self._next += 1
-            return self._next - 1
-
-    def release(self, slot: int) -> None:
-        with self._lock:
-            self._free.append(slot)
-
-
-_SLOTS = _SlotPool()
-
-
-def uid_processes(uid_min: int, uid_max: int | None = None) -> list[int]:
-    """Pids whose real uid is in [uid_min, uid_max] (from the "Uid:" line of /proc/<pid>/status)."""
-    uid_max = uid_min if uid_max is None else uid_max
-    out = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"{entry.path}/status", "rb") as f:
-                    for line in f:
-                        if line.startswith(b"Uid:"):
-                            if uid_min <= int(line.split()[1]) <= uid_max:
-                                out.append(int(entry.name))
-                            break
-            except (OSError, ValueError, IndexError):
-                continue
-    return out
-
-
-def _kill_uid(uid: int, timeout_s: float = 5.0) -> None:
-    """SIGKILL every process whose real uid is `uid` until none is left (process mode as root)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        pids = uid_processes(uid)
-        if not pids or time.monotonic() > deadline:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(0.005)
-
-
-# ---- the channel --------------------------------------------------------------------------------------------
-class _Channel:
-    """The caller's end of one run: framed requests / responses, with the program's stdout / stderr drained
-    (up to a cap) while waiting."""
-
-    def __init__(self, proc: subprocess.Popen, req_w: int, resp_r: int, deadline: float, call_timeout_s: float,
-                 max_output: int):
-        self.proc, self.req_w, self.resp_r = proc, req_w, resp_r
-        self.deadline, self.call_timeout_s, self.max_output = deadline, call_timeout_s, max_output
-        os.set_blocking(req_w, False)  # a program that stops reading cannot block the caller past the deadline
-        self.out = {"stdout": bytearray(), "stderr": bytearray()}
-        self.inbox = bytearray()
-        self.reason: str | None = None
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-        self.sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
-        self.sel.register(resp_r, selectors.EVENT_READ, "resp")
-
-    def fail(self, reason: str) -> _ChannelDown:
-        if self.reason is None:
-            self.reason = reason
-        return _ChannelDown(self.reason)
-
-    def _pump(self, until: float, want_frame: bool) -> None:
-        """Read what is ready until a complete frame is in the inbox (want_frame) or `until`."""
-        while True:
-            if want_frame and self._frame_ready():
-                return
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                if want_frame:
-                    raise self.fail("timeout")
-                return
-            if not self.sel.get_map():
-                return
-            for key, _ in self.sel.select(timeout=min(remaining, 0.5)):
-                fd = key.fileobj if isinstance(key.fileobj, int) else key.fileobj.fileno()
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    self.sel.unregister(key.fileobj)
-                    if key.data == "resp" and want_frame and not self._frame_ready():
-                        raise self.fail("crashed")
-                    continue
-                if key.data == "resp":
-                    self.inbox += chunk
-                    if len(self.inbox) > _MAX_MESSAGE + 4:
-                        raise self.fail("tampered")
-                else:
-                    buf = self.out[key.data]
-                    buf += chunk
-                    if len(buf) > self.max_output:
-                        del buf[self.max_output:]
-                        raise self.fail("output_limit")
-            if want_frame and "resp" not in {k.data for k in self.sel.get_map().values()} \
-                    and not self._frame_ready():
-                raise self.fail("crashed")
-
-    def _frame_ready(self) -> bool:
-        if len(self.inbox) < 4:
-            return False
-        size = int.from_bytes(self.inbox[:4], "big")
-        if size > _MAX_MESSAGE:
-            raise self.fail("tampered")
-        return len(self.inbox) >= 4 + size
-
-    def receive(self, timeout_s: float | None = None) -> dict:
-        if self.reason is not None:
-            raise _ChannelDown(self.reason)
-        until = self.deadline if timeout_s is None else min(self.deadline, time.monotonic() + timeout_s)
-        self._pump(until, want_frame=True)
-        size = int.from_bytes(self.inbox[:4], "big")
-        body = bytes(self.inbox[4:4 + size])
-        del self.inbox[:4 + size]
-        try:
-            msg = _callee.loads(body)
-        except WireError:
-            raise self.fail("tampered") from None
-        if type(msg) is not dict or len(msg) not in (1, 2):
-            raise self.fail("tampered")
-        return msg
-
-    def call(self, args: tuple, kwargs: dict):
-        if self.reason is not None:
-            raise _ChannelDown(self.reason)
-        try:
-            payload = _callee.dumps({"a": _callee.encode(args), "k": _callee.encode(kwargs)})
-        except (WireError, RecursionError) as err:  # the *test* passed something that is not plain data
-            raise CandidateError(f"ungradable argument: {err}") from None
-        try:
-            self._write_all(payload)
-        except OSError:  # BrokenPipeError: the sandbox is gone
-            raise self.fail("crashed") from None
-        msg = self.receive(self.call_timeout_s)
-        if "r" in msg and len(msg) == 1:
-            try:
-                return _callee.decode(msg["r"])
-            except (WireError, RecursionError) as err:
-                raise CandidateError(f"not plain data: {err}") from None
-        name = msg.get("x")
-        if type(name) is not str or not name.isidentifier() or len(name) > 100 or not set(msg) <= {"x", "m"}:
-            raise self.fail("tampered")
-        exc = getattr(builtins, name, None)
-        if isinstance(exc, type) and issubclass(exc, Exception) and not issubclass(exc, StopIteration) \
-                and exc is not StopAsyncIteration:
-            raise exc(f"raised by the candidate: {name}")
-        raise CandidateError(name)
-
-    def _write_all(self, payload: bytes) -> None:
-        data = memoryview(_callee.frame(payload))
-        while data:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise self.fail("timeout")
-            with selectors.DefaultSelector() as sel:
-                sel.register(self.req_w, selectors.EVENT_WRITE)
-                if not sel.select(timeout=min(remaining, 0.5)):
-                    self._pump(time.monotonic(), want_frame=False)
-                    continue
-            try:
-                data = data[os.write(self.req_w, data[:1 << 16]):]
-            except BlockingIOError:
-                continue
-
-    def drain(self, until: float) -> None:
-        """Read stdout / stderr until both reach EOF (every process of the sandbox is gone) or `until`."""
-        try:
-            self.sel.unregister(self.resp_r)
-        except (KeyError, ValueError):
-            pass
-        try:
-            self._pump(until, want_frame=False)
-        except _ChannelDown:
-            pass
-
-    def close(self) -> None:
-        self.sel.close()
-
-
-class _Candidate:
-    """What the tests call `candidate`: forwards each call to the sandboxed program."""
-
-    def __init__(self, channel: _Channel, name: str):
-        self._channel, self.__name__ = channel, name
-
-    def __call__(self, *args, **kwargs):
-        return self._channel.call(args, kwargs)
-
-    def __repr__(self):
-        return f"<sandboxed candidate {self.__name__}>"
 
 
 def _test_builtins(seed: int) -> dict:
@@ -511,7 +244,7 @@ class Sandbox:
         self.memory_poll_s = float(memory_poll_s)
         self.workers = int(workers) if workers else (os.cpu_count() or 1)
         self.isolation = _resolve_isolation(isolation)
-        self.mask_paths = _masks(mask_paths) if self.isolation != "process" else []
+        self.mask_paths = masks(mask_paths) if self.isolation != "process" else []
         if self.isolation != "process" and not _skip_self_test:
             _self_test(self.isolation, tuple(self.mask_paths))
 
@@ -523,11 +256,11 @@ class Sandbox:
             program = Program(program, list(tests or []), **kwargs)
         elif tests is not None or kwargs:
             raise ValueError("pass tests and Program fields only together with code as a str")
-        slot = _SLOTS.acquire()
+        slot = SLOTS.acquire()
         try:
             return self._run(program, slot)
         finally:
-            _SLOTS.release(slot)
+            SLOTS.release(slot)
 
     def imap(self, programs: Iterable[Program]) -> Iterator[tuple[int, SandboxResult]]:
         """(index, result) for each program, as each finishes (`workers` at a time)."""
@@ -558,7 +291,7 @@ class Sandbox:
             # the caller's processes, so it is left alone there.
             limits["RLIMIT_NPROC"] = self.max_processes
         job = {"mode": self.isolation, "code": program.code, "candidate": program.candidate, "workdir": workdir,
-               "uid": uid, "limits": limits, "expose": [_STDLIB], "masks": self.mask_paths,
+               "uid": uid, "limits": limits, "expose": [STDLIB], "masks": self.mask_paths,
                "tmpfs_mb": self.max_file_mb, "memory_kb": self.memory_mb * 1024,
                "poll_s": self.memory_poll_s if self.isolation != "process" else max(self.memory_poll_s, 0.05)}
         return _callee.dumps(job)
@@ -569,14 +302,14 @@ class Sandbox:
                   str(resp_w)]
         if self.isolation == "process":
             return python
-        return _parent_death_prefix() + _unshare_prefix(self.isolation == "userns") + python
+        return parent_death_prefix() + unshare_prefix(self.isolation == "userns") + python
 
     def _run(self, program: Program, slot: int) -> SandboxResult:
         start = time.monotonic()
         deadline = start + self.timeout_s
-        uid = _UID_BASE + slot if os.geteuid() == 0 else None
+        uid = UID_BASE + slot if os.geteuid() == 0 else None
         host_dir = tempfile.mkdtemp(prefix="bonfast-sandbox-") if self.isolation == "process" else None
-        workdir = host_dir or _WORKDIR_IN_NAMESPACE
+        workdir = host_dir or WORKDIR_IN_NAMESPACE
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir,
                "PYTHONDONTWRITEBYTECODE": "1"}
         req_r, req_w = os.pipe()
@@ -597,7 +330,7 @@ class Sandbox:
                 proc.stdin.close()
             except OSError:
                 pass
-            channel = _Channel(proc, req_w, resp_r, deadline, self.call_timeout_s or self.timeout_s,
+            channel = Channel(proc, req_w, resp_r, deadline, self.call_timeout_s or self.timeout_s,
                                self.max_output_bytes)
             try:
                 ready = channel.receive()
@@ -606,7 +339,7 @@ class Sandbox:
                     error = name if type(name) is str and name.isidentifier() and len(name) <= 100 else None
                     if error is None:
                         channel.fail("tampered")
-            except _ChannelDown:
+            except ChannelDown:
                 pass
             if channel.reason is None and error is None:
                 outcomes = self._run_tests(program, channel)
@@ -620,7 +353,7 @@ class Sandbox:
                 channel.close()
             os.close(resp_r)
             if uid is not None and self.isolation == "process":
-                _kill_uid(uid)
+                kill_uid(uid)
             if host_dir is not None:
                 shutil.rmtree(host_dir, ignore_errors=True)
         status = channel.reason if channel is not None else "crashed"
@@ -636,7 +369,7 @@ class Sandbox:
                              bytes(out["stdout"]).decode("utf-8", "replace"),
                              bytes(out["stderr"]).decode("utf-8", "replace"), error, time.monotonic() - start)
 
-    def _run_tests(self, program: Program, channel: _Channel) -> list[bool]:
+    def _run_tests(self, program: Program, channel: Channel) -> list[bool]:
         """Run the tests here; `candidate` forwards to the sandbox. Returns one outcome per scored test."""
         ns = {"__name__": "__test__", "__builtins__": _test_builtins(0)}
         outcomes = []
@@ -646,20 +379,20 @@ class Sandbox:
         except Exception:
             return []
         if program.candidate is not None:
-            ns["candidate"] = ns[program.candidate] = _Candidate(channel, program.candidate)
+            ns["candidate"] = ns[program.candidate] = Candidate(channel, program.candidate)
         for code, counts in zip(compiled, program.counts):
             ok = channel.reason is None
             if ok:
                 try:
                     exec(code, ns)
-                except (Exception, _ChannelDown):
+                except (Exception, ChannelDown):
                     ok = False
             ok = ok and channel.reason is None
             if counts:
                 outcomes.append(ok)
         return outcomes
 
-    def _stop(self, proc: subprocess.Popen, channel: _Channel | None) -> bool:
+    def _stop(self, proc: subprocess.Popen, channel: Channel | None) -> bool:
         """End a run and leave nothing behind; True when the supervisor ended it for exceeding `memory_mb`.
 
         Closing the request pipe ends the candidate process; the supervisor then kills and reaps everything
@@ -675,7 +408,7 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 graceful = False
         if not graceful and proc.poll() is None:
-            targets = [proc.pid] if self.isolation == "process" else _children(proc.pid)
+            targets = [proc.pid] if self.isolation == "process" else children(proc.pid)
             for pid in targets:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -712,22 +445,6 @@ def _self_test(isolation: str, masks: tuple[str, ...]) -> None:
         raise IsolationUnavailable(
             f"sandbox isolation {isolation!r}: the setup self-test failed "
             f"({res.status}: {res.stderr.strip()[-500:]}); set {WEAK_ISOLATION_OPTION} to accept weaker isolation")
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of `pid` (from /proc/<pid>/task/*/children)."""
-    out = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(c) for c in f.read().split()]
-        except (OSError, ValueError):
-            continue
-    return out
 
 
 def run_program(code: str, tests: list[str] | None = None, **limits) -> SandboxResult:
