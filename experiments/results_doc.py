@@ -122,14 +122,13 @@ def _change(R: dict, arm: str, name: str, kind: str, seeds: bool = False) -> str
 
 
 def _seeds_line(meta: dict, labels: dict) -> tuple[str, bool]:
+    """'Seeds evaluated / planned per arm' (one entry per arm) and whether every planned run is in."""
     have, planned = meta["seeds_per_arm"], meta.get("planned", {})
-    short = {a: (len(have.get(a, [])), len(p)) for a, p in planned.items() if len(have.get(a, [])) < len(p)}
-    parts = [f"{labels.get(a, a)}: {len(s)}" for a, s in have.items()]
-    text = "Seeds evaluated per arm: " + "; ".join(parts) + "."
-    if short:
-        text += (" **Short of the plan** (have / planned): "
-                 + "; ".join(f"{labels.get(a, a)} {h}/{p}" for a, (h, p) in short.items()) + ".")
-    return text, not short
+    arms = list(dict.fromkeys([*planned, *have]))
+    complete = all(len(have.get(a, [])) >= len(planned.get(a, [])) for a in arms)
+    parts = [f"{labels.get(a, a)} {len(have.get(a, []))}" + (f"/{len(planned[a])}" if a in planned else "")
+             for a in arms]
+    return "Seeds evaluated / planned per arm: " + "; ".join(parts) + ".", complete
 
 
 def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:

@@ -124,7 +124,7 @@ def test_report_on_synthetic_runs(tmp_path, monkeypatch):
     assert doc == open(tmp_path / "RESULTS.md").read()
     h = v["headline"]
     assert f"**pass@8: {science_report.fmt(h, signed=True)} points, 3 seeds" in doc
-    assert "Bo8 (noisy verifier)" in doc and "Short of the plan" in doc and "BoN-RL-S (N'=8) 0/3" in doc
+    assert "Bo8 (noisy verifier)" in doc and "Incomplete" in doc and "BoN-RL-S (N'=8) 0/3" in doc
     assert "120 CPU-minutes" in doc and "Not run." in doc and "took 12 s" in doc
     for key, claim in v.items():
         text = science_report.fmt(claim, science_report.scale_of(claim["metric"]), signed=True, seeds=True)
