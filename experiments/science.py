@@ -360,30 +360,12 @@ def main(argv: list[str] | None = None):
         "references": {a: ARMS[a].reference for a in arms if ARMS[a].reference},
         "n_bon": {a: ARMS[a].n_bon for a in arms}, "temps": TEMPS, "ks": KS, "train_n_bon": TRAIN_N_BON,
         "tuning_seeds": TUNING_SEEDS, "pool": POOL, "smoke": args.smoke,
-        "planned": {a: [s for a2, s in jobs if a2 == a] for a in ["base", *arms]},
-        "cpu_minutes": cpu_minutes(runs, jobs)})
+        "planned": {a: [s for a2, s in jobs if a2 == a] for a in ["base", *arms]}})
     results_doc.write(data, doc, real_model_status(),
                       (datetime.datetime.now(datetime.timezone.utc) - start).total_seconds())
     if args.smoke:
         print(f"smoke run finished: {out}.md")
     return data
-
-
-def cpu_minutes(runs: str, jobs: list[tuple[str, int]]) -> dict:
-    """Training and evaluation minutes of the finished runs (each ran on one thread: wall time = CPU time)."""
-    train = evaluation = 0.0
-    count = 0
-    for arm, seed in jobs:
-        out = os.path.join(runs, f"{arm}-seed{seed}")
-        if not os.path.exists(os.path.join(out, "eval.json")):
-            continue
-        count += 1
-        if os.path.exists(os.path.join(out, "done.json")):
-            with open(os.path.join(out, "done.json")) as f:
-                train += json.load(f)["train_seconds"] / 60
-        with open(os.path.join(out, "eval.json")) as f:
-            evaluation += json.load(f)["seconds"] / 60
-    return {"runs": count, "train": train, "eval": evaluation, "total": train + evaluation}
 
 
 def real_model_status() -> str:

@@ -10,7 +10,7 @@ files alone regenerate every table: `science.py --report-only` works on a clean 
 Stored per temperature: the number of correct samples (uint8), `bo@k` / `gbo@k` for the report's k, `maj@k` and
 the extras as float32 (the report's numbers are therefore float32-rounded per prompt; the effect on any table
 value is below 1e-6), and per run the training curve (true reward and verifier score per step) when the run has
-one.
+one, and the run's training and evaluation seconds.
 """
 from __future__ import annotations
 
@@ -30,11 +30,12 @@ def path_of(data_dir: str, arm: str, seed: int) -> str:
     return os.path.join(data_dir, f"{arm}-seed{seed}.npz")
 
 
-def save(ev: dict, path: str, ks: tuple[int, ...], curve: dict | None = None) -> None:
-    """eval.json's dict (+ the training curve) -> compressed .npz at `path` (written to a temporary name first)."""
+def save(ev: dict, path: str, ks: tuple[int, ...], curve: dict | None = None, train_seconds: float = 0.0) -> None:
+    """eval.json's dict (+ the training curve and time) -> compressed .npz at `path` (via a temporary name)."""
     n = int(ev["n"])
     arrays = {"n": np.array(n), "seed": np.array(int(ev["seed"])), "levels": np.asarray(ev["levels"], np.uint8),
-              "temps": np.array(list(ev["temps"]))}
+              "temps": np.array(list(ev["temps"])), "eval_seconds": np.array(float(ev.get("seconds", 0.0))),
+              "train_seconds": np.array(float(train_seconds))}
     for t, per in ev["temps"].items():
         count = np.rint(np.asarray(per["pass@1"], np.float64) * n)
         if np.abs(count - np.asarray(per["pass@1"]) * n).max() > 1e-6:
@@ -55,7 +56,8 @@ def load(path: str) -> tuple[dict, dict | None]:
     """(the report's view of eval.json, the training curve or None) from a .npz written by `save`."""
     with np.load(path) as z:
         n = int(z["n"])
-        ev = {"seed": int(z["seed"]), "n": n, "levels": z["levels"].astype(int).tolist(), "temps": {}}
+        ev = {"seed": int(z["seed"]), "n": n, "levels": z["levels"].astype(int).tolist(), "temps": {},
+              "seconds": float(z["eval_seconds"]), "train_seconds": float(z["train_seconds"])}
         for t in z["temps"].tolist():
             count = torch.from_numpy(z[f"{t}/correct"].astype(np.int64))
             per = {f"pass@{k}": metrics.pass_at_k(torch.full_like(count, n), count, k).tolist()
@@ -77,3 +79,12 @@ def read_eval(run_dir: str) -> dict | None:
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def train_seconds(run_dir: str) -> float:
+    """The training time science.py recorded in done.json (0 for a base run, which has no training)."""
+    path = os.path.join(run_dir, "done.json")
+    if not os.path.exists(path):
+        return 0.0
+    with open(path) as f:
+        return float(json.load(f)["train_seconds"])

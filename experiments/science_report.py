@@ -56,7 +56,8 @@ def load(runs: str, data_dir: str, arm: str, seed: int, ks) -> tuple[dict | None
     path = science_data.path_of(data_dir, arm, seed)
     source = os.path.join(run_dir, "eval.json")
     if os.path.exists(source) and (not os.path.exists(path) or os.path.getmtime(source) > os.path.getmtime(path)):
-        science_data.save(science_data.read_eval(run_dir), path, tuple(ks), train_curve(runs, arm, seed))
+        science_data.save(science_data.read_eval(run_dir), path, tuple(ks), train_curve(runs, arm, seed),
+                          science_data.train_seconds(run_dir))
     if not os.path.exists(path):
         return None, None
     return science_data.load(path)
@@ -129,6 +130,10 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, 
     if not any(evals[("base", s)] for s in seeds):
         raise SystemExit(f"no evaluated base policy under {runs}; run experiments/science.py first")
     have = {m: [s for s in seeds if evals[(m, s)] is not None and evals[("base", s)] is not None] for m in arms}
+    done = [ev for ev in evals.values() if ev is not None]  # each ran on one thread: wall time = CPU time
+    train_min, eval_min = (sum(ev[key] for ev in done) / 60 for key in ("train_seconds", "seconds"))
+    meta = {**meta, "cpu_minutes": {"runs": len(done), "train": train_min, "eval": eval_min,
+                                    "total": train_min + eval_min}}
     missing = [m for m in arms if not have[m]]
     arms = [m for m in arms if have[m]]
     main = ["base"] + [m for m in arms if groups.get(m, "main") == "main" and m != "base"]
