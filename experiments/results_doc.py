@@ -62,7 +62,8 @@ both arms; 2000 resamples), so training variation and prompt variation are both 
 in parentheses. The headline (BoN-RLB(P) - RL, pass@N' at T = 1) is the one primary claim, at 95%; every other
 verdict is a secondary claim, Holm-corrected as one family (`bonfast.metrics.holm`): its interval is at its
 Holm level. "supported": the interval excludes 0 in the claimed direction; "opposite": it excludes 0 the other
-way; "inconclusive": it contains 0. With fewer than 3 seeds an interval is reported but is not evidence of much.
+way; "inconclusive": it contains 0. With one seed the interval covers prompt variation only (no training
+variance), and with fewer than 3 it is reported but is not evidence of much: read the seed counts.
 
 **Tuning.** The learning rate and batch were tuned on BoN-RLB(P) with seed 0 before the study; seed 0 is never
 reported (`science.py` refuses it). Every arm uses the same settings: no per-method tuning, which may favour
@@ -220,9 +221,11 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
         rows = []
         for nb in ["base", *map(str, sweep["n_bon"])]:
             curve = sweep["curves"][nb]
-            rows.append(["base" if nb == "base" else f"N' = {nb}"] + [fmt(curve[k]) for k in ks])
+            arm = "base" if nb == "base" else "bon_rlb_p" if int(nb) == n else f"bon_rlb_p.n{nb}"
+            rows.append(["base" if nb == "base" else f"N' = {nb}", str(len(meta["seeds_per_arm"].get(arm, [])))]
+                        + [fmt(curve[k]) for k in ks])
         out += ["## N' sweep: BoN-RLB(P) trained at N' = 1, 2, 4, 8, 16, evaluated at N = 1..32 (T = 1, %)", ""]
-        out += table(["trained"] + [f"pass@{k}" for k in ks], rows)
+        out += table(["trained", "seeds"] + [f"pass@{k}" for k in ks], rows)
         best = sweep["best_n_bon"]
         out += ["", "Best trained N' at each test N (highest mean; read with the intervals): "
                 + ", ".join(f"N = {k}: N' = {best[k]}" for k in ks) + ". Plot: `docs/results/science-nprime_sweep.png` "
