@@ -110,7 +110,8 @@ def _claim_text(v: dict, labels: dict) -> str:
     level = "95%" if v.get("p_holm") is None else f"{100 * (1 - v['level']):.2f}%"
     return (f"{labels.get(v['arm'], v['arm'])} - {labels.get(v['minus'], v['minus'])}, {v['metric']} at "
             f"T = {v['T']}: {fmt(v, scale_of(v['metric']), signed=True, seeds=len(v['per_seed']) <= 8)}, "
-            f"{n_seeds(len(v['per_seed']))}, {level} -> **{v['verdict']}**")
+            f"{n_seeds(len(v['per_seed']))}, {level} -> **{v['verdict']}**"
+            + (f" (fewer than 3 seeds; the interval alone: {v['direction']})" if v.get("too_few_seeds") else ""))
 
 
 def n_seeds(count: int) -> str:
@@ -246,9 +247,18 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
                          fmt(diff[f"pass@{n}"], signed=True, seeds=True), fmt(diff[f"gbo@{n}"], signed=True), ""])
         out += table(["arm (change vs base)", "seeds", "verifier score (proxy, x100)", f"pass@{n} (truth)",
                       f"BoK{n}, biased verifier picks", "response length (characters)"], rows)
-        out += ["", _gameable_read(V, labels), "",
+        last = "; ".join(f"{labels[m]}: verifier score {c['verifier_score'][-1]:.3f}, true reward "
+                         f"{c['reward'][-1]:.3f} (step {c['step'][-1]}, mean of {n_seeds(c['seeds'])})"
+                         for m, c in game.get("curves", {}).items() if c.get("step"))
+        out += ["", _gameable_read(V, labels) + (f" Last training step: {last}." if last else ""), "",
                 "Training curves (the verifier's mean score and the true reward of each step's samples, mean over "
-                "seeds): `docs/results/science-gameable.png`.", ""]
+                "seeds): `docs/results/science-gameable.png`.", "",
+                "How to read it: the two arms do not see the verifier the same way. RL-V's training signal is the "
+                "verifier's score itself; BoN-RL-V's is the task reward of the sample the verifier picks (the "
+                "verifier only selects). So BoN-RL-V can be misled only through which sample gets picked, never "
+                "rewarded for the bias directly: the comparison shows whether that selection route is exploited; "
+                "it does not separate BoN-awareness from the source of the reward. An arm that isolates it (BoN "
+                "selection and reward both from the verifier) is not in this study.", ""]
 
     # --- descriptive
     cos = data.get("coscaling", {})
@@ -275,15 +285,17 @@ def _coscaling_read(best: dict, ks: list[str]) -> str:
 
 
 def _gameable_read(V: dict, labels: dict) -> str:
-    parts = []
-    hack, true = V.get("rl_v_hacks"), V.get("rl_v_true")
-    if hack and true:
-        exploited = hack["verdict"] == "supported" and true["verdict"] == "supported"
-        parts.append(f"RL-V {'exploits' if exploited else 'does not clearly exploit'} the verifier: its score "
-                     f"changes by {fmt(hack, signed=True)} (x100, {hack['verdict']}) while true pass@N' changes by "
-                     f"{fmt(true, signed=True)} points ({true['verdict']}).")
-    resist = V.get("bon_rl_v_resists")
+    hack, true, resist = V.get("rl_v_hacks"), V.get("rl_v_true"), V.get("bon_rl_v_resists")
+    if not (hack and true):
+        return "Runs missing: no verdict."
+    text = (f"RL-V's verifier score changes by {fmt(hack, signed=True)} (x100) and its true pass@N' by "
+            f"{fmt(true, signed=True)} points (verdicts: {hack['verdict']}, {true['verdict']}).")
     if resist:
-        parts.append(f"BoN-RL-V minus RL-V on true pass@N': {fmt(resist, signed=True)} points "
-                     f"({resist['verdict']}).")
-    return " ".join(parts) or "Runs missing: no verdict."
+        text += f" BoN-RL-V minus RL-V on true pass@N': {fmt(resist, signed=True)} points ({resist['verdict']})."
+    seeds = min(len(v["per_seed"]) for v in (hack, true, resist) if v)
+    if seeds < 3:
+        text += (f" {n_seeds(seeds).capitalize()} so far: these intervals are over prompts only, so the verdicts "
+                 "wait for 3 seeds; what the intervals alone say: "
+                 + ", ".join(f"{k} {v['direction']}" for k, v in (("proxy up", hack), ("truth down", true),
+                                                                     ("BoN-RL-V resists", resist)) if v) + ".")
+    return text

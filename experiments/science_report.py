@@ -24,6 +24,7 @@ from bonfast import metrics
 
 N_BOOT = 2000
 ALPHA = 0.05
+MIN_SEEDS = 3  # fewer seeds: the interval is reported, the verdict is "inconclusive" (training variance unmeasured)
 
 # (key, claim, arm, minus, metric, T, claimed sign). The first is the primary claim; the rest form the Holm family.
 CLAIMS = [
@@ -194,12 +195,15 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, 
     for key, text, m, minus, name, t, sign, _ in claims:
         level = levels.get(key, ALPHA)
         st = stat(m, t, name, minus, alpha=level)
-        v = verdict(st, sign)
+        few = len(st["per_seed"]) < MIN_SEEDS
+        v = "inconclusive" if few else verdict(st, sign)
         verdicts[key] = {"claim": text, "arm": m, "minus": minus, "metric": name, "T": t, "sign": sign,
-                         "level": level, "p_holm": adjusted.get(key), "verdict": v, **st}
+                         "level": level, "p_holm": adjusted.get(key), "verdict": v, "too_few_seeds": few,
+                         "direction": verdict(st, sign), **st}
         rows.append([text, f"{labels[m]} − {labels[minus]}, {name}, T = {t}", "primary" if key == "headline"
                      else f"{1 - level:.4f}", fmt(st, scale_of(name), signed=True, seeds=len(st["per_seed"]) <= 8),
-                     f"{st['p']:.3g}" + ("" if key == "headline" else f" / {adjusted[key]:.3g}"), f"**{v}**"])
+                     f"{st['p']:.3g}" + ("" if key == "headline" else f" / {adjusted[key]:.3g}"),
+                     f"**{v}**" + (f" ({len(st['per_seed'])} seed(s), {MIN_SEEDS} needed)" if few else "")])
     data["verdicts"] = verdicts
     lines += ["## Verdicts (seed-level intervals; secondary claims Holm-corrected)", "",
               "Interval level: 95% for the primary claim; for a secondary claim, its Holm level. p: bootstrap "
