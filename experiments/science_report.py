@@ -196,10 +196,11 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, 
         level = levels.get(key, ALPHA)
         st = stat(m, t, name, minus, alpha=level)
         few = len(st["per_seed"]) < MIN_SEEDS
-        v = "inconclusive" if few else verdict(st, sign)
+        direction = verdict(st, sign)
+        v = "inconclusive" if few else direction
         verdicts[key] = {"claim": text, "arm": m, "minus": minus, "metric": name, "T": t, "sign": sign,
                          "level": level, "p_holm": adjusted.get(key), "verdict": v, "too_few_seeds": few,
-                         "direction": verdict(st, sign), **st}
+                         "direction": direction, **st}
         rows.append([text, f"{labels[m]} − {labels[minus]}, {name}, T = {t}", "primary" if key == "headline"
                      else f"{1 - level:.4f}", fmt(st, scale_of(name), signed=True, seeds=len(st["per_seed"]) <= 8),
                      f"{st['p']:.3g}" + ("" if key == "headline" else f" / {adjusted[key]:.3g}"),
