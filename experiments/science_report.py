@@ -1,4 +1,5 @@
-"""Tables, verdicts and plots for experiments/science.py, from each run's eval.json (and metrics.jsonl).
+"""Tables and verdicts for experiments/science.py, from each run's eval.json (and metrics.jsonl); plots in
+science_plots.py.
 
 Statistics. Every policy was evaluated on the same held-out prompts, and the seed-s runs of all arms share the
 seed's warm start, so a change (arm − base, arm − RL, variant − its reference) is taken per prompt within a seed,
@@ -18,6 +19,7 @@ import json
 import os
 
 import science_data
+import science_plots
 import torch
 
 from bonfast import metrics
@@ -121,218 +123,78 @@ def report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, d
         torch.set_num_threads(threads)
 
 
-def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, data_dir: str) -> dict:
-    labels, temps, ks = meta["labels"], [f"{t:g}" for t in meta["temps"]], meta["ks"]
-    groups = meta.get("groups", {})
-    n_bon = meta["train_n_bon"]
-    loaded = {(m, s): load(runs, data_dir, m, s, meta["ks"]) for m in arms for s in seeds}
-    evals = {key: ev for key, (ev, _) in loaded.items()}
-    curves = {key: curve for key, (_, curve) in loaded.items()}
-    if not any(evals[("base", s)] for s in seeds):
-        raise SystemExit(f"no evaluated base policy under {runs}; run experiments/science.py first")
-    have = {m: [s for s in seeds if evals[(m, s)] is not None and evals[("base", s)] is not None] for m in arms}
-    done = [ev for ev in evals.values() if ev is not None]  # each ran on one thread: wall time = CPU time
-    train_min, eval_min = (sum(ev[key] for ev in done) / 60 for key in ("train_seconds", "seconds"))
-    meta = {**meta, "cpu_minutes": {"runs": len(done), "train": train_min, "eval": eval_min,
-                                    "total": train_min + eval_min}}
-    missing = [m for m in arms if not have[m]]
-    arms = [m for m in arms if have[m]]
-    main = ["base"] + [m for m in arms if groups.get(m, "main") == "main" and m != "base"]
+class Study:
+    """Every evaluated (arm, seed) of the study, and the seed-level statistics over them.
 
-    def matrix(m, t, name, on):
-        return torch.tensor([evals[(m, s)]["temps"][t][name] for s in on], dtype=torch.float64)
+    `have[arm]`: the seeds on which both the arm and that seed's base were evaluated; `arms`: the arms with at least
+    one such seed (the others are in `missing`); `main`: the base and the arms of group "main"."""
 
-    def values(m, t, name, on=None):
-        return list(matrix(m, t, name, on or have[m]))
+    def __init__(self, runs: str, arms: list[str], seeds: list[int], meta: dict, data_dir: str):
+        self.labels, self.temps, self.ks = meta["labels"], [f"{t:g}" for t in meta["temps"]], meta["ks"]
+        self.groups, self.n_bon, self.seeds = meta.get("groups", {}), meta["train_n_bon"], seeds
+        loaded = {(m, s): load(runs, data_dir, m, s, self.ks) for m in arms for s in seeds}
+        self.evals = {key: ev for key, (ev, _) in loaded.items()}
+        self.curves = {key: curve for key, (_, curve) in loaded.items()}
+        if not any(self.evals[("base", s)] for s in seeds):
+            raise SystemExit(f"no evaluated base policy under {runs}; run experiments/science.py first")
+        self.have = {m: [s for s in seeds if self.evals[(m, s)] is not None and self.evals[("base", s)] is not None]
+                     for m in arms}
+        done = [ev for ev in self.evals.values() if ev is not None]  # one thread each: wall time = CPU time
+        train_min, eval_min = (sum(ev[key] for ev in done) / 60 for key in ("train_seconds", "seconds"))
+        self.meta = {**meta, "cpu_minutes": {"runs": len(done), "train": train_min, "eval": eval_min,
+                                             "total": train_min + eval_min}}
+        self.missing = [m for m in arms if not self.have[m]]
+        self.arms = [m for m in arms if self.have[m]]
+        self.main = ["base"] + [m for m in self.arms if self.groups.get(m, "main") == "main" and m != "base"]
 
-    def stat(m, t, name, minus: str | None = None, alpha: float = ALPHA):
-        on = [s for s in have[m] if minus is None or s in have[minus]]  # paired: the seeds both have
+    def matrix(self, m: str, t: str, name: str, on: list[int]) -> torch.Tensor:
+        """[S, G] per-prompt values of one metric for arm m at temperature t, on seeds `on`."""
+        return torch.tensor([self.evals[(m, s)]["temps"][t][name] for s in on], dtype=torch.float64)
+
+    def values(self, m: str, t: str, name: str) -> list[torch.Tensor]:
+        return list(self.matrix(m, t, name, self.have[m]))
+
+    def stat(self, m: str, t: str, name: str, minus: str | None = None, alpha: float = ALPHA) -> dict | None:
+        """mean(m) or the paired mean(m − minus), on the seeds both have; None if they share none."""
+        on = [s for s in self.have[m] if minus is None or s in self.have[minus]]
         if not on:
             return None
-        return seed_stat(matrix(m, t, name, on), None if minus is None else matrix(minus, t, name, on), alpha)
+        return seed_stat(self.matrix(m, t, name, on), None if minus is None else self.matrix(minus, t, name, on),
+                         alpha)
 
-    metric_names = [f"{p}@{k}" for p in ("pass", "bo", "gbo") for k in ks] + [f"maj@{k}" for k in (8, 32)]
-    extra = ["distinct", "entropy", "modal_share", "modal_correct", "verifier_accepts", "biased_score", "length"]
-    data = {"meta": {**meta, "seeds": seeds, "arms": arms, "seeds_per_arm": have, "missing": missing,
+    @property
+    def levels(self) -> torch.Tensor:
+        """The arithmetic level of each evaluation prompt (the same prompts for every policy)."""
+        return torch.tensor(self.evals[("base", self.have["base"][0])]["levels"])
+
+
+def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, data_dir: str) -> dict:
+    st = Study(runs, arms, seeds, meta, data_dir)
+    data = {"meta": {**st.meta, "seeds": seeds, "arms": st.arms, "seeds_per_arm": st.have, "missing": st.missing,
                      "statistics": f"hierarchical bootstrap over seeds and prompts, {N_BOOT} resamples"},
-            "results": {}}
-    for m in arms:
-        for t in temps:
-            for name in metric_names + extra:
-                entry = {"value": stat(m, t, name)}
-                if m != "base":
-                    entry["change_vs_base"] = stat(m, t, name, minus="base")
-                if m not in ("base", "rl") and "rl" in arms and groups.get(m) in ("main", "sweep"):
-                    entry["minus_rl"] = stat(m, t, name, minus="rl")
-                ref = meta.get("references", {}).get(m)
-                if ref in arms:
-                    entry["minus_reference"] = stat(m, t, name, minus=ref)
-                data["results"][f"{m}|T={t}|{name}"] = {k: v for k, v in entry.items() if v is not None}
+            "results": results(st)}
     R = data["results"]
-    n_prompts = len(evals[("base", have["base"][0])]["levels"])
-    lines = [f"# Science runs: every arm on `arithmetic`, seeds {seeds}", "",
-             f"Generated by `{meta['command']}` on {meta['date']} ({meta['machine']}, torch {meta['torch']}; "
-             f"{meta['minutes']:.0f} min for this call, reusing finished runs). Each policy: {n_prompts} held-out "
-             f"prompts x 32 samples per temperature. Values in %, mean over seeds [95% seed-level interval: "
-             f"hierarchical bootstrap over seeds and prompts] (per-seed values). BoK (`bo@k`): the seed's noisy "
-             f"verifier (false-positive rate {meta['noisy_verifier']['fpr']}, false-negative rate "
-             f"{meta['noisy_verifier']['fnr']}) picks one of k samples, the task scores it; `gbo@k`: the biased "
-             f"verifier picks. Tuning seeds {list(meta.get('tuning_seeds', ()))} are not reported.", ""]
-    lines += ["Seeds per arm: " + "; ".join(f"{labels[m]}: {len(have[m])}" for m in arms) + "."
-              + (f" Not evaluated yet (left out): {', '.join(missing)}." if missing else ""), ""]
-
-    # --- verdicts: one primary claim, a Holm-corrected secondary family
-    claims = []
-    for key, text, m, minus, name, t, sign in CLAIMS:
-        name = name.format(n=n_bon)
-        if m in arms and minus in arms and t in temps and stat(m, t, name, minus) is not None:
-            claims.append((key, text, m, minus, name, t, sign, stat(m, t, name, minus)))
-    secondary = [c for c in claims if c[0] != "headline"]
-    holm = metrics.holm([c[-1]["p"] for c in secondary], ALPHA)
-    levels = {c[0]: lv for c, lv in zip(secondary, holm["levels"])}
-    adjusted = {c[0]: p for c, p in zip(secondary, holm["adjusted"])}
-    rows, verdicts = [], {}
-    for key, text, m, minus, name, t, sign, _ in claims:
-        level = levels.get(key, ALPHA)
-        st = stat(m, t, name, minus, alpha=level)
-        few = len(st["per_seed"]) < MIN_SEEDS
-        direction = verdict(st, sign)
-        v = "inconclusive" if few else direction
-        verdicts[key] = {"claim": text, "arm": m, "minus": minus, "metric": name, "T": t, "sign": sign,
-                         "level": level, "p_holm": adjusted.get(key), "verdict": v, "too_few_seeds": few,
-                         "direction": direction, **st}
-        rows.append([text, f"{labels[m]} − {labels[minus]}, {name}, T = {t}", "primary" if key == "headline"
-                     else f"{1 - level:.4f}", fmt(st, scale_of(name), signed=True, seeds=len(st["per_seed"]) <= 8),
-                     f"{st['p']:.3g}" + ("" if key == "headline" else f" / {adjusted[key]:.3g}"),
-                     f"**{v}**" + (f" ({len(st['per_seed'])} seed(s), {MIN_SEEDS} needed)" if few else "")])
-    data["verdicts"] = verdicts
-    lines += ["## Verdicts (seed-level intervals; secondary claims Holm-corrected)", "",
-              "Interval level: 95% for the primary claim; for a secondary claim, its Holm level. p: bootstrap "
-              "p-value / Holm-adjusted.", ""]
-    lines += table(["claim", "comparison", "level", "points [interval] (per seed)", "p", "verdict"], rows) + [""]
-
-    # --- headline: every main arm against the base and against RL at k = N'
-    lines += [f"## Headline at T = 1: change against the base, and against RL (N'=1), at k = N' = {n_bon}", ""]
-    rows = []
-    for m in main[1:]:
-        e, b = R[f"{m}|T=1|pass@{n_bon}"], R[f"{m}|T=1|bo@{n_bon}"]
-        rows.append([labels[m], fmt(e["change_vs_base"], signed=True, seeds=True),
-                     fmt(e["minus_rl"], signed=True) if "minus_rl" in e else "—",
-                     fmt(b["change_vs_base"], signed=True),
-                     fmt(b["minus_rl"], signed=True) if "minus_rl" in b else "—",
-                     fmt(R[f"{m}|T=1|pass@1"]["change_vs_base"], signed=True),
-                     fmt(R[f"{m}|T=1|pass@32"]["change_vs_base"], signed=True)])
-    lines += table(["arm", f"pass@{n_bon} - base (per seed)", f"pass@{n_bon} - RL", f"Bo{n_bon} - base",
-                     f"Bo{n_bon} - RL", "pass@1 - base", "pass@32 - base"], rows) + [""]
-
-    # --- published variants and ablations against the form they vary
-    variants = [m for m in arms if groups.get(m) == "variant"]
-    if variants:
-        lines += [f"## Published variants and ablations at T = 1, against the arm they vary (points, k = {n_bon})",
-                  ""]
-        rows = []
-        for m in variants:
-            e, b = R[f"{m}|T=1|pass@{n_bon}"], R[f"{m}|T=1|bo@{n_bon}"]
-            ref = meta["references"][m]
-            rows.append([labels[m], labels.get(ref, ref),
-                         fmt(e["minus_reference"], signed=True, seeds=True) if "minus_reference" in e else "—",
-                         fmt(b["minus_reference"], signed=True) if "minus_reference" in b else "—",
-                         fmt(e["change_vs_base"], signed=True)])
-        lines += table(["variant", "reference", f"pass@{n_bon} - reference (per seed)", f"Bo{n_bon} - reference",
-                         f"pass@{n_bon} - base"], rows) + [""]
-
-    sweep = sweep_section(stat, evals, have, arms, meta, labels, n_bon, ks, lines)
+    lines = header(st)
+    data["verdicts"] = verdict_section(st, lines)
+    headline_section(st, R, lines)
+    variant_section(st, R, lines)
+    sweep = sweep_section(st, lines)
     if sweep:
         data["sweep"] = sweep
-    gameable = gameable_section(stat, curves, R, arms, have, meta, labels, n_bon, lines)
+    gameable = gameable_section(st, R, lines)
     if gameable:
         data["gameable"] = gameable
-
-    methods = main  # the sections below describe the main arms
-
-    # --- absolute tables per temperature
-    for t in temps:
-        lines += [f"## T = {t}: pass@k and BoK (absolute)", ""]
-        names = [f"pass@{k}" for k in ks] + [f"bo@{k}" for k in (8, 32)] + ["maj@8", "maj@32"]
-        rows = [[labels[m]] + [fmt(R[f"{m}|T={t}|{n}"]["value"]) for n in names] for m in methods]
-        lines += table(["method"] + names, rows) + [""]
-
-    # --- temperatures: the change at k = N' at every test temperature
-    lines += [f"## Transfer across test temperatures: pass@{n_bon} and Bo{n_bon} change against the base", ""]
-    rows = [[labels[m]] + [fmt(R[f"{m}|T={t}|{p}@{n_bon}"]["change_vs_base"], signed=True)
-                           for p in ("pass", "bo") for t in temps] for m in methods[1:]]
-    lines += table(["method"] + [f"{p}@{n_bon} T={t}" for p in ("pass", "bo") for t in temps], rows) + [""]
-
-    # --- diversity
-    lines += ["## Diversity at T = 1 (per prompt, 32 samples): distinct final answers, entropy of the answer "
-              "distribution (nats), share of samples on the modal answer, modal answer correct (%)", ""]
-    rows = [[labels[m], fmt(R[f"{m}|T=1|distinct"]["value"], 1.0), fmt(R[f"{m}|T=1|entropy"]["value"], 1.0),
-             fmt(R[f"{m}|T=1|modal_share"]["value"]), fmt(R[f"{m}|T=1|modal_correct"]["value"])] for m in methods]
-    lines += table(["method", "distinct answers", "answer entropy", "modal share %", "modal correct %"], rows)
-    lines += [""]
-
-    # --- meta-strategy: modal share by difficulty. Difficulty = the arithmetic level of the prompt: a bin
-    # defined from the evaluated samples themselves (e.g. the base's pass@1) would select on their noise
-    levels = torch.tensor(evals[("base", have["base"][0])]["levels"])
-    bins = [(f"level {int(lv)}", levels == lv) for lv in sorted(set(levels.tolist()))]
-    meta_rows, meta_json = [], {}
-    for m in methods:
-        share, corr = values(m, "1", "modal_share"), values(m, "1", "pass@1")
-        cells = []
-        for name, mask in bins:
-            s = sum(float(v[mask].mean()) for v in share) / len(share)
-            c = sum(float(v[mask].mean()) for v in corr) / len(corr)
-            meta_json.setdefault(m, {})[name] = {"modal_share": s, "pass@1": c, "prompts": int(mask.sum())}
-            cells.append(f"{100 * s:.0f} / {100 * c:.0f}")
-        meta_rows.append([labels[m]] + cells)
-    data["meta_strategy"] = meta_json
-    lines += ["## Meta-strategy at T = 1: share of samples on the modal answer / pass@1 (%), by difficulty", "",
-              "Difficulty = the arithmetic level (1: one operation on small numbers ... 3: several operations; "
-              "bonfast/tasks/arithmetic.py); prompts per level: "
-              + ", ".join(f"{name}: {int(mask.sum())}" for name, mask in bins) + ".", ""]
-    lines += table(["method"] + [name for name, _ in bins], meta_rows) + [""]
-
-    # --- co-scaling fit and the best temperature per N
-    lines += ["## Co-scaling: pass@N(T) ~ exp(a N^b), fitted on N = 1..32 (pooled means)", "",
-              "a, b per temperature; `err`: largest |fit - measured| over N, in points. T*(N): the test temperature "
-              "with the highest pass@N.", ""]
-    rows, cos_json = [], {}
-    for m in methods:
-        cells = []
-        for t in temps:
-            curve = torch.tensor([R[f"{m}|T={t}|pass@{k}"]["value"]["mean"] for k in ks], dtype=torch.float64)
-            a, b = metrics.fit_coscaling(torch.tensor(ks), curve.clamp(1e-6, 1 - 1e-6))
-            fit = torch.exp(a * torch.tensor(ks, dtype=torch.float64) ** b)
-            err = float((fit - curve).abs().max())
-            cos_json.setdefault(m, {})[t] = {"a": a, "b": b, "max_abs_err": err}
-            cells.append(f"{a:.2f}, {b:.2f} (err {100 * err:.1f})")
-        best = [max(temps, key=lambda t: R[f"{m}|T={t}|pass@{k}"]["value"]["mean"]) for k in ks]
-        cos_json[m]["T_star"] = dict(zip([str(k) for k in ks], best))
-        rows.append([labels[m]] + cells + [" ".join(best)])
-    data["coscaling"] = cos_json
-    lines += table(["method"] + [f"a, b at T={t}" for t in temps] + [f"T*(N) for N = {', '.join(map(str, ks))}"],
-                    rows) + [""]
-    # T* by difficulty for the base model
-    rows, tstar_json = [], {}
-    for name, mask in bins:
-        best = []
-        for k in ks:
-            by_t = {t: sum(float(v[mask].mean()) for v in values("base", t, f"pass@{k}")) / len(seeds) for t in temps}
-            top = max(by_t.values())
-            winners = [t for t in temps if by_t[t] >= top - 1e-12]
-            best.append(winners[0] if len(winners) == 1 else "tie")  # e.g. a bin no temperature solves
-        tstar_json[name] = dict(zip([str(k) for k in ks], best))
-        rows.append([name, str(int(mask.sum()))] + best)
-    data["T_star_by_difficulty_base"] = tstar_json
-    lines += ["T*(N) of the base policies by level (\"tie\": equal pass@N at the best temperatures):", ""]
-    lines += table(["difficulty", "prompts"] + [f"N={k}" for k in ks], rows) + [""]
+    absolute_sections(st, R, lines)
+    data["meta_strategy"] = meta_strategy_section(st, lines)
+    data["coscaling"], data["T_star_by_difficulty_base"] = coscaling_section(st, R, lines)
 
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    pngs = plots(R, methods, labels, temps, ks, meta_json, cos_json, out)
+    pngs = science_plots.plots(R, st.main, st.labels, st.temps, st.ks, data["meta_strategy"], data["coscaling"],
+                               out)
     if sweep:
-        pngs.append(sweep_plot(sweep, labels, out))
+        pngs.append(science_plots.sweep_plot(sweep, st.labels, out))
     if gameable and gameable["curves"]:
-        pngs.append(gameable_plot(gameable, labels, out))
+        pngs.append(science_plots.gameable_plot(gameable, st.labels, out))
     lines += ["Plots: " + ", ".join(f"`{os.path.basename(p)}`" for p in pngs), ""]
     with open(out + ".json", "w") as f:
         json.dump(data, f, indent=1)
@@ -342,60 +204,160 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, 
     return data
 
 
-def sweep_section(stat, evals, have, arms, meta, labels, n_bon, ks, lines) -> dict | None:
+def results(st: Study) -> dict:
+    """'arm|T=t|metric' -> its value, its change against the base, against RL (main and sweep arms) and against
+    the arm it varies (variants), each a seed-level interval."""
+    metric_names = [f"{p}@{k}" for p in ("pass", "bo", "gbo") for k in st.ks] + [f"maj@{k}" for k in (8, 32)]
+    extra = ["distinct", "entropy", "modal_share", "modal_correct", "verifier_accepts", "biased_score", "length"]
+    out = {}
+    for m in st.arms:
+        ref = st.meta.get("references", {}).get(m)
+        for t in st.temps:
+            for name in metric_names + extra:
+                entry = {"value": st.stat(m, t, name)}
+                if m != "base":
+                    entry["change_vs_base"] = st.stat(m, t, name, minus="base")
+                if m not in ("base", "rl") and "rl" in st.arms and st.groups.get(m) in ("main", "sweep"):
+                    entry["minus_rl"] = st.stat(m, t, name, minus="rl")
+                if ref in st.arms:
+                    entry["minus_reference"] = st.stat(m, t, name, minus=ref)
+                out[f"{m}|T={t}|{name}"] = {k: v for k, v in entry.items() if v is not None}
+    return out
+
+
+def header(st: Study) -> list[str]:
+    meta, n_prompts = st.meta, len(st.levels)
+    lines = [f"# Science runs: every arm on `arithmetic`, seeds {st.seeds}", "",
+             f"Generated by `{meta['command']}` on {meta['date']} ({meta['machine']}, torch {meta['torch']}; "
+             f"{meta['minutes']:.0f} min for this call, reusing finished runs). Each policy: {n_prompts} held-out "
+             f"prompts x 32 samples per temperature. Values in %, mean over seeds [95% seed-level interval: "
+             f"hierarchical bootstrap over seeds and prompts] (per-seed values). BoK (`bo@k`): the seed's noisy "
+             f"verifier (false-positive rate {meta['noisy_verifier']['fpr']}, false-negative rate "
+             f"{meta['noisy_verifier']['fnr']}) picks one of k samples, the task scores it; `gbo@k`: the biased "
+             f"verifier picks. Tuning seeds {list(meta.get('tuning_seeds', ()))} are not reported.", ""]
+    return lines + ["Seeds per arm: " + "; ".join(f"{st.labels[m]}: {len(st.have[m])}" for m in st.arms) + "."
+                    + (f" Not evaluated yet (left out): {', '.join(st.missing)}." if st.missing else ""), ""]
+
+
+def verdict_section(st: Study, lines: list[str]) -> dict:
+    """One primary claim at ALPHA, the secondary family Holm-corrected; a claim on fewer than MIN_SEEDS seeds is
+    "inconclusive" whatever its interval (kept as `direction`)."""
+    claims = []
+    for key, text, m, minus, name, t, sign in CLAIMS:
+        name = name.format(n=st.n_bon)
+        if m in st.arms and minus in st.arms and t in st.temps and st.stat(m, t, name, minus) is not None:
+            claims.append((key, text, m, minus, name, t, sign, st.stat(m, t, name, minus)))
+    secondary = [c for c in claims if c[0] != "headline"]
+    holm = metrics.holm([c[-1]["p"] for c in secondary], ALPHA)
+    levels = {c[0]: lv for c, lv in zip(secondary, holm["levels"])}
+    adjusted = {c[0]: p for c, p in zip(secondary, holm["adjusted"])}
+    rows, verdicts = [], {}
+    for key, text, m, minus, name, t, sign, _ in claims:
+        level = levels.get(key, ALPHA)
+        s = st.stat(m, t, name, minus, alpha=level)
+        few = len(s["per_seed"]) < MIN_SEEDS
+        direction = verdict(s, sign)
+        v = "inconclusive" if few else direction
+        verdicts[key] = {"claim": text, "arm": m, "minus": minus, "metric": name, "T": t, "sign": sign,
+                         "level": level, "p_holm": adjusted.get(key), "verdict": v, "too_few_seeds": few,
+                         "direction": direction, **s}
+        rows.append([text, f"{st.labels[m]} − {st.labels[minus]}, {name}, T = {t}", "primary" if key == "headline"
+                     else f"{1 - level:.4f}", fmt(s, scale_of(name), signed=True, seeds=len(s["per_seed"]) <= 8),
+                     f"{s['p']:.3g}" + ("" if key == "headline" else f" / {adjusted[key]:.3g}"),
+                     f"**{v}**" + (f" ({len(s['per_seed'])} seed(s), {MIN_SEEDS} needed)" if few else "")])
+    lines += ["## Verdicts (seed-level intervals; secondary claims Holm-corrected)", "",
+              "Interval level: 95% for the primary claim; for a secondary claim, its Holm level. p: bootstrap "
+              "p-value / Holm-adjusted.", ""]
+    lines += table(["claim", "comparison", "level", "points [interval] (per seed)", "p", "verdict"], rows) + [""]
+    return verdicts
+
+
+def headline_section(st: Study, R: dict, lines: list[str]) -> None:
+    """Every main arm against the base and against RL at k = N'."""
+    n = st.n_bon
+    lines += [f"## Headline at T = 1: change against the base, and against RL (N'=1), at k = N' = {n}", ""]
+    rows = []
+    for m in st.main[1:]:
+        e, b = R[f"{m}|T=1|pass@{n}"], R[f"{m}|T=1|bo@{n}"]
+        rows.append([st.labels[m], fmt(e["change_vs_base"], signed=True, seeds=True),
+                     fmt(e["minus_rl"], signed=True) if "minus_rl" in e else "—",
+                     fmt(b["change_vs_base"], signed=True),
+                     fmt(b["minus_rl"], signed=True) if "minus_rl" in b else "—",
+                     fmt(R[f"{m}|T=1|pass@1"]["change_vs_base"], signed=True),
+                     fmt(R[f"{m}|T=1|pass@32"]["change_vs_base"], signed=True)])
+    lines += table(["arm", f"pass@{n} - base (per seed)", f"pass@{n} - RL", f"Bo{n} - base",
+                    f"Bo{n} - RL", "pass@1 - base", "pass@32 - base"], rows) + [""]
+
+
+def variant_section(st: Study, R: dict, lines: list[str]) -> None:
+    """The published variants and ablations against the form they vary."""
+    variants, n = [m for m in st.arms if st.groups.get(m) == "variant"], st.n_bon
+    if not variants:
+        return
+    lines += [f"## Published variants and ablations at T = 1, against the arm they vary (points, k = {n})", ""]
+    rows = []
+    for m in variants:
+        e, b = R[f"{m}|T=1|pass@{n}"], R[f"{m}|T=1|bo@{n}"]
+        ref = st.meta["references"][m]
+        rows.append([st.labels[m], st.labels.get(ref, ref),
+                     fmt(e["minus_reference"], signed=True, seeds=True) if "minus_reference" in e else "—",
+                     fmt(b["minus_reference"], signed=True) if "minus_reference" in b else "—",
+                     fmt(e["change_vs_base"], signed=True)])
+    lines += table(["variant", "reference", f"pass@{n} - reference (per seed)", f"Bo{n} - reference",
+                    f"pass@{n} - base"], rows) + [""]
+
+
+def sweep_section(st: Study, lines: list[str]) -> dict | None:
     """The N' sweep of the headline method: pass@N at T = 1 for N = 1..32, one row per N' (table, best N')."""
-    by_nbon = {meta["n_bon"][m]: m for m in arms if m == "bon_rlb_p" or meta.get("groups", {}).get(m) == "sweep"}
+    by_nbon = {st.meta["n_bon"][m]: m for m in st.arms if m == "bon_rlb_p" or st.groups.get(m) == "sweep"}
     if len(by_nbon) < 2:
         return None
     order = sorted(by_nbon)
-    n_all = sorted(int(k.split("@")[1]) for k in evals[("base", have["base"][0])]["temps"]["1"] if
+    n_all = sorted(int(k.split("@")[1]) for k in st.evals[("base", st.have["base"][0])]["temps"]["1"] if
                    k.startswith("pass@"))
     curves, rows = {}, []
     for nb in ["base", *order]:
         m = "base" if nb == "base" else by_nbon[nb]
-        curves[str(nb)] = {str(k): stat(m, "1", f"pass@{k}") for k in n_all}
-        at = ("—" if nb == "base" else fmt(stat(m, "1", f"pass@{nb}", minus="base"), signed=True, seeds=True))
-        rows.append([labels[m], str(len(have[m]))] + [fmt(curves[str(nb)][str(k)]) for k in ks] + [at])
+        curves[str(nb)] = {str(k): st.stat(m, "1", f"pass@{k}") for k in n_all}
+        at = ("—" if nb == "base" else fmt(st.stat(m, "1", f"pass@{nb}", minus="base"), signed=True, seeds=True))
+        rows.append([st.labels[m], str(len(st.have[m]))] + [fmt(curves[str(nb)][str(k)]) for k in st.ks] + [at])
     best = []
-    for k in ks:
+    for k in st.ks:
         means = {nb: curves[str(nb)][str(k)]["mean"] for nb in order}
         best.append(str(max(means, key=means.get)))
     lines += ["## N' sweep of BoN-RLB(P): pass@N at T = 1 for each trained N' (seed-level intervals)", "",
               "Rows: the N' the policy was trained for; columns: the test N. Last column: the change against the "
               "base at N = N' (per seed). Every N in 1..32 is in science.json and in the plot.", ""]
-    lines += table(["trained N'", "seeds"] + [f"pass@{k}" for k in ks] + ["pass@N' - base at N = N'"], rows)
+    lines += table(["trained N'", "seeds"] + [f"pass@{k}" for k in st.ks] + ["pass@N' - base at N = N'"], rows)
     lines += ["", "Best trained N' at each test N (highest mean pass@N; read with the intervals above): "
-              + ", ".join(f"N = {k}: N' = {b}" for k, b in zip(ks, best)) + ".", ""]
-    return {"curves": curves, "best_n_bon": dict(zip(map(str, ks), best)), "n_bon": order}
+              + ", ".join(f"N = {k}: N' = {b}" for k, b in zip(st.ks, best)) + ".", ""]
+    return {"curves": curves, "best_n_bon": dict(zip(map(str, st.ks), best)), "n_bon": order}
 
 
-def gameable_section(stat, curves_of, R, arms, have, meta, labels, n_bon, lines) -> dict | None:
+def gameable_section(st: Study, R: dict, lines: list[str]) -> dict | None:
     """RL-V vs BoN-RL-V against the biased verifier: the proxy (its score) against the truth (pass@N), BoK under
     it, and the training curves of verifier score and true reward."""
-    pair = [m for m in ("rl_v.biased", "bon_rl_v.biased") if m in arms]
+    pair, n = [m for m in ("rl_v.biased", "bon_rl_v.biased") if m in st.arms], st.n_bon
     if not pair:
         return None
-    rows = []
-    for m in pair:
-        names = ("biased_score", f"pass@{n_bon}", f"gbo@{n_bon}", "gbo@32")
-        rows.append([labels[m]] + [fmt(R[f"{m}|T=1|{name}"]["change_vs_base"], signed=True,
-                                        seeds=name == f"pass@{n_bon}") for name in names])
+    names = ("biased_score", f"pass@{n}", f"gbo@{n}", "gbo@32")
+    rows = [[st.labels[m]] + [fmt(R[f"{m}|T=1|{name}"]["change_vs_base"], signed=True, seeds=name == f"pass@{n}")
+                              for name in names] for m in pair]
     diff = {}
     if len(pair) == 2:  # paired on the seeds both arms have
-        diff = {name: stat("bon_rl_v.biased", "1", name, minus="rl_v.biased")
-                for name in ("biased_score", f"pass@{n_bon}", f"gbo@{n_bon}", "gbo@32")}
+        diff = {name: st.stat("bon_rl_v.biased", "1", name, minus="rl_v.biased") for name in names}
         if all(diff.values()):
-            rows.append(["BoN-RL-V minus RL-V (biased)"] + [fmt(v, signed=True, seeds=name == f"pass@{n_bon}")
+            rows.append(["BoN-RL-V minus RL-V (biased)"] + [fmt(v, signed=True, seeds=name == f"pass@{n}")
                                                             for name, v in diff.items()])
     lines += ["## Gameable verifier: RL-V and BoN-RL-V trained against the biased verifier (T = 1, change vs base)",
               "", "The biased verifier scores 0.25 x correctness + 0.74 x length (non-space characters, capped at 8) "
               "+ 0.01 x jitter: three extra characters outweigh correctness. Training prompts repeat (a pool of "
-              f"{meta.get('pool', 512)}). `biased_score`: the verifier's mean score of the policy's samples (the "
+              f"{st.meta.get('pool', 512)}). `biased_score`: the verifier's mean score of the policy's samples (the "
               "proxy); pass@k: the truth; `gbo@k`: BoK with the biased verifier picking.", ""]
-    lines += table(["arm", "biased score", f"pass@{n_bon} (per seed)", f"gBo{n_bon}", "gBo32"], rows) + [""]
+    lines += table(["arm", "biased score", f"pass@{n} (per seed)", f"gBo{n}", "gBo32"], rows) + [""]
     curves = {}
     for m in pair:
-        per_seed = [c for c in (curves_of[(m, s)] for s in have[m]) if c is not None]
+        per_seed = [c for c in (st.curves[(m, s)] for s in st.have[m]) if c is not None]
         if per_seed:
             length = min(len(c["step"]) for c in per_seed)
             curves[m] = {key: [sum(c[key][i] for c in per_seed) / len(per_seed) for i in range(length)]
@@ -408,121 +370,87 @@ def gameable_section(stat, curves_of, R, arms, have, meta, labels, n_bon, lines)
     return {"arms": pair, "curves": curves, "bon_rl_v_minus_rl_v": diff}
 
 
-def plots(R, methods, labels, temps, ks, meta_json, cos_json, out) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def absolute_sections(st: Study, R: dict, lines: list[str]) -> None:
+    """The main arms' absolute pass@k and BoK per temperature, their transfer across temperatures, diversity."""
+    methods, n = st.main, st.n_bon
+    for t in st.temps:
+        lines += [f"## T = {t}: pass@k and BoK (absolute)", ""]
+        names = [f"pass@{k}" for k in st.ks] + [f"bo@{k}" for k in (8, 32)] + ["maj@8", "maj@32"]
+        rows = [[st.labels[m]] + [fmt(R[f"{m}|T={t}|{name}"]["value"]) for name in names] for m in methods]
+        lines += table(["method"] + names, rows) + [""]
+    lines += [f"## Transfer across test temperatures: pass@{n} and Bo{n} change against the base", ""]
+    rows = [[st.labels[m]] + [fmt(R[f"{m}|T={t}|{p}@{n}"]["change_vs_base"], signed=True)
+                              for p in ("pass", "bo") for t in st.temps] for m in methods[1:]]
+    lines += table(["method"] + [f"{p}@{n} T={t}" for p in ("pass", "bo") for t in st.temps], rows) + [""]
+    lines += ["## Diversity at T = 1 (per prompt, 32 samples): distinct final answers, entropy of the answer "
+              "distribution (nats), share of samples on the modal answer, modal answer correct (%)", ""]
+    rows = [[st.labels[m], fmt(R[f"{m}|T=1|distinct"]["value"], 1.0), fmt(R[f"{m}|T=1|entropy"]["value"], 1.0),
+             fmt(R[f"{m}|T=1|modal_share"]["value"]), fmt(R[f"{m}|T=1|modal_correct"]["value"])] for m in methods]
+    lines += table(["method", "distinct answers", "answer entropy", "modal share %", "modal correct %"], rows)
+    lines += [""]
 
-    paths = []
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    for ax, (prefix, title) in zip(axes[:2], (("pass", "pass@k (T = 1)"), ("bo", "BoK, noisy verifier (T = 1)"))):
-        for m in methods:
-            y = [100 * R[f"{m}|T=1|{prefix}@{k}"]["value"]["mean"] for k in ks]
-            ax.plot(ks, y, marker="o", label=labels[m], lw=2.2 if m in ("base", "rl", "bon_rlb_p") else 1.2)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_xlabel("k")
-        ax.set_ylabel("%")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    ax = axes[2]
-    width = 0.8 / max(1, len(methods) - 1)
-    for i, m in enumerate(methods[1:]):
-        ys, errs = [], [[], []]
+
+def difficulty_bins(st: Study) -> list[tuple[str, torch.Tensor]]:
+    """(name, prompt mask) per arithmetic level. The level is fixed by the prompt: a bin defined from the evaluated
+    samples themselves (e.g. the base's pass@1) would select on their noise."""
+    levels = st.levels
+    return [(f"level {int(lv)}", levels == lv) for lv in sorted(set(levels.tolist()))]
+
+
+def meta_strategy_section(st: Study, lines: list[str]) -> dict:
+    """Modal share and pass@1 by difficulty, for each main arm at T = 1."""
+    bins, rows, out = difficulty_bins(st), [], {}
+    for m in st.main:
+        share, corr = st.values(m, "1", "modal_share"), st.values(m, "1", "pass@1")
+        cells = []
+        for name, mask in bins:
+            s = sum(float(v[mask].mean()) for v in share) / len(share)
+            c = sum(float(v[mask].mean()) for v in corr) / len(corr)
+            out.setdefault(m, {})[name] = {"modal_share": s, "pass@1": c, "prompts": int(mask.sum())}
+            cells.append(f"{100 * s:.0f} / {100 * c:.0f}")
+        rows.append([st.labels[m]] + cells)
+    lines += ["## Meta-strategy at T = 1: share of samples on the modal answer / pass@1 (%), by difficulty", "",
+              "Difficulty = the arithmetic level (1: one operation on small numbers ... 3: several operations; "
+              "bonfast/tasks/arithmetic.py); prompts per level: "
+              + ", ".join(f"{name}: {int(mask.sum())}" for name, mask in bins) + ".", ""]
+    lines += table(["method"] + [name for name, _ in bins], rows) + [""]
+    return out
+
+
+def coscaling_section(st: Study, R: dict, lines: list[str]) -> tuple[dict, dict]:
+    """The co-scaling fit pass@N(T) ~ exp(a N^b) and T*(N) per main arm; T*(N) of the base by difficulty."""
+    temps, ks = st.temps, st.ks
+    lines += ["## Co-scaling: pass@N(T) ~ exp(a N^b), fitted on N = 1..32 (pooled means)", "",
+              "a, b per temperature; `err`: largest |fit - measured| over N, in points. T*(N): the test temperature "
+              "with the highest pass@N.", ""]
+    rows, cos_json = [], {}
+    for m in st.main:
+        cells = []
         for t in temps:
-            e = R[f"{m}|T={t}|pass@8"]["change_vs_base"]
-            ys.append(100 * e["mean"])
-            errs[0].append(100 * (e["mean"] - e["lo"]))
-            errs[1].append(100 * (e["hi"] - e["mean"]))
-        ax.bar([j + i * width for j in range(len(temps))], ys, width, yerr=errs, label=labels[m], capsize=2,
-               color=f"C{(i + 1) % 10}")  # the colour of the method's line in the left panels
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(temps))], [f"T = {t}" for t in temps])
-    ax.set_ylabel("pass@8 change vs base (points)")
-    ax.set_title("pass@8 change vs base, by test T")
-    fig.tight_layout()
-    paths.append(out + "-pass_at_k.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    for m in methods:
-        by_level = meta_json[m]
-        axes[0].plot(list(by_level), [100 * v["modal_share"] for v in by_level.values()], marker="o",
-                     label=labels[m])
-    axes[0].set_xlabel("difficulty: arithmetic level")
-    axes[0].set_ylabel("share of samples on the modal answer (%)")
-    axes[0].set_title("meta-strategy: concentration by difficulty (T = 1)")
-    axes[0].legend(fontsize=7)
-    axes[0].grid(alpha=0.3)
-    ax = axes[1]
-    for t, color in zip(temps, ("tab:blue", "tab:orange", "tab:red")):
-        y = torch.tensor([R[f"base|T={t}|pass@{k}"]["value"]["mean"] for k in ks], dtype=torch.float64)
-        x = torch.tensor(ks, dtype=torch.float64)
-        ax.plot(x.log(), torch.log(-torch.log(y)), "o", color=color, label=f"base, T = {t}")
-        fit = cos_json["base"][t]
-        ax.plot(x.log(), torch.log(torch.tensor(-fit["a"])) + fit["b"] * x.log(), "-", color=color, lw=1)
-    ax.set_xlabel("log N")
-    ax.set_ylabel("log(-log pass@N)")
-    ax.set_title("co-scaling fit pass@N = exp(a N^b), base policies")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    paths.append(out + "-meta_coscaling.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
-
-
-def sweep_plot(sweep, labels, out) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    base = sweep["curves"]["base"]
-    ns = [int(k) for k in base]
-    for nb, curve in sweep["curves"].items():
-        y = [100 * curve[str(k)]["mean"] for k in ns]
-        lo = [100 * curve[str(k)]["lo"] for k in ns]
-        hi = [100 * curve[str(k)]["hi"] for k in ns]
-        name = "base" if nb == "base" else f"N' = {nb}"
-        axes[0].plot(ns, y, label=name, lw=2 if nb == "base" else 1.4)
-        axes[0].fill_between(ns, lo, hi, alpha=0.15)
-        if nb != "base":
-            axes[1].plot(ns, [a - 100 * base[str(k)]["mean"] for a, k in zip(y, ns)], marker=".", label=name)
-    for ax, title in zip(axes, ("pass@N (T = 1), seed-level 95% band", "pass@N minus base (points)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("test N")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[1].axhline(0, color="k", lw=0.8)
-    fig.tight_layout()
-    path = out + "-nprime_sweep.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def gameable_plot(gameable, labels, out) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for m, curve in gameable["curves"].items():
-        for ax, key in zip(axes, ("verifier_score", "reward")):
-            ax.plot(curve["step"], curve[key], label=f"{labels[m]} ({curve['seeds']} seeds)")
-    axes[0].set_title("biased verifier's mean score of the training samples (proxy)")
-    axes[1].set_title("true reward of the training samples")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out + "-gameable.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+            curve = torch.tensor([R[f"{m}|T={t}|pass@{k}"]["value"]["mean"] for k in ks], dtype=torch.float64)
+            a, b = metrics.fit_coscaling(torch.tensor(ks), curve.clamp(1e-6, 1 - 1e-6))
+            fit = torch.exp(a * torch.tensor(ks, dtype=torch.float64) ** b)
+            err = float((fit - curve).abs().max())
+            cos_json.setdefault(m, {})[t] = {"a": a, "b": b, "max_abs_err": err}
+            cells.append(f"{a:.2f}, {b:.2f} (err {100 * err:.1f})")
+        best = [max(temps, key=lambda t: R[f"{m}|T={t}|pass@{k}"]["value"]["mean"]) for k in ks]
+        cos_json[m]["T_star"] = dict(zip([str(k) for k in ks], best))
+        rows.append([st.labels[m]] + cells + [" ".join(best)])
+    lines += table(["method"] + [f"a, b at T={t}" for t in temps] + [f"T*(N) for N = {', '.join(map(str, ks))}"],
+                   rows) + [""]
+    rows, tstar_json = [], {}
+    for name, mask in difficulty_bins(st):
+        best = []
+        for k in ks:
+            by_t = {}
+            for t in temps:
+                per_seed = st.values("base", t, f"pass@{k}")
+                by_t[t] = sum(float(v[mask].mean()) for v in per_seed) / len(per_seed)
+            top = max(by_t.values())
+            winners = [t for t in temps if by_t[t] >= top - 1e-12]
+            best.append(winners[0] if len(winners) == 1 else "tie")  # e.g. a bin no temperature solves
+        tstar_json[name] = dict(zip([str(k) for k in ks], best))
+        rows.append([name, str(int(mask.sum()))] + best)
+    lines += ["T*(N) of the base policies by level (\"tie\": equal pass@N at the best temperatures):", ""]
+    lines += table(["difficulty", "prompts"] + [f"N={k}" for k in ks], rows) + [""]
+    return cos_json, tstar_json
