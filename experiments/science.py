@@ -107,7 +107,7 @@ def _arms() -> dict[str, Arm]:
                                 "variational, lambda 9"),
         "bon_rl_v.winner": ("bon_rl_v", ("--bon_rl_v_credit", "winner"), "winner credit"),
         "bon_rl_s.winner": ("bon_rl_s", ("--bon_rl_s_credit", "winner"), "winner credit"),
-        "bon_rlb.exact_sign": ("bon_rlb", ("--bon_rlb_negative_sign", "1"), "+g- (exact sign)"),
+        "bon_rlb.exact_sign": ("bon_rlb", ("--bon_rlb_negative_sign", "1"), "exact sign, +g-"),
         "bon_rlb.no_clip": ("bon_rlb", ("--bon_rlb_clip", "0"), "no clip"),
         "bon_rlb.p_group": ("bon_rlb", ("--bon_rlb_p_estimator", "group"), "p from the group"),
         "bon_rlb_p.policy_group": ("bon_rlb_p", ("--bon_rlb_p_sample_source", "policy_group"), "policy samples"),
