@@ -219,14 +219,14 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
     sweep = data.get("sweep")
     if sweep:
         ks = [str(k) for k in meta["ks"]]
-        rows = []
-        for nb in ["base", *map(str, sweep["n_bon"])]:
-            curve = sweep["curves"][nb]
-            arm = "base" if nb == "base" else "bon_rlb_p" if int(nb) == n else f"bon_rlb_p.n{nb}"
-            rows.append(["base" if nb == "base" else f"N' = {nb}", str(len(meta["seeds_per_arm"].get(arm, [])))]
-                        + [fmt(curve[k]) for k in ks])
-        out += ["## N' sweep: BoN-RLB(P) trained at N' = 1, 2, 4, 8, 16, evaluated at N = 1..32 (T = 1, %)", ""]
-        out += table(["trained", "seeds"] + [f"pass@{k}" for k in ks], rows)
+        rows = [["base" if nb == "base" else f"N' = {nb}"] + [fmt(sweep["curves"][nb][k]) for k in ks]
+                for nb in ["base", *map(str, sweep["n_bon"])]]
+        seeds = sweep["seeds"]
+        out += ["## N' sweep: BoN-RLB(P) trained at N' = 1, 2, 4, 8, 16, evaluated at N = 1..32 (T = 1, %)", "",
+                f"Every row on the {len(seeds)} seed(s) that every N' has ({', '.join(map(str, seeds))}), so the "
+                f"rows differ in N' only (the N' = {n} arm's {len(meta['seeds_per_arm'].get('bon_rlb_p', []))} "
+                "seeds are in the headline).", ""]
+        out += table(["trained"] + [f"pass@{k}" for k in ks], rows)
         best = sweep["best_n_bon"]
         out += ["", "Best trained N' at each test N (highest mean; read with the intervals): "
                 + ", ".join(f"N = {k}: N' = {best[k]}" for k in ks) + ". Plot: `docs/results/science-nprime_sweep.png` "

@@ -154,9 +154,11 @@ class Study:
     def values(self, m: str, t: str, name: str) -> list[torch.Tensor]:
         return list(self.matrix(m, t, name, self.have[m]))
 
-    def stat(self, m: str, t: str, name: str, minus: str | None = None, alpha: float = ALPHA) -> dict | None:
-        """mean(m) or the paired mean(m − minus), on the seeds both have; None if they share none."""
-        on = [s for s in self.have[m] if minus is None or s in self.have[minus]]
+    def stat(self, m: str, t: str, name: str, minus: str | None = None, alpha: float = ALPHA,
+             seeds: list[int] | None = None) -> dict | None:
+        """mean(m) or the paired mean(m − minus), on the seeds both have (within `seeds` if given); None if they
+        share none."""
+        on = [s for s in self.have[m] if (minus is None or s in self.have[minus]) and (seeds is None or s in seeds)]
         if not on:
             return None
         return seed_stat(self.matrix(m, t, name, on), None if minus is None else self.matrix(minus, t, name, on),
@@ -308,30 +310,38 @@ def variant_section(st: Study, R: dict, lines: list[str]) -> None:
 
 
 def sweep_section(st: Study, lines: list[str]) -> dict | None:
-    """The N' sweep of the headline method: pass@N at T = 1 for N = 1..32, one row per N' (table, best N')."""
+    """The N' sweep of the headline method: pass@N at T = 1 for N = 1..32, one row per N' (table, best N').
+
+    Every row is on the seeds that every N' has (the main N' arm may have more): means over different seed sets
+    would compare training luck as much as N'."""
     by_nbon = {st.meta["n_bon"][m]: m for m in st.arms if m == "bon_rlb_p" or st.groups.get(m) == "sweep"}
     if len(by_nbon) < 2:
         return None
     order = sorted(by_nbon)
+    common = [s for s in st.have["base"] if all(s in st.have[m] for m in by_nbon.values())]
+    if not common:
+        return None
     n_all = sorted(int(k.split("@")[1]) for k in st.evals[("base", st.have["base"][0])]["temps"]["1"] if
                    k.startswith("pass@"))
     curves, rows = {}, []
     for nb in ["base", *order]:
         m = "base" if nb == "base" else by_nbon[nb]
-        curves[str(nb)] = {str(k): st.stat(m, "1", f"pass@{k}") for k in n_all}
-        at = ("—" if nb == "base" else fmt(st.stat(m, "1", f"pass@{nb}", minus="base"), signed=True, seeds=True))
-        rows.append([st.labels[m], str(len(st.have[m]))] + [fmt(curves[str(nb)][str(k)]) for k in st.ks] + [at])
+        curves[str(nb)] = {str(k): st.stat(m, "1", f"pass@{k}", seeds=common) for k in n_all}
+        at = ("—" if nb == "base" else
+              fmt(st.stat(m, "1", f"pass@{nb}", minus="base", seeds=common), signed=True, seeds=True))
+        rows.append([st.labels[m]] + [fmt(curves[str(nb)][str(k)]) for k in st.ks] + [at])
     best = []
     for k in st.ks:
         means = {nb: curves[str(nb)][str(k)]["mean"] for nb in order}
         best.append(str(max(means, key=means.get)))
     lines += ["## N' sweep of BoN-RLB(P): pass@N at T = 1 for each trained N' (seed-level intervals)", "",
-              "Rows: the N' the policy was trained for; columns: the test N. Last column: the change against the "
-              "base at N = N' (per seed). Every N in 1..32 is in science.json and in the plot.", ""]
-    lines += table(["trained N'", "seeds"] + [f"pass@{k}" for k in st.ks] + ["pass@N' - base at N = N'"], rows)
+              f"Rows: the N' the policy was trained for, on the seeds every N' has ({', '.join(map(str, common))}); "
+              "columns: the test N. Last column: the change against the base at N = N' (per seed). Every N in "
+              "1..32 is in science.json and in the plot.", ""]
+    lines += table(["trained N'"] + [f"pass@{k}" for k in st.ks] + ["pass@N' - base at N = N'"], rows)
     lines += ["", "Best trained N' at each test N (highest mean pass@N; read with the intervals above): "
               + ", ".join(f"N = {k}: N' = {b}" for k, b in zip(st.ks, best)) + ".", ""]
-    return {"curves": curves, "best_n_bon": dict(zip(map(str, st.ks), best)), "n_bon": order}
+    return {"curves": curves, "best_n_bon": dict(zip(map(str, st.ks), best)), "n_bon": order, "seeds": common}
 
 
 def gameable_section(st: Study, R: dict, lines: list[str]) -> dict | None:

@@ -110,6 +110,10 @@ def test_report_on_synthetic_runs(tmp_path, monkeypatch):
     assert min(c["level"] for c in secondary) == pytest.approx(0.05 / len(secondary))
     assert {"headline_bok", "rl_v_hacks", "bon_rl_v_resists"} <= set(v)
     assert data["sweep"]["n_bon"] == [2, 8] and set(data["sweep"]["curves"]["2"]) == {str(k) for k in range(1, 33)}
+    # every sweep row on the seeds every N' has: the 3-seed N' = 8 arm is read on seeds 1-2 like N' = 2
+    assert data["sweep"]["seeds"] == [1, 2]
+    assert data["sweep"]["curves"]["8"]["8"]["per_seed"] == data["results"]["bon_rlb_p|T=1|pass@8"]["value"][
+        "per_seed"][:2]
     assert data["gameable"]["curves"]["rl_v.biased"]["verifier_score"][-1] == pytest.approx(0.44)
     text = open(out + ".md").read()
     for heading in ("Verdicts", "Headline at T = 1", "Published variants", "N' sweep", "Gameable verifier",
