@@ -77,7 +77,10 @@ CAVEATS = """\
 - The warm start is deliberately short and the task supplies unlimited fresh problems, so plain supervised
   training keeps improving the model; the paper's base is a strong pretrained model fine-tuned on a fixed set.
 - The noisy verifier's errors are independent per response and cannot be learned; the biased verifier's can
-  (the gameable arms), and it is a hand-made bias (length), not a learned reward model."""
+  (the gameable arms), and it is a hand-made bias (length), not a learned reward model.
+- Few seeds make the seed-level bootstrap optimistic: with 3 seeds it can draw only 10 distinct seed sets, and
+  the plug-in spread of 3 values understates the between-seed variance. A 3-seed verdict whose interval ends near
+  0 deserves more seeds; the per-seed values beside every claim show how consistent the seeds are."""
 
 SMOLLM2 = """\
 ## A real model: SmolLM2-135M-Instruct on GSM8K
