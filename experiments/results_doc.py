@@ -82,6 +82,18 @@ CAVEATS = """\
   the plug-in spread of 3 values understates the between-seed variance. A 3-seed verdict whose interval ends near
   0 deserves more seeds; the per-seed values beside every claim show how consistent the seeds are."""
 
+# Why two arms can train the same policy (shown only when the report finds their evaluations equal).
+IDENTICAL_WHY = {
+    frozenset(("pass_at_k", "bon_rl_s")): "On a binary reward the unbiased pass@k weights equal BoN-RL-S's exact "
+    "weights (J = 1 - p^N' for both; `bonfast.objectives.bon_rl_s`), so the two arms train the same policy: PKPO "
+    "runs on one seed, as this check.",
+    frozenset(("sft", "bon_sft.variational")): "The variational form weights each sample by 1{r_i <= r*} minus its "
+    "leave-one-out mean; with the task's binary reward selecting and the gold answer at the top reward (r* = 1), "
+    "every sample qualifies, the weights are all 0 and only the SFT term is left: on this task variational "
+    "BoN-SFT is SFT (the exact form keeps a term through P(r < r*)). It runs on one seed, as this check; a "
+    "continuous verifier score as the selector would make the two differ.",
+}
+
 SMOLLM2 = """\
 ## A real model: SmolLM2-135M-Instruct on GSM8K
 
@@ -187,6 +199,11 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
                          [[labels[m], str(len(meta["seeds_per_arm"][m])), _change(R, m, f"pass@{n}", "minus_rl"),
                            _change(R, m, f"bo@{n}", "minus_rl"), _change(R, m, f"pass@{n}", "change_vs_base")]
                           for m in others]) + [""]
+        for same in meta.get("identical_runs", []):
+            a, b = same["arms"]
+            out += [f"{labels[a]} and {labels[b]}: bitwise-equal evaluations on seed(s) "
+                    f"{', '.join(map(str, same['seeds']))} (every per-prompt number at every temperature). "
+                    + (IDENTICAL_WHY.get(frozenset((a, b)), "")), ""]
     else:
         out += ["Not evaluated yet: RL and BoN-RLB(P) have no common seed.", ""]
 

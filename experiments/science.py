@@ -21,7 +21,9 @@ shared by every arm of that seed), then 400 steps of 64 prompts x 16 samples (eq
 
 Seeds. Seed 0 is the tuning seed: the learning rate and batch were tuned on BoN-RLB(P) seed 0 before this study, so
 seed 0 is never reported (`--seeds` refuses it). Reported: seeds 1-8 for base and the headline pair (RL,
-BoN-RLB(P)), seeds 1-2 for the N' sweep, seeds 1-3 for every other arm. Every arm uses the same settings (no
+BoN-RLB(P)), seeds 1-2 for the N' sweep, seeds 1-3 for every other arm but two that equal another arm on this
+task's binary reward (seed 1 only, as the check that the runs coincide; EQUAL_ON_BINARY): PKPO (BoN-RL-S's
+weights) and variational BoN-SFT (SFT's). Every arm uses the same settings (no
 per-method tuning).
 
 Evaluation (`eval_policy`): the same 800 held-out prompts x 32 samples at T = 0.5, 1.0 and 1.5 for every policy:
@@ -72,7 +74,12 @@ MAJ_KS = (8, 32)
 EVAL_SEED = 1234  # the held-out prompts are the same for every arm and seed (paired comparisons)
 HEADLINE = ("rl", "bon_rlb_p")  # inference-unaware vs BoN-aware
 TUNING_SEEDS = (0,)
-SEEDS = {"headline": tuple(range(1, 9)), "sweep": (1, 2), "other": (1, 2, 3)}
+SEEDS = {"headline": tuple(range(1, 9)), "sweep": (1, 2), "other": (1, 2, 3), "check": (1,)}
+# Arms equal to another arm on this study's binary reward: run on one seed, as a check that the runs coincide
+# (the report lists arms whose evaluations are bitwise equal). PKPO's pass@k weights are BoN-RL-S's exact weights
+# for binary rewards (bonfast.objectives.bon_rl_s); variational BoN-SFT's sample term 1{r_i <= r*} is 1 for every
+# sample when the gold answer has the top reward, so its weights are 0 and it is SFT (bonfast.objectives.bon_sft).
+EQUAL_ON_BINARY = {"pass_at_k": "bon_rl_s", "bon_sft.variational": "sft"}
 
 # Estimated CPU minutes (2-core machine, two runs at a time, one thread each), measured on this study's first runs
 # (2026-11-30): 400 steps x 64 prompts x 16 samples with the small in-run evaluations 9.5-10 minutes, the
@@ -136,6 +143,8 @@ def arm_seeds(name: str) -> tuple[int, ...]:
     """The reported seeds of an arm (module docstring)."""
     if name == "base" or name in HEADLINE:
         return SEEDS["headline"]
+    if name in EQUAL_ON_BINARY:
+        return SEEDS["check"]
     return SEEDS["sweep"] if ARMS[name].group == "sweep" else SEEDS["other"]
 
 

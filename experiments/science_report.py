@@ -164,6 +164,21 @@ class Study:
         return seed_stat(self.matrix(m, t, name, on), None if minus is None else self.matrix(minus, t, name, on),
                          alpha)
 
+    def identical(self) -> list[dict]:
+        """Pairs of arms whose evaluations are equal, every per-prompt number at every temperature, on every seed
+        they share (e.g. two objectives with equal weights on this reward train bitwise the same policy)."""
+        def fingerprint(m: str, s: int) -> str:
+            temps = self.evals[(m, s)]["temps"]
+            return json.dumps({t: temps[t] for t in sorted(temps)}, sort_keys=True)
+
+        out = []
+        for i, a in enumerate(self.arms):
+            for b in self.arms[i + 1:]:
+                shared = [s for s in self.have[a] if s in self.have[b]]
+                if shared and all(fingerprint(a, s) == fingerprint(b, s) for s in shared):
+                    out.append({"arms": [a, b], "seeds": shared})
+        return out
+
     @property
     def levels(self) -> torch.Tensor:
         """The arithmetic level of each evaluation prompt (the same prompts for every policy)."""
@@ -173,7 +188,8 @@ class Study:
 def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, data_dir: str) -> dict:
     st = Study(runs, arms, seeds, meta, data_dir)
     data = {"meta": {**st.meta, "seeds": seeds, "arms": st.arms, "seeds_per_arm": st.have, "missing": st.missing,
-                     "statistics": f"hierarchical bootstrap over seeds and prompts, {N_BOOT} resamples"},
+                     "statistics": f"hierarchical bootstrap over seeds and prompts, {N_BOOT} resamples",
+                     "identical_runs": st.identical()},
             "results": results(st)}
     R = data["results"]
     lines = header(st)

@@ -3,6 +3,7 @@ the verdicts with Holm, the N' sweep and gameable sections, and the written file
 tiny settings (`--smoke`, slow)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -25,7 +26,10 @@ def test_plan_covers_every_arm_with_the_seed_rule_and_never_a_tuning_seed(capsys
         seeds.setdefault(arm, []).append(seed)
     assert not {s for _, s in jobs} & set(science.TUNING_SEEDS)
     assert len(seeds["rl"]) >= 8 and len(seeds["bon_rlb_p"]) >= 8 and len(seeds["base"]) >= 8
-    assert all(len(v) >= 3 for a, v in seeds.items() if science.ARMS.get(a) and science.ARMS[a].group != "sweep")
+    checks = science.EQUAL_ON_BINARY  # arms equal to another arm on a binary reward: one seed, as the check
+    assert all(len(v) >= 3 for a, v in seeds.items()
+               if science.ARMS.get(a) and science.ARMS[a].group != "sweep" and a not in checks)
+    assert all(seeds[a] == list(science.SEEDS["check"]) and len(seeds[b]) >= 3 for a, b in checks.items())
     sweep = {science.ARMS[a].n_bon for a in seeds if a in science.ARMS and science.ARMS[a].group == "sweep"}
     assert sweep | {science.TRAIN_N_BON} == set(science.SWEEP)
     assert all(len(seeds[a]) >= 2 for a in seeds if a in science.ARMS and science.ARMS[a].group == "sweep")
@@ -95,6 +99,8 @@ def test_report_on_synthetic_runs(tmp_path, monkeypatch):
     out = str(tmp_path / "docs" / "science")
     data = science_report.report(str(runs), ["base", *arms], [1, 2, 3], out, _meta(arms))
     assert data["meta"]["missing"] == ["bon_rl_s"]
+    # the fixture gives these two arms the same p and generator seed: the only equal evaluations, and found
+    assert data["meta"]["identical_runs"] == [{"arms": ["bon_rl_v.winner", "bon_rl_v.biased"], "seeds": [1, 2]}]
     assert data["meta"]["seeds_per_arm"]["bon_rl_v"] == [2]
     # a paired change is the per-seed difference on the seeds both arms have
     entry = data["results"]["sft|T=1|pass@1"]
@@ -145,11 +151,16 @@ def test_committed_compact_data_alone_regenerates_the_report(tmp_path, monkeypat
     report, and pass@k read back from them is bitwise the evaluation's."""
     monkeypatch.setattr(science_report, "N_BOOT", 100)
     runs = tmp_path / "runs"
-    for arm, p in (("base", 0.3), ("rl", 0.2), ("bon_rlb_p", 0.4)):
+    for arm, p in (("base", 0.3), ("rl", 0.2), ("bon_rlb_p", 0.4), ("bon_rl_s", 0.3)):
         for s in (1, 2):
             _fake_eval(runs / f"{arm}-seed{s}", p, 10 * s + len(arm))
-    arms = ["rl", "bon_rlb_p"]
+            if arm == "bon_rl_s":  # an arm that trains the same policy as another: its evaluation is equal
+                shutil.copytree(runs / f"{arm}-seed{s}", runs / f"pass_at_k-seed{s}")
+    arms = ["rl", "bon_rlb_p", "bon_rl_s", "pass_at_k"]
     first = science_report.report(str(runs), ["base", *arms], [1, 2], str(tmp_path / "a" / "science"), _meta(arms))
+    assert first["meta"]["identical_runs"] == [{"arms": ["bon_rl_s", "pass_at_k"], "seeds": [1, 2]}]
+    doc = results_doc.write(first, str(tmp_path / "RESULTS.md"), "Not run.", 1.0)
+    assert "BoN-RL-S (N'=8) and PKPO pass@k (N'=8): bitwise-equal evaluations on seed(s) 1, 2" in doc
     data_dir = tmp_path / "a" / "science-runs"
     assert sorted(os.listdir(data_dir)) == sorted(f"{a}-seed{s}.npz" for a in ("base", *arms) for s in (1, 2))
     ev, _ = science_data.load(str(data_dir / "rl-seed1.npz"))
@@ -160,6 +171,7 @@ def test_committed_compact_data_alone_regenerates_the_report(tmp_path, monkeypat
     again = science_report.report(str(tmp_path / "no-runs"), ["base", *arms], [1, 2], str(tmp_path / "b" / "science"),
                                   _meta(arms), data_dir=str(data_dir))
     assert again["results"] == first["results"] and again["verdicts"] == first["verdicts"]
+    assert again["meta"]["identical_runs"] == first["meta"]["identical_runs"]
 
 
 @pytest.mark.slow
