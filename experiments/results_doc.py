@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from science_report import fmt, scale_of, table
+from science_report import MIN_SEEDS, fmt, scale_of, table
 
 # The paper's findings and the claims of science_report.CLAIMS that test them (docs/method.md, section 8).
 PAPER_CLAIMS = [
@@ -126,7 +126,8 @@ def _claim_text(v: dict, labels: dict) -> str:
     return (f"{labels.get(v['arm'], v['arm'])} - {labels.get(v['minus'], v['minus'])}, {v['metric']} at "
             f"T = {v['T']}: {fmt(v, scale_of(v['metric']), signed=True, seeds=len(v['per_seed']) <= 8)}, "
             f"{n_seeds(len(v['per_seed']))}, {level} -> **{v['verdict']}**"
-            + (f" (fewer than 3 seeds; the interval alone: {v['direction']})" if v.get("too_few_seeds") else ""))
+            + (f" (fewer than {MIN_SEEDS} seeds; the interval alone: {v['direction']})" if v.get("too_few_seeds")
+               else ""))
 
 
 def n_seeds(count: int) -> str:
@@ -312,10 +313,10 @@ def _gameable_read(V: dict, labels: dict) -> str:
             f"{fmt(true, signed=True)} points (verdicts: {hack['verdict']}, {true['verdict']}).")
     if resist:
         text += f" BoN-RL-V minus RL-V on true pass@N': {fmt(resist, signed=True)} points ({resist['verdict']})."
-    seeds = min(len(v["per_seed"]) for v in (hack, true, resist) if v)
-    if seeds < 3:
+    if any(v["too_few_seeds"] for v in (hack, true, resist) if v):  # the verdicts' own MIN_SEEDS rule
+        seeds = min(len(v["per_seed"]) for v in (hack, true, resist) if v)
         text += (f" {n_seeds(seeds).capitalize()} so far: these intervals are over prompts only, so the verdicts "
-                 "wait for 3 seeds; what the intervals alone say: "
+                 f"wait for {MIN_SEEDS} seeds; what the intervals alone say: "
                  + ", ".join(f"{k} {v['direction']}" for k, v in (("proxy up", hack), ("truth down", true),
                                                                      ("BoN-RL-V resists", resist)) if v) + ".")
     return text

@@ -167,15 +167,13 @@ class Study:
     def identical(self) -> list[dict]:
         """Pairs of arms whose evaluations are equal, every per-prompt number at every temperature, on every seed
         they share (e.g. two objectives with equal weights on this reward train bitwise the same policy)."""
-        def fingerprint(m: str, s: int) -> str:
-            temps = self.evals[(m, s)]["temps"]
-            return json.dumps({t: temps[t] for t in sorted(temps)}, sort_keys=True)
-
+        fingerprint = {(m, s): json.dumps(self.evals[(m, s)]["temps"], sort_keys=True)
+                       for m in self.arms for s in self.have[m]}  # once per run, not once per pair
         out = []
         for i, a in enumerate(self.arms):
             for b in self.arms[i + 1:]:
                 shared = [s for s in self.have[a] if s in self.have[b]]
-                if shared and all(fingerprint(a, s) == fingerprint(b, s) for s in shared):
+                if shared and all(fingerprint[(a, s)] == fingerprint[(b, s)] for s in shared):
                     out.append({"arms": [a, b], "seeds": shared})
         return out
 
