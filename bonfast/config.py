@@ -37,6 +37,7 @@ class TrainConfig:
     bon_sft_lam: float | None = None    # bon_sft variational: tilt lambda (None = N' - 1; N' + 1 matches the BoN KL)
     bon_rl_s_credit: str = "exact"      # bon_rl_s: "exact" subset-averaged credit or "winner" (published reading)
     bon_rl_v_credit: str = "exact"      # bon_rl_v: "exact" subset-averaged credit or "winner" (published reading)
+    bon_rl_v_reward: str = "task"       # bon_rl_v: signal is the "task" reward of the pick, or the "verifier" score
     bon_rlb_negative_sign: int = -1     # bon_rlb: +1 exact identity, -1 penalise negatives (published)
     bon_rlb_sample_source: str = "bon"  # bon_rlb: "bon" picks or "policy_group" samples carry the weights
     bon_rlb_clip: float = 3.0           # bon_rlb: clip weights to [-clip, clip] (0 = off)

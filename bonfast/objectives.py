@@ -240,8 +240,13 @@ def pass_at_k(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, base
 
 
 def bon_rl_v(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, credit: str = "exact",
-             baseline: str | None = None, check_values: bool = True) -> Tensor:
+             baseline: str | None = None, reward: str = "task", check_values: bool = True) -> Tensor:
     """BoN-RL-V: J = E[R(y_i*)], where i* = argmax of the verifier ``scores`` over N' = n_bon i.i.d. draws.
+
+    ``reward="task"`` (default, the paper's BoN-RL-V): the signal is the task reward R of the verifier's pick.
+    ``reward="verifier"``: the signal is the verifier's own score of its pick, J = E[r(y_i*)] = E[max of N' scores]
+    (``rewards`` is ignored; the weights equal ``bon_rl_s`` on the scores). Every signal then comes from the
+    verifier, as in RL-V, which isolates BoN-awareness when comparing against RL-V on a verifier that can be gamed.
 
     ``credit="exact"`` (default; docs/method.md §5.2, "Recommended estimator"): w = the subset-averaged credit
     c_i = (1/C(n, N')) Σ_{N'-subsets S ∋ i} E_tie[R_pick(S)] (``subset_credit``, exact tie averaging), minus a
@@ -262,6 +267,8 @@ def bon_rl_v(rewards: Tensor, *, n_bon: int, scores: Tensor | None = None, credi
     if baseline is None:
         baseline = "loo" if credit == "exact" else "mean"
     check_choice("baseline", baseline, ("loo", "loo_k_minus_1", "none") if credit == "exact" else ("mean", "none"))
+    if check_choice("reward", reward, ("task", "verifier")) == "verifier" and torch.is_tensor(scores):
+        rewards = scores  # the verifier picks and rewards: J = E[max of N' scores]
     R, s, k, checks = _validate(rewards, scores, n_bon=n_bon, need_scores=True, method="bon_rl_v")
     run_checks(checks, check_values)
     if credit == "exact":
@@ -653,7 +660,8 @@ OBJECTIVES: dict[str, Objective] = {
     "rl_v": Objective(rl_v, "RL-V", scores=True, bon_aware=False),
     "pass_at_k": Objective(pass_at_k, "PKPO pass@k"),
     "bon_rl_s": Objective(bon_rl_s, "BoN-RL-S", {"credit": ("exact", "winner")}),
-    "bon_rl_v": Objective(bon_rl_v, "BoN-RL-V", {"credit": ("exact", "winner")}, scores=True),
+    "bon_rl_v": Objective(bon_rl_v, "BoN-RL-V", {"credit": ("exact", "winner"), "reward": ("task", "verifier")},
+                          scores=True),
     "bon_rlb": Objective(bon_rlb, "BoN-RLB", {"negative_sign": (-1, 1), "sample_source": ("bon", "policy_group"),
                                               "clip": None, "p_estimator": ("loo", "group")},
                          descends=_bon_rlb_descends),

@@ -17,7 +17,9 @@ shared by every arm of that seed), then 400 steps of 64 prompts x 16 samples (eq
                group p estimator, BoN-RLB(P) on policy samples
     sweep      BoN-RLB(P) at N' = 1, 2, 4, 16 (N' = 8 is the main arm), each evaluated at N = 1..32
     gameable   RL-V and BoN-RL-V trained against the biased verifier (continuous, prefers long responses over correct
-               ones) on a repeating pool of 512 training prompts, so RL-V can learn to exploit it
+               ones) on a repeating pool of 512 training prompts, so RL-V can learn to exploit it; and BoN-RL-V
+               with the verifier's score as its reward too (`--bon_rl_v_reward verifier`: every signal from the
+               verifier, as for RL-V), which separates BoN-awareness from the source of the reward
 
 Seeds. Seed 0 is the tuning seed: the learning rate and batch were tuned on BoN-RLB(P) seed 0 before this study, so
 seed 0 is never reported (`--seeds` refuses it). Reported: seeds 1-8 for base and the headline pair (RL,
@@ -131,6 +133,11 @@ def _arms() -> dict[str, Arm]:
         n_bon = arms[name].n_bon
         arms[f"{name}.biased"] = Arm(name, n_bon, BIASED_ARGS, f"{OBJECTIVES[name].label} (N'={n_bon}, biased "
                                      f"verifier, pool {POOL})", "biased", "gameable")
+    # BoN-aware training with every signal from the verifier (it picks and its score is the reward, as RL-V's is):
+    # beside bon_rl_v.biased (the verifier only picks) it separates BoN-awareness from the source of the reward
+    arms["bon_rl_v.biased_reward"] = Arm("bon_rl_v", TRAIN_N_BON, BIASED_ARGS + ("--bon_rl_v_reward", "verifier"),
+                                         f"BoN-RL-V (N'={TRAIN_N_BON}, biased verifier picks and rewards, pool "
+                                         f"{POOL})", "biased", "gameable")
     return arms
 
 

@@ -196,6 +196,17 @@ def test_bon_rl_v_exact(n, k, ties, binary):
         assert_grad(E, g, what=f"bon_rl_v n={n} k={k} baseline={b}")
 
 
+@pytest.mark.parametrize("n,k", NK)
+@pytest.mark.parametrize("ties", [True, False])
+def test_bon_rl_v_verifier_reward_exact(n, k, ties):
+    """reward="verifier": the verifier picks and its score of the pick is the signal, J = E[max of N' scores]."""
+    theta, R, s = make_instance(n_responses(n), 350 + 10 * n + k, binary=False, ties=ties)
+    g = grad_of(lambda pi: bon_distribution(pi, s, k) @ s, theta)
+    for b in BASELINES:
+        E = run(lambda r, v: ob.bon_rl_v(r, n_bon=k, scores=v, baseline=b, reward="verifier"), theta, R, s, n)
+        assert_grad(E, g, what=f"bon_rl_v reward=verifier n={n} k={k} baseline={b}")
+
+
 @pytest.mark.parametrize("n,k", [(2, 2), (3, 1), (4, 2), (6, 4)])
 def test_enumeration_catches_a_baseline_that_uses_the_sample_itself(n, k):
     """Negative control: subtracting the mean credit *including* sample i biases the estimator, and the harness
@@ -640,6 +651,24 @@ def test_bon_rl_s_winner_is_bon_rl_v_winner_with_the_reward_as_verifier():
         ob.bon_rl_s(R, n_bon=4, credit="winner", baseline="loo")
 
 
+def test_bon_rl_v_verifier_reward_is_bon_rl_s_on_the_scores():
+    gen = torch.Generator().manual_seed(5)
+    R = torch.randint(0, 2, (5, 8), generator=gen).to(torch.float64)
+    s = torch.randint(0, 4, (5, 8), generator=gen).to(torch.float64) / 3  # continuous-ish, with ties
+    for credit, baselines in (("exact", BASELINES), ("winner", ("mean", "none"))):
+        for b in baselines:
+            got = ob.bon_rl_v(R, n_bon=4, scores=s, credit=credit, baseline=b, reward="verifier")
+            assert torch.equal(got, ob.bon_rl_v(1 - R, n_bon=4, scores=s, credit=credit, baseline=b,
+                                                reward="verifier"))  # the task reward is not used
+            torch.testing.assert_close(got, ob.bon_rl_s(s, n_bon=4, credit=credit, baseline=b), rtol=1e-12,
+                                       atol=1e-14)
+    assert torch.equal(ob.bon_rl_v(R, n_bon=4, scores=s), ob.bon_rl_v(R, n_bon=4, scores=s, reward="task"))
+    with pytest.raises(ValueError, match=r"reward: expected one of \['task', 'verifier'\]"):
+        ob.bon_rl_v(R, n_bon=4, scores=s, reward="oracle")
+    with pytest.raises(ValueError, match="scores"):
+        ob.bon_rl_v(R, n_bon=4, reward="verifier")
+
+
 def test_p_estimator_option_equals_the_p_string():
     gen = torch.Generator().manual_seed(4)
     R = torch.randint(0, 2, (6, 8), generator=gen).to(torch.float64)
@@ -675,6 +704,10 @@ def test_published_variants_are_train_flags_and_descending_settings_are_refused(
     assert TrainConfig(method="bon_sft").objective_kwargs() == {"form": "exact", "lam": None}  # lam None: N' - 1
     assert cfg("--method", "bon_rl_s", "--bon_rl_s_credit", "winner").validate().objective_kwargs() == {
         "credit": "winner"}
+    assert cfg("--method", "bon_rl_v", "--bon_rl_v_reward", "verifier").validate().objective_kwargs() == {
+        "credit": "exact", "reward": "verifier"}
+    with pytest.raises(ValueError, match="TrainConfig.bon_rl_v_reward"):
+        TrainConfig(method="bon_rl_v", bon_rl_v_reward="oracle").validate()
     c = cfg("--method", "bon_rlb", "--bon_rlb_negative_sign", "1", "--bon_rlb_clip", "0",
             "--bon_rlb_p_estimator", "group").validate()
     assert c.objective_kwargs() == {"negative_sign": 1, "sample_source": "bon", "clip": 0.0, "p_estimator": "group"}
