@@ -47,7 +47,10 @@ BoN-RLB(P) at N' = 1, 2, 4, 16 beside the main N' = 8 arm. Gameable verifier (gr
 trained against `bonfast.tasks.verifiers.BiasedVerifier` (`--verifier bonfast.tasks.verifiers:BiasedVerifier`,
 one fixed jitter for every seed; continuous: 0.25 x correctness + 0.74 x response length capped at 8 non-space
 characters + 0.01 x jitter, so three extra characters outweigh being right) on a repeating pool of 512 training
-prompts (`--train_prompt_pool 512`), so a policy can learn the verifier's bias.
+prompts (`--train_prompt_pool 512`), so a policy can learn the verifier's bias; and a third arm, BoN-RL-V with the
+verifier's score of its pick as the reward (`--bon_rl_v_reward verifier`, J = E[max of N' verifier scores]: every
+training signal from the verifier, as for RL-V; not a method of the paper), which separates BoN-awareness from
+the source of the reward.
 
 The noisy verifier accepts 25% of wrong responses and rejects 10% of right ones, deterministically per
 (prompt, response) and per seed. Evaluation of every policy: the same 800 held-out prompts x 32 samples at
@@ -262,24 +265,30 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
                  _change(R, m, f"pass@{n}", "change_vs_base", seeds=True), _change(R, m, f"gbo@{n}", "change_vs_base"),
                  _change(R, m, "length", "change_vs_base")]
                 for m in game["arms"]]
-        diff = game.get("bon_rl_v_minus_rl_v") or {}
-        if diff and all(diff.values()):
-            rows.append(["BoN-RL-V minus RL-V", "", fmt(diff["biased_score"], signed=True),
-                         fmt(diff[f"pass@{n}"], signed=True, seeds=True), fmt(diff[f"gbo@{n}"], signed=True), ""])
+        for key, label in (("bon_rl_v_minus_rl_v", "BoN-RL-V minus RL-V"),
+                           ("verifier_reward_minus_rl_v", "BoN-RL-V (verifier rewards) minus RL-V"),
+                           ("verifier_reward_minus_bon_rl_v", "BoN-RL-V (verifier rewards) minus BoN-RL-V")):
+            diff = game.get(key) or {}
+            if diff and all(diff.values()):
+                rows.append([label, str(len(diff[f"pass@{n}"]["per_seed"])), fmt(diff["biased_score"], signed=True),
+                             fmt(diff[f"pass@{n}"], signed=True, seeds=True), fmt(diff[f"gbo@{n}"], signed=True),
+                             fmt(diff["length"], scale_of("length"), signed=True) if "length" in diff else ""])
         out += table(["arm (change vs base)", "seeds", "verifier score (proxy, x100)", f"pass@{n} (truth)",
                       f"BoK{n}, biased verifier picks", "response length (characters)"], rows)
         last = "; ".join(f"{labels[m]}: verifier score {c['verifier_score'][-1]:.3f}, true reward "
                          f"{c['reward'][-1]:.3f} (step {c['step'][-1]}, mean of {n_seeds(c['seeds'])})"
                          for m, c in game.get("curves", {}).items() if c.get("step"))
-        out += ["", _gameable_read(V, labels) + (f" Last training step: {last}." if last else ""), "",
+        out += ["", "Differences are paired on the seeds both arms have; 95% seed-level intervals (the claims' "
+                "intervals in the verdicts table are at their Holm level).", "",
+                _gameable_read(V, labels) + (f" Last training step: {last}." if last else ""), "",
                 "Training curves (the verifier's mean score and the true reward of each step's samples, mean over "
                 "seeds): `docs/results/science-gameable.png`.", "",
-                "How to read it: the two arms do not see the verifier the same way. RL-V's training signal is the "
-                "verifier's score itself; BoN-RL-V's is the task reward of the sample the verifier picks (the "
-                "verifier only selects). So BoN-RL-V can be misled only through which sample gets picked, never "
-                "rewarded for the bias directly: the comparison shows whether that selection route is exploited; "
-                "it does not separate BoN-awareness from the source of the reward. An arm that isolates it (BoN "
-                "selection and reward both from the verifier) is not in this study.", ""]
+                "How to read it: RL-V's training signal is the verifier's score itself; BoN-RL-V's is the task "
+                "reward of the sample the verifier picks (the verifier only selects), so BoN-RL-V can be misled "
+                "only through which sample gets picked, never rewarded for the bias directly. The comparison of "
+                "those two alone mixes BoN-awareness with the source of the reward; the third arm, BoN-RL-V with "
+                "the verifier's score as its reward, takes every signal from the verifier as RL-V does and differs "
+                "from RL-V only in training for the best of N'. " + _isolation_read(game, n), ""]
 
     # --- descriptive
     cos = data.get("coscaling", {})
@@ -303,6 +312,33 @@ def _coscaling_read(best: dict, ks: list[str]) -> str:
     if all(b <= a for a, b in zip(values[1:], values[:-1])):
         return "the best N' never decreases as N grows (means only: " + " -> ".join(map(str, values)) + ")"
     return "the best N' does not grow monotonically with N (means only: " + " -> ".join(map(str, values)) + ")"
+
+
+ISOLATION_WORDS = {  # (key, readings when the interval is above 0 / below 0 / contains 0)
+    "verifier_reward_minus_rl_v": ("BoN-awareness alone protects the truth", "BoN-awareness alone makes it worse",
+                                   "BoN-awareness alone changes nothing the intervals can tell"),
+    "verifier_reward_minus_bon_rl_v": ("taking the reward from the verifier helps",
+                                       "taking the reward from the verifier costs truth: part of BoN-RL-V's "
+                                       "resistance comes from its task reward",
+                                       "the reward source changes nothing the intervals can tell"),
+}
+
+
+def _isolation_read(game: dict, n: int) -> str:
+    """What the verifier-reward arm says: BoN-awareness alone (vs RL-V) and the reward source (vs BoN-RL-V)."""
+    stats = {key: (game.get(key) or {}).get(f"pass@{n}") for key in ISOLATION_WORDS}
+    if not all(stats.values()):
+        return "Its runs are not in yet."
+    reads = []
+    for (key, (up, down, neither)), against in zip(ISOLATION_WORDS.items(), ("RL-V", "BoN-RL-V")):
+        stat = stats[key]
+        word = up if stat["lo"] > 0 else down if stat["hi"] < 0 else neither
+        reads.append(f"minus {against} {fmt(stat, signed=True)} points ({word})")
+    text = f"On true pass@{n}, that arm " + " and ".join(reads) + "."
+    seeds = min(len(stat["per_seed"]) for stat in stats.values())
+    if seeds < MIN_SEEDS:
+        text += f" {n_seeds(seeds).capitalize()} so far: descriptive only."
+    return text
 
 
 def _gameable_read(V: dict, labels: dict) -> str:

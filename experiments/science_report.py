@@ -358,29 +358,46 @@ def sweep_section(st: Study, lines: list[str]) -> dict | None:
     return {"curves": curves, "best_n_bon": dict(zip(map(str, st.ks), best)), "n_bon": order, "seeds": common}
 
 
+GAMEABLE = ("rl_v.biased", "bon_rl_v.biased", "bon_rl_v.biased_reward")
+# (key in science.json, arm, minus, row label): the paired differences of the gameable section. The first is the
+# claims' pair (its intervals in the verdicts are at the Holm level); the other two are descriptive (95%): BoN-RL-V
+# with every signal from the verifier, against RL-V (BoN-awareness alone) and against BoN-RL-V (the reward source).
+GAMEABLE_DIFFS = (
+    ("bon_rl_v_minus_rl_v", "bon_rl_v.biased", "rl_v.biased", "BoN-RL-V minus RL-V"),
+    ("verifier_reward_minus_rl_v", "bon_rl_v.biased_reward", "rl_v.biased", "BoN-RL-V (verifier rewards) minus RL-V"),
+    ("verifier_reward_minus_bon_rl_v", "bon_rl_v.biased_reward", "bon_rl_v.biased",
+     "BoN-RL-V (verifier rewards) minus BoN-RL-V"),
+)
+
+
 def gameable_section(st: Study, R: dict, lines: list[str]) -> dict | None:
-    """RL-V vs BoN-RL-V against the biased verifier: the proxy (its score) against the truth (pass@N), BoK under
-    it, and the training curves of verifier score and true reward."""
-    pair, n = [m for m in ("rl_v.biased", "bon_rl_v.biased") if m in st.arms], st.n_bon
-    if not pair:
+    """RL-V, BoN-RL-V and BoN-RL-V with the verifier's reward against the biased verifier: the proxy (its score)
+    against the truth (pass@N), BoK under it, the paired differences and the training curves of verifier score and
+    true reward."""
+    arms, n = [m for m in GAMEABLE if m in st.arms], st.n_bon
+    if not arms:
         return None
-    names = ("biased_score", f"pass@{n}", f"gbo@{n}", "gbo@32")
-    rows = [[st.labels[m]] + [fmt(R[f"{m}|T=1|{name}"]["change_vs_base"], signed=True, seeds=name == f"pass@{n}")
-                              for name in names] for m in pair]
-    diff = {}
-    if len(pair) == 2:  # paired on the seeds both arms have
-        diff = {name: st.stat("bon_rl_v.biased", "1", name, minus="rl_v.biased") for name in names}
-        if all(diff.values()):
-            rows.append(["BoN-RL-V minus RL-V (biased)"] + [fmt(v, signed=True, seeds=name == f"pass@{n}")
-                                                            for name, v in diff.items()])
+    names = ("biased_score", f"pass@{n}", f"gbo@{n}", "gbo@32", "length")
+    rows = [[st.labels[m]] + [fmt(R[f"{m}|T=1|{name}"]["change_vs_base"], scale_of(name), signed=True,
+                                  seeds=name == f"pass@{n}") for name in names] for m in arms]
+    diffs = {}
+    for key, m, minus, label in GAMEABLE_DIFFS:
+        if m in arms and minus in arms:  # paired on the seeds both arms have
+            diff = {name: st.stat(m, "1", name, minus=minus) for name in names}
+            if all(diff.values()):
+                diffs[key] = diff
+                rows.append([label] + [fmt(v, scale_of(name), signed=True, seeds=name == f"pass@{n}")
+                                       for name, v in diff.items()])
     lines += ["## Gameable verifier: RL-V and BoN-RL-V trained against the biased verifier (T = 1, change vs base)",
               "", "The biased verifier scores 0.25 x correctness + 0.74 x length (non-space characters, capped at 8) "
               "+ 0.01 x jitter: three extra characters outweigh correctness. Training prompts repeat (a pool of "
               f"{st.meta.get('pool', 512)}). `biased_score`: the verifier's mean score of the policy's samples (the "
-              "proxy); pass@k: the truth; `gbo@k`: BoK with the biased verifier picking.", ""]
-    lines += table(["arm", "biased score", f"pass@{n} (per seed)", f"gBo{n}", "gBo32"], rows) + [""]
+              "proxy); pass@k: the truth; `gbo@k`: BoK with the biased verifier picking. BoN-RL-V's signal is the "
+              "task reward of the verifier's pick; with `--bon_rl_v_reward verifier` it is the verifier's score of "
+              "its pick (every signal from the verifier, as for RL-V). Differences: 95% seed-level intervals.", ""]
+    lines += table(["arm", "biased score", f"pass@{n} (per seed)", f"gBo{n}", "gBo32", "length"], rows) + [""]
     curves = {}
-    for m in pair:
+    for m in arms:
         per_seed = [c for c in (st.curves[(m, s)] for s in st.have[m]) if c is not None]
         if per_seed:
             length = min(len(c["step"]) for c in per_seed)
@@ -391,7 +408,7 @@ def gameable_section(st: Study, R: dict, lines: list[str]) -> dict | None:
     if curves:
         lines += ["Training curves (mean over seeds of each step's true reward and verifier score): "
                   "`science-gameable.png`.", ""]
-    return {"arms": pair, "curves": curves, "bon_rl_v_minus_rl_v": diff}
+    return {"arms": arms, "curves": curves, **{key: diffs.get(key, {}) for key, *_ in GAMEABLE_DIFFS}}
 
 
 def absolute_sections(st: Study, R: dict, lines: list[str]) -> None:

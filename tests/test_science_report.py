@@ -86,16 +86,16 @@ def test_report_on_synthetic_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(science_report, "N_BOOT", 200)  # fast; the statistics themselves are tested in test_metrics
     runs = tmp_path / "runs"
     p = {"base": 0.2, "rl": 0.02, "bon_rlb_p": 0.4, "bon_rlb_p.n2": 0.3, "bon_rl_v.winner": 0.3,
-         "rl_v.biased": 0.1, "bon_rl_v.biased": 0.3, "bon_rl_v": 0.3, "sft": 0.3}
+         "rl_v.biased": 0.1, "bon_rl_v.biased": 0.3, "bon_rl_v.biased_reward": 0.15, "bon_rl_v": 0.3, "sft": 0.3}
     seeds = {"base": (1, 2, 3), "rl": (1, 2, 3), "bon_rlb_p": (1, 2, 3), "bon_rlb_p.n2": (1, 2),
              "bon_rl_v.winner": (1, 2), "rl_v.biased": (1, 2), "bon_rl_v.biased": (1, 2), "bon_rl_v": (2,),
-             "sft": (1, 3)}
+             "sft": (1, 3), "bon_rl_v.biased_reward": (1, 2, 3)}
     for arm, ss in seeds.items():
         for s in ss:
-            curve = [(0.3, 0.4 + 0.01 * i) for i in range(5)] if arm.endswith(".biased") else None
+            curve = [(0.3, 0.4 + 0.01 * i) for i in range(5)] if ".biased" in arm else None
             _fake_eval(runs / f"{arm}-seed{s}", p[arm], 100 * s + len(arm), curve=curve)
     arms = ["rl", "bon_rlb_p", "sft", "bon_rl_v", "bon_rl_s", "bon_rlb_p.n2", "bon_rl_v.winner", "rl_v.biased",
-            "bon_rl_v.biased"]
+            "bon_rl_v.biased", "bon_rl_v.biased_reward"]
     out = str(tmp_path / "docs" / "science")
     data = science_report.report(str(runs), ["base", *arms], [1, 2, 3], out, _meta(arms))
     assert data["meta"]["missing"] == ["bon_rl_s"]
@@ -121,6 +121,14 @@ def test_report_on_synthetic_runs(tmp_path, monkeypatch):
     assert data["sweep"]["curves"]["8"]["8"]["per_seed"] == data["results"]["bon_rlb_p|T=1|pass@8"]["value"][
         "per_seed"][:2]
     assert data["gameable"]["curves"]["rl_v.biased"]["verifier_score"][-1] == pytest.approx(0.44)
+    # the verifier-reward arm's differences are paired on the seeds both arms have (1, 2 of its 1, 2, 3)
+    game = data["gameable"]
+    assert game["arms"] == ["rl_v.biased", "bon_rl_v.biased", "bon_rl_v.biased_reward"]
+    alone = game["verifier_reward_minus_rl_v"]["pass@8"]
+    rl_v = data["results"]["rl_v.biased|T=1|pass@8"]["value"]["per_seed"]
+    iso = data["results"]["bon_rl_v.biased_reward|T=1|pass@8"]["value"]["per_seed"]
+    assert alone["per_seed"] == pytest.approx([a - b for a, b in zip(iso[:2], rl_v)])
+    assert game["verifier_reward_minus_bon_rl_v"]["pass@8"]["mean"] < 0 < alone["mean"]
     text = open(out + ".md").read()
     for heading in ("Verdicts", "Headline at T = 1", "Published variants", "N' sweep", "Gameable verifier",
                     "Co-scaling", "Not evaluated yet"):
@@ -142,6 +150,8 @@ def test_report_on_synthetic_runs(tmp_path, monkeypatch):
     for heading in ("## Verdicts on the paper's findings", "## Published variants", "## N' sweep",
                     "## A verifier that can be gamed", "## Caveats"):
         assert heading in doc, heading
+    assert "| BoN-RL-V (verifier rewards) minus BoN-RL-V | 2 |" in doc
+    assert "that arm minus RL-V " + science_report.fmt(alone, signed=True) in doc and "2 seeds so far" in doc
     assert results_doc.overall(["supported", "inconclusive"]) == "mixed (1 inconclusive, 1 supported)"
     assert results_doc.overall([]) .startswith("not tested")
 
