@@ -81,6 +81,9 @@ def test_readme_lists_every_method_task_verifier_and_output_file():
     from bonfast.objectives import OBJECTIVES
     for name in (*OBJECTIVES, *tasks.TASKS, *tasks.VERIFIERS):
         assert f"`{name}`" in README, name
+    options = [f"{method}_{option}" for method, obj in OBJECTIVES.items() for option in obj.options]
+    for flag in options:  # every objective option is a `bonfast train` flag the README names
+        assert f"--{flag}" in README, flag
     for name in ("config.json", "metrics.jsonl", "eval-before.json", "eval-after.json", "pass_at_k.png",
                  "checkpoint.safetensors", "eval_pass_at_k.png", "--overwrite true", "--resume true", "gguf_file"):
         assert name in README, name
