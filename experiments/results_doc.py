@@ -288,7 +288,8 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
                 "only through which sample gets picked, never rewarded for the bias directly. The comparison of "
                 "those two alone mixes BoN-awareness with the source of the reward; the third arm, BoN-RL-V with "
                 "the verifier's score as its reward, takes every signal from the verifier as RL-V does and differs "
-                "from RL-V only in training for the best of N'. " + _isolation_read(game, n), ""]
+                "from RL-V only in training for the best of N' (descriptive: added after the claims were fixed, "
+                "so not in the claim family). " + _isolation_read(game, n), ""]
 
     # --- descriptive
     cos = data.get("coscaling", {})
