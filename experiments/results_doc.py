@@ -222,6 +222,11 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
                      "<br>".join(_claim_text(p, labels) for p in parts) or "runs missing"])
     out += table(["paper's finding", "verdict here", "evidence (claim: points [interval] (per seed), seeds, "
                   "level -> verdict)"], rows) + [""]
+    game = data.get("gameable") or {}
+    if game.get("verifier_reward_minus_bon_rl_v"):
+        out += ["Where BoN-RL-V's resistance comes from (descriptive; the gameable section): "
+                + _isolation_read(game, n, "BoN-RL-V with the verifier's score as its reward (every training signal "
+                                           "from the verifier, as for RL-V)"), ""]
 
     # --- variants
     variants = [m for m in meta["arms"] if meta["groups"].get(m) == "variant"]
@@ -325,7 +330,7 @@ ISOLATION_WORDS = {  # (key, readings when the interval is above 0 / below 0 / c
 }
 
 
-def _isolation_read(game: dict, n: int) -> str:
+def _isolation_read(game: dict, n: int, subject: str = "that arm") -> str:
     """What the verifier-reward arm says: BoN-awareness alone (vs RL-V) and the reward source (vs BoN-RL-V)."""
     stats = {key: (game.get(key) or {}).get(f"pass@{n}") for key in ISOLATION_WORDS}
     if not all(stats.values()):
@@ -335,7 +340,7 @@ def _isolation_read(game: dict, n: int) -> str:
         stat = stats[key]
         word = up if stat["lo"] > 0 else down if stat["hi"] < 0 else neither
         reads.append(f"minus {against} {fmt(stat, signed=True)} points ({word})")
-    text = f"On true pass@{n}, that arm " + " and ".join(reads) + "."
+    text = f"On true pass@{n}, {subject} " + " and ".join(reads) + "."
     seeds = min(len(stat["per_seed"]) for stat in stats.values())
     if seeds < MIN_SEEDS:
         text += f" {n_seeds(seeds).capitalize()} so far: descriptive only."

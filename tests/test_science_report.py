@@ -152,6 +152,7 @@ def test_report_on_synthetic_runs(tmp_path, monkeypatch):
         assert heading in doc, heading
     assert "| BoN-RL-V (verifier rewards) minus BoN-RL-V | 2 |" in doc
     assert "that arm minus RL-V " + science_report.fmt(alone, signed=True) in doc and "2 seeds so far" in doc
+    assert "Where BoN-RL-V's resistance comes from" in doc.split("## Published variants")[0]
     assert results_doc.overall(["supported", "inconclusive"]) == "mixed (1 inconclusive, 1 supported)"
     assert results_doc.overall([]) .startswith("not tested")
 
