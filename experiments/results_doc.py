@@ -324,8 +324,7 @@ ISOLATION_WORDS = {  # (key, readings when the interval is above 0 / below 0 / c
     "verifier_reward_minus_rl_v": ("BoN-awareness alone protects the truth", "BoN-awareness alone makes it worse",
                                    "BoN-awareness alone changes nothing the intervals can tell"),
     "verifier_reward_minus_bon_rl_v": ("taking the reward from the verifier helps",
-                                       "taking the reward from the verifier costs truth: part of BoN-RL-V's "
-                                       "resistance comes from its task reward",
+                                       "taking the reward from the verifier costs truth",
                                        "the reward source changes nothing the intervals can tell"),
 }
 
@@ -341,6 +340,11 @@ def _isolation_read(game: dict, n: int, subject: str = "that arm") -> str:
         word = up if stat["lo"] > 0 else down if stat["hi"] < 0 else neither
         reads.append(f"minus {against} {fmt(stat, signed=True)} points ({word})")
     text = f"On true pass@{n}, {subject} " + " and ".join(reads) + "."
+    alone, source = stats.values()
+    if source["hi"] < 0:
+        text += (" So BoN-RL-V's resistance comes from its task reward" +
+                 (", and BoN-awareness adds to it." if alone["lo"] > 0 else
+                  ": trained for the best of N' on the verifier's own score, the policy is hacked as RL-V's is."))
     seeds = min(len(stat["per_seed"]) for stat in stats.values())
     if seeds < MIN_SEEDS:
         text += f" {n_seeds(seeds).capitalize()} so far: descriptive only."

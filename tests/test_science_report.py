@@ -153,6 +153,8 @@ def test_report_on_synthetic_runs(tmp_path, monkeypatch):
     assert "| BoN-RL-V (verifier rewards) minus BoN-RL-V | 2 |" in doc
     assert "that arm minus RL-V " + science_report.fmt(alone, signed=True) in doc and "2 seeds so far" in doc
     assert "Where BoN-RL-V's resistance comes from" in doc.split("## Published variants")[0]
+    source = game["verifier_reward_minus_bon_rl_v"]["pass@8"]
+    assert ("So BoN-RL-V's resistance comes from its task reward" in doc) == (source["hi"] < 0)
     assert results_doc.overall(["supported", "inconclusive"]) == "mixed (1 inconclusive, 1 supported)"
     assert results_doc.overall([]) .startswith("not tested")
 
