@@ -462,6 +462,20 @@ def test_sft_is_bon_sft_at_one():
         ob.sft(e, s, n_bon=2)
 
 
+def test_variational_bon_sft_is_sft_when_the_expert_has_the_top_binary_score():
+    """Why the science study runs variational BoN-SFT on one seed only (a check arm): with binary scores and the gold
+    answer scored 1, every sample has 1{r_i <= r*} = 1, the leave-one-out baseline cancels it and the weights are
+    SFT's; the exact form keeps a term through P(r < r*)."""
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randint(0, 2, (6, 16), generator=gen).to(torch.float64)
+    e = torch.ones(6, dtype=torch.float64)
+    for lam in (None, 9.0):
+        we, w = ob.bon_sft(e, s, n_bon=8, form="variational", lam=lam)
+        assert torch.equal(we, torch.ones(6, dtype=torch.float64)) and torch.equal(w, torch.zeros(6, 16,
+                                                                                                 dtype=torch.float64))
+    assert ob.bon_sft(e, s, n_bon=8, form="exact")[1].abs().max() > 0
+
+
 def test_bon_sft_plug_in_and_degenerate_expert():
     s = torch.tensor([[0.1, 0.5, 0.9], [2.0, 3.0, 4.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
     e = torch.tensor([0.5, -1.0, 0.0], dtype=torch.float64)  # middle; below every sample; tied with all
