@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from science_report import MIN_SEEDS, fmt, scale_of, table
+from science_report import GAMEABLE_DIFFS, MIN_SEEDS, fmt, scale_of, table
 
 # The paper's findings and the claims of science_report.CLAIMS that test them (docs/method.md, section 8).
 PAPER_CLAIMS = [
@@ -270,14 +270,12 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
                  _change(R, m, f"pass@{n}", "change_vs_base", seeds=True), _change(R, m, f"gbo@{n}", "change_vs_base"),
                  _change(R, m, "length", "change_vs_base")]
                 for m in game["arms"]]
-        for key, label in (("bon_rl_v_minus_rl_v", "BoN-RL-V minus RL-V"),
-                           ("verifier_reward_minus_rl_v", "BoN-RL-V (verifier rewards) minus RL-V"),
-                           ("verifier_reward_minus_bon_rl_v", "BoN-RL-V (verifier rewards) minus BoN-RL-V")):
+        for key, _, _, label in GAMEABLE_DIFFS:
             diff = game.get(key) or {}
             if diff and all(diff.values()):
                 rows.append([label, str(len(diff[f"pass@{n}"]["per_seed"])), fmt(diff["biased_score"], signed=True),
                              fmt(diff[f"pass@{n}"], signed=True, seeds=True), fmt(diff[f"gbo@{n}"], signed=True),
-                             fmt(diff["length"], scale_of("length"), signed=True) if "length" in diff else ""])
+                             fmt(diff["length"], scale_of("length"), signed=True)])
         out += table(["arm (change vs base)", "seeds", "verifier score (proxy, x100)", f"pass@{n} (truth)",
                       f"BoK{n}, biased verifier picks", "response length (characters)"], rows)
         last = "; ".join(f"{labels[m]}: verifier score {c['verifier_score'][-1]:.3f}, true reward "
