@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from bonfast._validation import expected
 from bonfast.attention import attention
@@ -51,6 +50,27 @@ _MASK32 = 0xFFFFFFFF
 
 # ---------------------------------------------------------------------------------------------------------
 # results
+
+
+def _progress_bar(*, total: int, desc: str, disable: bool, leave: bool):
+    """A tqdm bar over decode steps; a no-op when disabled or without tqdm (it comes with the `train` extra)."""
+    if not disable:
+        try:
+            from tqdm.auto import tqdm
+            return tqdm(total=total, desc=desc, leave=leave)
+        except ImportError:
+            pass
+    return _NoBar()
+
+
+class _NoBar:
+    """The part of tqdm's interface the engine uses, doing nothing."""
+
+    def update(self, k: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -519,7 +539,7 @@ class Engine:
         layout = list(range(G))                                       # original prompt of each cache prompt slot
         slot = rows.clone()                                           # (B,) flat cache slot of each active row
         sync_every = 1 if dev.type == "cpu" else 4                    # CUDA: read the finished flags every 4 steps
-        bar = tqdm(total=L - 1, desc="decode", disable=not self.progress, leave=False)
+        bar = _progress_bar(total=L - 1, desc="decode", disable=not self.progress, leave=False)
         for t in range(L - 1):                                        # feed token t, draw token t + 1
             if t % sync_every == 0:
                 keep_dev = ~draws.finished[rows]

