@@ -15,7 +15,7 @@ Backends (same semantics, tests force each one):
 | name       | where                     | masks                         |
 |------------|---------------------------|-------------------------------|
 | `sdpa`     | everywhere (CPU default)  | causal, any bool mask         |
-| `flex`     | CPU eager (forward only, torch limitation), CUDA compiled | causal, any bool mask, block masks |
+| `flex`     | CPU eager (forward only, torch limitation), CUDA compiled (Dh >= 16) | causal, any bool mask, block masks |
 | `flash`    | CUDA + flash-attn, fp16/bf16 | causal or none              |
 | `xformers` | CUDA + xformers           | causal, any bool mask         |
 
@@ -236,11 +236,18 @@ def _sdpa(q, k, v, mask, causal, scale):
     return (out if empty is None else out.masked_fill(empty, 0.0)).transpose(1, 2)
 
 
+# Inductor's CUDA flex kernel runs tl.dot over the head dimension, which needs at least 16 (torch 2.13:
+# torch/_inductor/kernel/flex/flex_attention.py raises "NYI: embedding dimension ... at least 16").
+FLEX_CUDA_MIN_HEAD_DIM = 16
+
+
 @functools.cache
 def _flex_fn(device_type: str):
     from torch.nn.attention.flex_attention import flex_attention
     # Eager FlexAttention materialises the scores; compiled it is a fused kernel. CPU eager is fine for tests.
-    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
+    # dynamic=None (automatic dynamic shapes): a second sequence length recompiles once with symbolic sizes
+    # instead of once per length (dynamic=False hit the recompile limit and fell back to eager after 8).
+    return torch.compile(flex_attention, dynamic=None) if device_type == "cuda" else flex_attention
 
 
 def flex_block_attention(q, k, v, block_mask, *, scale: float | None = None) -> torch.Tensor:
@@ -252,6 +259,9 @@ def flex_block_attention(q, k, v, block_mask, *, scale: float | None = None) -> 
         q: [B, Tq, Hq, Dh]    k, v: [B, Tk, Hkv, Dh]    returns: [B, Tq, Hq, Dh]
     """
     _check_qkv(q, k, v)
+    if q.is_cuda and q.shape[-1] < FLEX_CUDA_MIN_HEAD_DIM:
+        raise ValueError(f"backend 'flex' on CUDA needs a head dim Dh >= {FLEX_CUDA_MIN_HEAD_DIM} (torch's compiled "
+                         f"flex kernel), got Dh={q.shape[-1]}; use backend='sdpa'")
     if not q.is_cuda and torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
         raise ValueError("FlexAttention has no backward on CPU in torch; use backend='sdpa' for training on CPU "
                          "or run flex under torch.no_grad()")
@@ -267,7 +277,8 @@ def flex_block_attention(q, k, v, block_mask, *, scale: float | None = None) -> 
 def _flex_dense(q, k, v, mask, causal, scale):
     from torch.nn.attention.flex_attention import create_block_mask
     B, Tq, Tk = q.shape[0], q.shape[1], k.shape[1]
-    offset = Tk - Tq
+    # a captured tensor, not a Python int: compiled flex with dynamic shapes refuses captured dynamic scalars
+    offset = torch.tensor(Tk - Tq, device=q.device)
     if mask is None:
         def mask_mod(b, h, t, s):
             return s <= t + offset if causal else s >= 0

@@ -145,6 +145,37 @@ def test_input_errors(args, match):
         attention(q, k, v, mask=mask, causal=args.get("causal", False))
 
 
+def test_flex_fn_is_compiled_with_dynamic_shapes(monkeypatch):
+    """CUDA flex is compiled with automatic dynamic shapes: dynamic=False recompiled for every new length."""
+    from bonfast import attention as attention_module
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.update(kw) or fn)
+    attention_module._flex_fn.cache_clear()
+    try:
+        attention_module._flex_fn("cuda")
+    finally:
+        attention_module._flex_fn.cache_clear()
+    assert seen.get("dynamic", None) is None
+
+
+@pytest.mark.cuda
+def test_cuda_flex_small_head_dim_is_a_clear_error():
+    q, k, v = _inputs(Dh=8, dtype=torch.bfloat16, device="cuda")
+    with pytest.raises(ValueError, match=r"'flex' on CUDA needs a head dim Dh >= 16.*got Dh=8"):
+        attention(q, k, v, causal=True, backend="flex")
+
+
+@pytest.mark.cuda
+def test_cuda_flex_new_lengths_do_not_recompile_each_time():
+    from torch._dynamo.utils import counters
+    counters.clear()
+    for T in (33, 47, 61, 75):
+        q, k, v = _inputs(Tq=T, Tk=T, Dh=16, dtype=torch.bfloat16, device="cuda")
+        torch.testing.assert_close(attention(q, k, v, causal=True, backend="flex").float(),
+                                   attention(q, k, v, causal=True, backend="sdpa").float(), rtol=2e-2, atol=2e-2)
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # static, then one dynamic graph
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("backend", ["flex", "flash", "xformers"])
 @pytest.mark.parametrize("Tq,Tk,causal,mkind", CASES)
@@ -153,9 +184,10 @@ def test_cuda_backend_matches_sdpa(backend, Tq, Tk, causal, mkind):
         pytest.skip(f"{backend} not installed")
     if backend == "flash" and mkind is not None:
         pytest.skip("flash takes no bool mask")
-    q, k, v = (x.requires_grad_() for x in _inputs(Tq=Tq, Tk=Tk, dtype=torch.bfloat16, device="cuda"))
+    Dh = 16  # the compiled CUDA flex kernel needs Dh >= 16
+    q, k, v = (x.requires_grad_() for x in _inputs(Tq=Tq, Tk=Tk, Dh=Dh, dtype=torch.bfloat16, device="cuda"))
     mask = None if mkind is None else _mask(2 if mkind == "full" else 1, Tq, Tk, "cuda")
-    up = torch.randn(2, Tq, 6, 8, device="cuda", dtype=torch.bfloat16)
+    up = torch.randn(2, Tq, 6, Dh, device="cuda", dtype=torch.bfloat16)
     outs, grads = [], []
     for name in ("sdpa", backend):
         o = attention(q, k, v, mask=mask, causal=causal, backend=name)
