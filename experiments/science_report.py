@@ -50,6 +50,34 @@ CLAIMS = [
     ("transfer_05", "the headline gain carries over to T = 0.5", "bon_rlb_p", "rl", "pass@{n}", "0.5", +1),
     ("transfer_15", "the headline gain carries over to T = 1.5", "bon_rlb_p", "rl", "pass@{n}", "1.5", +1),
 ]
+# The claims above are read on the seeds they were planned with, even where an arm later gets more seeds (SFT and
+# BoN-RL-S get seeds 4-8 for LEARNED_CLAIMS below): seeds added after a reading are not added to that reading.
+CLAIM_SEEDS = {"sft_bok": (1, 2, 3), "bon_rl_v_bok": (1, 2, 3), "bon_rl_v_pass": (1, 2, 3)}
+
+# Pre-registered claims of the learned-verifier study (issue #27), fixed here before any of their runs (the commit
+# that added them precedes every change of the study that produces their data). Metric `lbo@k`: BoK with the seed's
+# learned verifier (bonfast.tasks.learned: a reward model trained on the seed's warm-start samples of training
+# prompts only) picking one of k samples, the task scoring the pick; T = 1, k = N' = 8.
+#   Seeds: 1-8 for every claim (LEARNED_SEEDS), paired per seed; a claim read on fewer than its 8 seeds is interim.
+#   Holm family "learned": these four claims, Holm-corrected among themselves at ALPHA. A family of its own: the
+#   secondary family above was fixed and read before these claims existed, and joining it would change verdicts
+#   already reported. No claim here is primary.
+#   (a) BoN-RL-V trained with the learned verifier picking (task reward of the pick) - RL, Bo8 under it
+#   (b) BoN-RLB(P) - RL, Bo8 under the learned verifier (the headline pair; its noisy-verifier Bo8 went the other way)
+#   (c) SFT - base, Bo8 under the learned verifier (the paper: SFT lowers BoN performance)
+#   (d) BoN-RL-V (learned verifier) - BoN-RL-S, Bo8 under the learned verifier: the pre-planned 8-seed follow-up of
+#       bon_rl_v_bok (3 seeds, noisy verifier, inconclusive), not optional stopping: its seeds are fixed here
+LEARNED_SEEDS = tuple(range(1, 9))
+LEARNED_CLAIMS = [
+    ("learned_bon_rl_v", "(a) BoN-RL-V with the learned verifier picking beats RL on Bo8 under the learned verifier",
+     "bon_rl_v.learned", "rl", "lbo@{n}", "1", +1),
+    ("learned_headline_bok", "(b) BoN-RLB(P) beats RL on Bo8 under the learned verifier", "bon_rlb_p", "rl",
+     "lbo@{n}", "1", +1),
+    ("learned_sft_bok", "(c) standard SFT (N'=1) lowers Bo8 under the learned verifier", "sft", "base", "lbo@{n}",
+     "1", -1),
+    ("learned_bon_rl_v_vs_s", "(d) BoN-RL-V (learned verifier) beats the reward-trained BoN-RL-S on Bo8 under the "
+     "learned verifier", "bon_rl_v.learned", "bon_rl_s", "lbo@{n}", "1", +1),
+]
 
 
 def load(runs: str, data_dir: str, arm: str, seed: int, ks) -> tuple[dict | None, dict | None]:
@@ -261,8 +289,9 @@ def verdict_section(st: Study, lines: list[str]) -> dict:
     claims = []
     for key, text, m, minus, name, t, sign in CLAIMS:
         name = name.format(n=st.n_bon)
-        if m in st.arms and minus in st.arms and t in st.temps and st.stat(m, t, name, minus) is not None:
-            claims.append((key, text, m, minus, name, t, sign, st.stat(m, t, name, minus)))
+        on = CLAIM_SEEDS.get(key)
+        if m in st.arms and minus in st.arms and t in st.temps and st.stat(m, t, name, minus, seeds=on) is not None:
+            claims.append((key, text, m, minus, name, t, sign, st.stat(m, t, name, minus, seeds=on)))
     secondary = [c for c in claims if c[0] != "headline"]
     holm = metrics.holm([c[-1]["p"] for c in secondary], ALPHA)
     levels = {c[0]: lv for c, lv in zip(secondary, holm["levels"])}
@@ -270,7 +299,7 @@ def verdict_section(st: Study, lines: list[str]) -> dict:
     rows, verdicts = [], {}
     for key, text, m, minus, name, t, sign, _ in claims:
         level = levels.get(key, ALPHA)
-        s = st.stat(m, t, name, minus, alpha=level)
+        s = st.stat(m, t, name, minus, alpha=level, seeds=CLAIM_SEEDS.get(key))
         few = len(s["per_seed"]) < MIN_SEEDS
         direction = verdict(s, sign)
         v = "inconclusive" if few else direction
