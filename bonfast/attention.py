@@ -15,7 +15,7 @@ Backends (same semantics, tests force each one):
 | name       | where                     | masks                         |
 |------------|---------------------------|-------------------------------|
 | `sdpa`     | everywhere (CPU default)  | causal, any bool mask         |
-| `flex`     | CPU eager (forward only, torch limitation), CUDA compiled (Dh >= 16) | causal, any bool mask, block masks |
+| `flex`     | CPU eager (forward only), CUDA compiled (Dh >= 16) | causal, any bool mask, block masks |
 | `flash`    | CUDA + flash-attn, fp16/bf16 | causal or none              |
 | `xformers` | CUDA + xformers           | causal, any bool mask         |
 
@@ -217,21 +217,33 @@ def _guard_empty_rows(visible):
 # backends
 
 
+def sdpa_native_gqa(q, has_mask: bool) -> bool:
+    """Whether SDPA takes grouped-query attention natively (enable_gqa) instead of K/V repeated per query head.
+
+    Always on CPU. On CUDA only where SDPA's flash kernel takes the call (no mask, fp16 / bf16, Dh <= 256, Dh a
+    multiple of 8): its memory-efficient and cuDNN kernels do not take enable_gqa, so any other GQA call would
+    fall back to the math kernel, which builds the full [Tq, Tk] scores per head."""
+    if not q.is_cuda:
+        return True
+    Dh = q.shape[-1]
+    return not has_mask and q.dtype in (torch.float16, torch.bfloat16) and Dh <= 256 and Dh % 8 == 0
+
+
 def _sdpa(q, k, v, mask, causal, scale):
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, Dh)
     Tq, Tk = q.shape[1], k.shape[1]
     gqa = q.shape[2] != k.shape[2]
-    if mask is None and (not causal or Tq == Tk):
+    plain = mask is None and (not causal or Tq == Tk)  # no bool mask reaches SDPA
+    if gqa and not sdpa_native_gqa(q, has_mask=not plain):
+        rep = q.shape[2] // k.shape[2]
+        kt, vt, gqa = kt.repeat_interleave(rep, 1), vt.repeat_interleave(rep, 1), False  # (B, Hq, Tk, Dh)
+    if plain:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=scale, enable_gqa=gqa)
         return out.transpose(1, 2)
     if mask is None:  # bottom-right causal with Tq < Tk: every query sees at least Tk - Tq + 1 keys
         visible, empty = causal_mask(Tq, Tk, q.device), None
     else:
         visible, empty = _guard_empty_rows(_visible(mask, causal, Tq, Tk, q.device))
-    if gqa and q.is_cuda:
-        # CUDA's masked kernels (memory-efficient) do not take GQA; repeating K/V keeps us off the math path.
-        rep = q.shape[2] // k.shape[2]
-        kt, vt, gqa = kt.repeat_interleave(rep, 1), vt.repeat_interleave(rep, 1), False
     out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=visible, scale=scale, enable_gqa=gqa)
     return (out if empty is None else out.masked_fill(empty, 0.0)).transpose(1, 2)
 

@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from bonfast.kernels._launch import on_device
 from bonfast.kernels.linear_logprobs import linear_logprobs_bwd, linear_logprobs_fwd
 
 _BLOCK = 1024
@@ -68,12 +69,13 @@ def bon_loss_fwd(logp, sample_index, weights, old_logp, ref_logp, clip_eps, kl_c
     u = torch.empty(T, dtype=dtype, device=logp.device) if store_grad else part
     has_ref = ref_logp is not None and kl_coef != 0.0
     eps_lo, eps_hi = clip_eps if clip_eps is not None else (0.0, 0.0)
-    _bon_loss_fwd_kernel[(num_blocks,)](
-        logp.contiguous(), sample_index.contiguous(), weights.reshape(-1).contiguous(),
-        old_logp.contiguous() if old_logp is not None else logp, ref_logp.contiguous() if has_ref else logp,
-        u, part, T, float(eps_lo), float(eps_hi), float(kl_coef),
-        HAS_OLD=old_logp is not None, HAS_REF=has_ref, STORE_GRAD=store_grad,
-        DTYPE=tl.float64 if dtype == torch.float64 else tl.float32, BLOCK=_BLOCK)
+    with on_device(logp):
+        _bon_loss_fwd_kernel[(num_blocks,)](
+            logp.contiguous(), sample_index.contiguous(), weights.reshape(-1).contiguous(),
+            old_logp.contiguous() if old_logp is not None else logp, ref_logp.contiguous() if has_ref else logp,
+            u, part, T, float(eps_lo), float(eps_hi), float(kl_coef),
+            HAS_OLD=old_logp is not None, HAS_REF=has_ref, STORE_GRAD=store_grad,
+            DTYPE=tl.float64 if dtype == torch.float64 else tl.float32, BLOCK=_BLOCK)
     return part.sum(), (u if store_grad else None)
 
 

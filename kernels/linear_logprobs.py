@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from bonfast.kernels._launch import on_device
 from bonfast.kernels.logprob_gemm import grad_vectors, merge_stats
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -293,9 +294,10 @@ def linear_logprobs_fwd(x, w, y, temperature, ignore_index, want_entropy):
     a = part[3] if want_entropy else s
     upcast, precision = _kernel_flags(x)
     grid = lambda meta: (triton.cdiv(T, meta["BLOCK_T"]) * splits,)  # noqa: E731
-    _linear_logprobs_fwd_kernel[grid](
-        x, w, y, m, s, a, zy, T, V, D, _t_bucket(T), x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-        1.0 / temperature, splits, HAS_ENTROPY=want_entropy, UPCAST=upcast, PRECISION=precision, GROUP_T=8)
+    with on_device(x):
+        _linear_logprobs_fwd_kernel[grid](
+            x, w, y, m, s, a, zy, T, V, D, _t_bucket(T), x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+            1.0 / temperature, splits, HAS_ENTROPY=want_entropy, UPCAST=upcast, PRECISION=precision, GROUP_T=8)
     return merge_stats(part, y, V, ignore_index, want_entropy)  # O(splits * T) merge of the partials
 
 
@@ -316,13 +318,15 @@ def linear_logprobs_bwd(x, w, y, stats, entropy, g_logp, g_entropy, g_lse, tempe
     dx = dw = None
     if need_dx:
         dx32 = torch.zeros((T, D), dtype=torch.float32, device=x.device)
-        _linear_logprobs_bwd_dx_kernel[lambda meta: (triton.cdiv(T, meta["BLOCK_T"]),)](
-            *args, dx32, *dims, dx32.stride(0), 1.0 / temperature, **flags)
+        with on_device(x):
+            _linear_logprobs_bwd_dx_kernel[lambda meta: (triton.cdiv(T, meta["BLOCK_T"]),)](
+                *args, dx32, *dims, dx32.stride(0), 1.0 / temperature, **flags)
         dx = dx32.to(x.dtype)
     if need_dw:
         dw32 = torch.zeros((V, D), dtype=torch.float32, device=x.device)
-        _linear_logprobs_bwd_dw_kernel[lambda meta: (triton.cdiv(V, meta["BLOCK_V"]),)](
-            *args, dw32, *dims, dw32.stride(0), 1.0 / temperature, **flags)
+        with on_device(x):
+            _linear_logprobs_bwd_dw_kernel[lambda meta: (triton.cdiv(V, meta["BLOCK_V"]),)](
+                *args, dw32, *dims, dw32.stride(0), 1.0 / temperature, **flags)
         dw = dw32.to(w.dtype)
     return dx, dw
 

@@ -43,6 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
+from bonfast.kernels._launch import on_device
+
 _LOG2E = 1.4426950408889634
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read when @triton.jit decorates, like triton does
 
@@ -239,24 +241,26 @@ def prefix_attention_fwd(q, prefix_k, prefix_v, prefix_lens, suffix_k, suffix_v,
     o_part = torch.empty((num_splits, G, Hkv, M, Dh), device=q.device, dtype=torch.float32)  # (X, G, Hkv, M, Dh)
     lse_part = torch.empty((num_splits, G, Hkv, M), device=q.device, dtype=torch.float32)
     prefix_lens = prefix_lens.to(device=q.device, dtype=torch.int32).contiguous()
-    _prefix_attention_fwd_kernel[(G * Hkv, m_blocks, num_splits)](
-        q, prefix_k, prefix_v, prefix_lens, o_part, lse_part,
-        *q.stride(), *prefix_k.stride(), *prefix_v.stride(), *o_part.stride()[:4],
-        G, Hkv, M, Dh, chunk, qk_scale,
-        GROUP=group, DOT_PRECISION=precision, UPCAST=upcast, **fwd_blocks,
-    )
+    with on_device(q):
+        _prefix_attention_fwd_kernel[(G * Hkv, m_blocks, num_splits)](
+            q, prefix_k, prefix_v, prefix_lens, o_part, lse_part,
+            *q.stride(), *prefix_k.stride(), *prefix_v.stride(), *o_part.stride()[:4],
+            G, Hkv, M, Dh, chunk, qk_scale,
+            GROUP=group, DOT_PRECISION=precision, UPCAST=upcast, **fwd_blocks,
+        )
 
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if t == 0:  # no suffix yet: point at q as a never-read dummy so no empty tensor reaches the kernel
         suffix_k = suffix_v = q.new_empty((1, 1, 1, 1, 1))
     has_lens = suffix_lens is not None
     lens = suffix_lens.to(device=q.device, dtype=torch.int32).contiguous() if has_lens else prefix_lens
-    _suffix_attention_merge_kernel[(G * n, Hkv)](
-        q, suffix_k, suffix_v, lens, o_part, lse_part, out,
-        *q.stride(), *suffix_k.stride(), *suffix_v.stride(), *o_part.stride()[:4], *out.stride(),
-        G, n, Hkv, M, Dh, t, num_splits, qk_scale,
-        GROUP=group, HAS_LENS=has_lens, DOT_PRECISION=precision, UPCAST=upcast, **merge_blocks,
-    )
+    with on_device(q):
+        _suffix_attention_merge_kernel[(G * n, Hkv)](
+            q, suffix_k, suffix_v, lens, o_part, lse_part, out,
+            *q.stride(), *suffix_k.stride(), *suffix_v.stride(), *o_part.stride()[:4], *out.stride(),
+            G, n, Hkv, M, Dh, t, num_splits, qk_scale,
+            GROUP=group, HAS_LENS=has_lens, DOT_PRECISION=precision, UPCAST=upcast, **merge_blocks,
+        )
     return out
 
 

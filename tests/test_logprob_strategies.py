@@ -137,7 +137,7 @@ def test_gemm_loss_second_backward_raises_and_no_grad_skips_work(kernel_device, 
     with pytest.raises(RuntimeError, match="already used"):
         loss.backward()
     calls = []
-    monkeypatch.setattr(gemm, "chunk_backward", lambda *a: calls.append(1))
+    monkeypatch.setattr(gemm, "chunk_backward", lambda *a, **k: calls.append(1))
     with torch.no_grad():
         torch.testing.assert_close(gemm.fused_bon_loss_sum_gemm(*args), loss.detach())
     assert not calls  # the forward computes gradients only when autograd will ask for them
@@ -162,9 +162,15 @@ def test_dz_and_stats_kernels_equal_torch(splits, kernel_device, monkeypatch):
                 torch.testing.assert_close(g.cpu(), e, rtol=1e-5, atol=1e-5)
     stats, ent = got[3], got[1]
     gl, gh, gs = gemm.grad_vectors(y, V, -100, *(torch.randn(C, device=kernel_device) for _ in range(3)))
-    out = gemm.dz_inplace(z.clone(), y, stats, ent, gl, gh, gs, tau)
-    exp = gemm.dz_torch(z.clone(), y, stats, ent, gl, gh, gs, tau)
-    torch.testing.assert_close(out, exp, rtol=1e-5, atol=1e-6)
+    for dtype in (torch.float32, torch.bfloat16):  # dz in the input dtype; fp32 inputs overwrite z in place
+        zc = z.clone()
+        dz = zc if dtype == torch.float32 else torch.empty(C, V, dtype=dtype, device=kernel_device)
+        out = gemm.dz_from_logits(zc, dz, y, stats, ent, gl, gh, gs, tau)
+        exp = gemm.dz_torch(z.clone(), torch.empty(C, V, dtype=dtype, device=kernel_device), y, stats, ent, gl, gh,
+                            gs, tau)
+        assert out.data_ptr() == dz.data_ptr() and out.dtype == dtype
+        torch.testing.assert_close(out.float(), exp.float(), rtol=1e-5 if dtype == torch.float32 else 1e-2,
+                                   atol=1e-6)
 
 
 @pytest.mark.parametrize("accumulate", [False, True])
@@ -198,16 +204,19 @@ def test_memory_budget_model(monkeypatch):
     monkeypatch.setattr(fused, "_MIN_COLS", 256)
     T, D, V, bf16 = 8192, 2048, 151936, torch.bfloat16
     acc = 4 * V * D  # the gemm strategy's fp32 dW accumulator
-    assert gemm.chunk_rows(T, D, V, bf16, acc + 1024 * V * 2) == 1024
+    row = V * (4 + 2)  # per token row: fp32 logits + bf16 dz (V is a multiple of 64: no padding)
+    assert gemm.chunk_rows(T, D, V, bf16, acc + 1024 * row) == 1024
     assert gemm.chunk_rows(T, D, V, bf16, 1) == 128 and gemm.chunk_rows(100, D, V, bf16, 1) == 100
-    assert gemm.chunk_rows(T, D, V, torch.float32, 10 * V * 4 * 128) == 1280  # fp32: no separate accumulator
-    assert gemm.pick_strategy(T, D, V, bf16, acc + 1024 * V * 2) == "gemm"
-    assert gemm.pick_strategy(T, D, V, bf16, acc + 1000 * V * 2) == "fused"
+    assert gemm.chunk_rows(T, D, V, torch.float32, 10 * V * 4 * 128) == 1280  # fp32: dz in place, no accumulator
+    assert gemm.pick_strategy(T, D, V, bf16, acc + 512 * row) == "gemm"
+    assert gemm.pick_strategy(T, D, V, bf16, acc + 500 * row) == "fused"
+    assert gemm.chunk_rows(T, D, V, bf16) == 896 and gemm.pick_strategy(T, D, V, bf16) == "gemm"  # the default
+    assert gemm.padded_cols(50257) == 50304 and gemm.row_bytes(50257, torch.float32) == 50304 * 4
     cols = fused.chunk_cols(T, D, V, bf16)  # default: 15% of dX + dW
     floor = (T + V) * D * 2
     assert fused.fused_extra_bytes(T, D, V, bf16, cols) <= 0.15 * floor
     assert fused.chunk_cols(T, D, V, bf16, 1) == 256 and fused.chunk_cols(T, D, V, bf16, 10 ** 12) == V
-    monkeypatch.setenv("BONFAST_LOGPROB_MEMORY", str(acc + 2048 * V * 2))
+    monkeypatch.setenv("BONFAST_LOGPROB_MEMORY", str(acc + 2048 * row))
     assert gemm.chunk_rows(T, D, V, bf16) == 2048 and gemm.pick_strategy(T, D, V, bf16) == "gemm"
     monkeypatch.setenv("BONFAST_LOGPROB_MEMORY", "lots")
     with pytest.raises(ValueError, match="BONFAST_LOGPROB_MEMORY: expected a number of bytes, got 'lots'"):
@@ -243,7 +252,7 @@ def test_ops_strategies_agree(strategy, kernel_device):
 def test_ops_auto_strategy_follows_the_budget():
     from bonfast.ops import _triton_head
     x = torch.empty(4096, 1024, dtype=torch.bfloat16)
-    need = gemm.gemm_extra_bytes(4096, 1024, 50000, torch.bfloat16, 1024)
+    need = gemm.gemm_extra_bytes(4096, 1024, 50000, torch.bfloat16, 512)
     assert _triton_head("auto", need, x, 50000) == "gemm" and _triton_head("auto", need - 1, x, 50000) == "fused"
     assert _triton_head("tiles", None, x, 50000) == "tiles"
 
