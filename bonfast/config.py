@@ -26,6 +26,7 @@ class TrainConfig:
     verifier: str = "oracle"            # verifier that picks the Best-of-N response (oracle = the task reward)
     verifier_fpr: float = 0.0           # noisy verifier: false-positive rate
     verifier_fnr: float = 0.0           # noisy verifier: false-negative rate
+    verifier_path: str | None = None    # learned verifier: its .safetensors file (None: trained from the warm start)
     train_prompt_pool: int = 0          # RL prompts drawn from a fixed pool of this many train problems (0 = fresh)
     sandbox_isolation: str | None = None  # code tasks: auto | namespace | userns | process (weaker; explicit only)
     # ---- objective ------------------------------------------------------------------------------------
@@ -186,6 +187,23 @@ class TrainConfig:
         if self.verifier not in tasks.VERIFIERS and ":" not in self.verifier:
             raise ValueError(f"TrainConfig.verifier: expected one of {', '.join(tasks.VERIFIERS)} or an import path "
                              f"'pkg.module:Class', got {self.verifier!r}")
+        self._validate_learned_verifier()
+
+    def _validate_learned_verifier(self):
+        """verifier_path only with verifier 'learned', naming an existing file; the learned verifier needs the tiny
+        model (bonfast.tasks.learned)."""
+        if self.verifier_path is not None:
+            if not isinstance(self.verifier_path, str):
+                raise TypeError(f"TrainConfig.verifier_path: expected a path (str) or None, got {self.verifier_path!r}")
+            if self.verifier != "learned":
+                raise ValueError("TrainConfig.verifier_path: expected None unless verifier is 'learned' (the file of "
+                                 f"a learned verifier), got {self.verifier_path!r} with verifier {self.verifier!r}")
+            if not os.path.isfile(self.verifier_path):
+                raise ValueError("TrainConfig.verifier_path: expected an existing learned-verifier .safetensors file, "
+                                 f"not found: {self.verifier_path!r}")
+        if self.verifier == "learned" and self.model != "tiny":
+            raise ValueError("TrainConfig.verifier: expected a verifier other than 'learned' with model "
+                             f"{self.model!r}; the learned verifier is built on the tiny model (model='tiny')")
 
     def task_kwargs(self) -> dict:
         """Keyword arguments of `bonfast.tasks.get_task` for this config."""
@@ -202,6 +220,8 @@ class TrainConfig:
                     "seed": self.seed}
         if self.verifier == "biased":
             return {"seed": self.seed}
+        if self.verifier == "learned":  # a file, or the run's own verifier trained from its warm start (cached)
+            return {"path": self.verifier_path} if self.verifier_path is not None else {"train_config": self}
         return {}
 
     def objective_kwargs(self) -> dict:

@@ -26,7 +26,7 @@ def _responses(example, k):
 
 
 def test_names():
-    assert VERIFIERS == ("oracle", "noisy", "majority", "logprob", "biased", "callable")
+    assert VERIFIERS == ("oracle", "noisy", "majority", "logprob", "biased", "callable", "learned")
 
 
 def test_oracle_equals_task_reward():

@@ -95,3 +95,13 @@ def get_verifier(name, task: Task, **kwargs) -> Verifier:
         raise ValueError(f"verifier {origin} ({type(verifier).__name__}) has no method "
                          "score(example, responses, *, logprobs=None) -> list[float]")
     return verifier
+
+
+def _learned(task: Task, **kwargs) -> Verifier:
+    """The learned verifier (bonfast.tasks.learned), imported on first use: it needs the model and the trainer."""
+    from .learned import LearnedVerifier
+    return LearnedVerifier(task, **kwargs)
+
+
+_VERIFIERS["learned"] = _learned
+VERIFIERS = tuple(_VERIFIERS)

@@ -212,3 +212,12 @@ class CallableVerifier(Verifier):
                                  f"{len(responses)} responses")
             return out
         return [float(self.fn(example, r)) for r in responses]
+
+
+def __getattr__(name: str):
+    """`bonfast.tasks.verifiers.LearnedVerifier` (an import path for --verifier), defined in bonfast.tasks.learned
+    and imported on first use: it needs the model and the trainer."""
+    if name == "LearnedVerifier":
+        from .learned import LearnedVerifier
+        return LearnedVerifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
