@@ -158,7 +158,8 @@ def warm_start(cfg: TrainConfig, model, tokenizer, task, device, log) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")  # host sync once per step for the progress bar only
+        if not bar.disable and (step % 10 == 9 or step == cfg.sft_steps - 1):
+            bar.set_postfix(loss=f"{loss.item():.3f}")  # a host sync every 10 steps, for a shown bar only
     bar.close()
     checkpoint.save_cached_weights(path, model)
     log({"kind": "sft", "steps": cfg.sft_steps, "final_loss": loss.item(), "seconds": time.time() - t0})
