@@ -1,5 +1,11 @@
 """One prepared command for a CUDA machine: pre-flight, the CUDA and device-generic tests, time-boxed benches, a report.
 
+Ordered for value per second of a short GPU window: the pre-flight, then the tests only a GPU can run (`-m cuda`:
+compiled kernels at real sizes, CUDA attention backends, the no-host-sync check), then the device-generic kernel
+tests (every strategy, precision, the launch guard, on CUDA tensors), then the model-side tests, then the benches.
+The trainer's end-to-end tests are left to the CPU suite (their resume test compares metrics exactly, which needs
+deterministic kernels); `bench_train_step` runs the trainer on the GPU.
+
     python benches/gpu_check.py                     # everything, in <= 480 s (8 minutes) on an H100 / H200
     python benches/gpu_check.py --dry-run           # the plan, each step's time box and the total (any machine)
     python benches/gpu_check.py --only engine,train_step --budget-s 200
@@ -12,8 +18,8 @@ deadline. Whatever happens, benches/results/gpu-<card>-<date>.json and .md are w
 with every step's status: ok, failed (exit code and last lines), timed out (partial results kept), or skipped
 (with the reason). Nothing is downloaded; the models are random and built in code.
 
-bonfast should be installed (`pip install --no-deps --no-build-isolation -e .`); where it is not, the steps run
-from this checkout (PYTHONPATH), with a temporary link bonfast/kernels -> kernels that is removed at the end.
+bonfast should be installed (`pip install -e ".[train,dev]"` on a machine with CUDA torch); where it is not, the
+steps run from this checkout (PYTHONPATH), with a temporary link bonfast/kernels -> kernels that is removed at the end.
 """
 from __future__ import annotations
 
@@ -40,10 +46,14 @@ REPORT_RESERVE_S = 5
 # bf16 dense peak TFLOP/s (NVIDIA datasheets), for the "% of peak" column
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "GH200": 989.0, "A100": 312.0, "B200": 2250.0,
                     "L40S": 362.0}
-TEST_FILES = {
-    "tests-kernels": ["tests/test_linear_logprobs.py", "tests/test_bon_loss.py", "tests/test_prefix_attention.py"],
-    "tests-model": ["tests/test_train.py", "tests/test_packing.py", "tests/test_engine.py", "tests/test_model.py",
-                    "tests/test_attention.py"],
+KERNEL_TESTS = ["tests/test_linear_logprobs.py", "tests/test_bon_loss.py", "tests/test_prefix_attention.py",
+                "tests/test_logprob_strategies.py", "tests/test_gpu_ready_kernels.py"]
+TEST_FILES = {  # (marker expression, files)
+    "tests-cuda": ("cuda", KERNEL_TESTS + ["tests/test_attention.py", "tests/test_packing.py",
+                                           "tests/test_objectives.py"]),
+    "tests-kernels": ("not cuda and not slow", KERNEL_TESTS + ["tests/test_precision.py"]),
+    "tests-model": ("not cuda and not slow", ["tests/test_packing.py", "tests/test_engine.py", "tests/test_model.py",
+                                              "tests/test_attention.py"]),
 }
 
 
@@ -65,28 +75,31 @@ def steps(smoke: bool = False) -> list[Step]:
         return [f"benches/{script}", *args, "--out", "{tmp}/{name}.jsonl", *smoke_flag]
 
     def tests(name):
-        return ["-m", "pytest", "-q", "-rfE", "-m", "cuda or not slow", "-p", "no:cacheprovider",
-                "--junitxml={tmp}/" + name + ".xml", *TEST_FILES[name]]
+        marker, files = TEST_FILES[name]
+        return ["-m", "pytest", "-q", "-rfE", "-m", marker, "-p", "no:cacheprovider",
+                "--junitxml={tmp}/" + name + ".xml", *files]
 
     return [
         Step("preflight", 30, "card, driver, versions, optional packages; one bf16 matmul", "preflight", pre),
-        Step("tests-kernels", 90, 'pytest -m "cuda or not slow": linear log-probs, BoN loss, prefix attention '
-             "(compiled kernels on CUDA tensors)", "tests", tests("tests-kernels")),
-        Step("tests-model", 50, 'pytest -m "cuda or not slow": trainer, packing, engine, model, attention',
+        Step("tests-cuda", 100, "pytest -m cuda: the CUDA-only tests (large-shape kernels, flex / flash / xformers "
+             "attention, packing on CUDA, no host sync in the objectives, two GPUs)", "tests", tests("tests-cuda")),
+        Step("tests-kernels", 70, 'pytest -m "not cuda and not slow": every kernel and strategy (gemm, fused, tiles), '
+             "precision, device guard and GEMM-work tests on CUDA tensors", "tests", tests("tests-kernels")),
+        Step("tests-model", 30, 'pytest -m "not cuda and not slow": packing, engine, model, attention',
              "tests", tests("tests-model")),
-        Step("linear_logprobs", 70, "log_softmax(x W^T)[y] fwd / bwd / full at (T, D, V) = (8192, 4096, 128256) and "
+        Step("linear_logprobs", 50, "log_softmax(x W^T)[y] fwd / bwd / full at (T, D, V) = (8192, 4096, 128256) and "
              "(8192, 2048, 151936) bf16: triton, eager, torch LCE, Liger, CCE, chunked torch, torch.compile", "bench",
              bench("bench_linear_logprobs.py", "--deadline-s", "{deadline}")),
-        Step("bon_loss", 40, "the BoN loss head (plain and clipped + KL) fwd / bwd / full at (8192, 2048, 151936) "
+        Step("bon_loss", 35, "the BoN loss head (plain and clipped + KL) fwd / bwd / full at (8192, 2048, 151936) "
              "bf16: triton, eager, torch LCE, chunked torch, torch.compile", "bench",
              bench("bench_bon_loss.py", "--shapes", "8192,2048,151936,bfloat16", "--deadline-s", "{deadline}")),
-        Step("prefix_attention", 25, "shared-prefix decode attention vs per-sample SDPA over duplicated K/V, bf16",
+        Step("prefix_attention", 20, "shared-prefix decode attention vs per-sample SDPA over duplicated K/V, bf16",
              "bench", bench("bench_prefix_attention.py", "--deadline-s", "{deadline}")),
-        Step("engine", 50, "Engine.sample vs transformers generate, random Qwen2.5-0.5B shape, bf16, "
+        Step("engine", 45, "Engine.sample vs transformers generate, random Qwen2.5-0.5B shape, bf16, "
              "4 prompts x 512, n=16, 128 new tokens", "bench", bench("bench_engine.py", "--deadline-s", "{deadline}")),
-        Step("packing", 45, "packed vs duplicated prompts: decoder body and full step, Qwen2.5-0.5B shape, bf16, "
+        Step("packing", 35, "packed vs duplicated prompts: decoder body and full step, Qwen2.5-0.5B shape, bf16, "
              "G=2 P=512 n=16 R=128", "bench", bench("bench_packing.py", "--deadline-s", "{deadline}")),
-        Step("train_step", 70, "`bonfast train`, 2 steps, random Qwen2.5-0.5B-shaped checkpoint (bf16 precision "
+        Step("train_step", 60, "`bonfast train`, 2 steps, random Qwen2.5-0.5B-shaped checkpoint (bf16 precision "
              "where the config has the field)", "bench", bench("bench_train_step.py")),
     ]
 

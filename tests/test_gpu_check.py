@@ -24,7 +24,26 @@ def test_dry_run_plan_fits_the_budget(capsys):
     for s in plan:
         assert s.name in out
     assert "fits the 480 s budget" in out
-    assert '-m "cuda or not slow"' in out or "'cuda or not slow'" in out
+
+
+def test_plan_runs_the_gpu_only_tests_first(capsys):
+    """Value per second: pre-flight, then `-m cuda`, then the device-generic kernel tests (every strategy,
+    precision, the no-host-sync test), then the model tests, then the benches; no trainer runs in the tests."""
+    plan = gpu_check.steps()
+    kinds = [s.kind for s in plan]
+    assert [s.name for s in plan[:4]] == ["preflight", "tests-cuda", "tests-kernels", "tests-model"]
+    assert kinds.index("bench") > max(i for i, k in enumerate(kinds) if k == "tests")
+    argv = {s.name: s.args for s in plan}
+    assert argv["tests-cuda"][argv["tests-cuda"].index("-m", 2) + 1] == "cuda"
+    for name in ("tests-kernels", "tests-model"):
+        assert argv[name][argv[name].index("-m", 2) + 1] == "not cuda and not slow"
+    tests = " ".join(" ".join(argv[n]) for n in ("tests-cuda", "tests-kernels", "tests-model"))
+    for f in ("test_logprob_strategies.py", "test_precision.py", "test_objectives.py", "test_gpu_ready_kernels.py"):
+        assert f in tests, f
+    assert "test_train.py" not in tests  # exact-metric trainer tests stay on the CPU
+    assert gpu_check.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("tests-cuda") < out.index("tests-kernels") < out.index("bench_linear_logprobs.py")
 
 
 def test_dry_run_only_and_skip(capsys):

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from precision import DTYPES, assert_three_way, naive_head, outputs_and_grads
+from precision import ATOL, DTYPES, assert_three_way, naive_head, outputs_and_grads
 from precision import impl_name as _impl
 
 import bonfast.ops as ops
@@ -25,6 +25,16 @@ SHAPES = [(1, 33, 521, 1.0), (40, 67, 509, 0.5), (23, 64, 300, 1.7)]
 
 
 
+def _assert_three_way(out, pt, gt, dtype, name):
+    """`assert_three_way`, reduced where the tensors live: on CUDA only a failing comparison is copied to the host
+    (for its message), not the ~1 GB float64 gradients of a large case."""
+    if out.is_cuda:
+        o, p, g = (t.detach().to(out.device, torch.float64) for t in (out, pt, gt))
+        if not bool(((o - g).abs() > 2.0 * (p - g).abs() + ATOL[dtype] * (1 + g.abs())).any()):
+            return
+    assert_three_way(out, pt, gt, dtype, name=name)
+
+
 def _check_three_way(impl, x, w, y, temperature, dtype, ignore_index=-100):
     T = y.shape[0]
     grads = [torch.randn(T, dtype=torch.float64, device=y.device) for _ in range(3)]
@@ -36,7 +46,7 @@ def _check_three_way(impl, x, w, y, temperature, dtype, ignore_index=-100):
         lambda a, b: linear_logprobs_ref(a, b, y, temperature=temperature, ignore_index=ignore_index),
         x.double(), w.double(), grads)
     for name, o, p, g in zip(["logp", "entropy", "lse", "dX", "dW"], out, pt, gt):
-        assert_three_way(o, p, g, dtype, name=f"{impl} {name}")
+        _assert_three_way(o, p, g, dtype, name=f"{impl} {name}")
     return out
 
 
