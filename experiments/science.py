@@ -20,6 +20,10 @@ shared by every arm of that seed), then 400 steps of 64 prompts x 16 samples (eq
                ones) on a repeating pool of 512 training prompts, so RL-V can learn to exploit it; and BoN-RL-V
                with the verifier's score as its reward too (`--bon_rl_v_reward verifier`: every signal from the
                verifier, as for RL-V), which separates BoN-awareness from the source of the reward
+    learned    the pre-registered claims (a)-(d) of science_report.LEARNED_CLAIMS: BoN-RL-V trained with the seed's
+               learned verifier picking (bonfast.tasks.learned), and the evaluation under that verifier (`lbo@k`) of
+               every policy the claims compare (base, SFT, RL, BoN-RL-S, BoN-RLB(P)), all at seeds 1-8; the seed's
+               verifier is trained once after its warm start (job "verifier", cached by its config)
 
 Seeds. Seed 0 is the tuning seed: the learning rate and batch were tuned on BoN-RLB(P) seed 0 before this study, so
 seed 0 is never reported (`--seeds` refuses it). Reported: seeds 1-8 for base and the headline pair (RL,
@@ -64,6 +68,7 @@ from bonfast.objectives import OBJECTIVES
 
 NOISY = {"fpr": 0.25, "fnr": 0.1}  # the noisy verifier: accepts 25% of wrong responses, rejects 10% of right ones
 NOISY_ARGS = ("--verifier", "noisy", "--verifier_fpr", str(NOISY["fpr"]), "--verifier_fnr", str(NOISY["fnr"]))
+LEARNED_ARGS = ("--verifier", "learned")  # the seed's learned verifier, trained from its warm start (cached)
 BIASED = "bonfast.tasks.verifiers:BiasedVerifier"  # default settings: correct_weight 0.25, max_len 8, jitter 0.01
 POOL = 512  # training prompts of the gameable arms
 BIASED_ARGS = ("--verifier", BIASED, "--train_prompt_pool", str(POOL))
@@ -76,7 +81,12 @@ MAJ_KS = (8, 32)
 EVAL_SEED = 1234  # the held-out prompts are the same for every arm and seed (paired comparisons)
 HEADLINE = ("rl", "bon_rlb_p")  # inference-unaware vs BoN-aware
 TUNING_SEEDS = (0,)
-SEEDS = {"headline": tuple(range(1, 9)), "sweep": (1, 2, 3), "other": (1, 2, 3), "check": (1,)}
+SEEDS = {"headline": tuple(range(1, 9)), "sweep": (1, 2, 3), "other": (1, 2, 3), "check": (1,),
+         "learned": tuple(range(1, 9))}
+# The arms of the learned-verifier claims (science_report.LEARNED_CLAIMS), at SEEDS["learned"]; each is evaluated
+# under the seed's learned verifier too (`lbo@k`). SFT and BoN-RL-S keep their seeds 1-3 runs (the same config) and
+# get seeds 4-8.
+LEARNED_EVAL = ("base", "sft", "rl", "bon_rl_s", "bon_rlb_p", "bon_rl_v.learned")
 # Arms equal to another arm on this study's binary reward: run on one seed, as a check that the runs coincide
 # (the report lists arms whose evaluations are bitwise equal). PKPO's pass@k weights are BoN-RL-S's exact weights
 # for binary rewards (bonfast.objectives.bon_rl_s); variational BoN-SFT's sample term 1{r_i <= r*} is 1 for every
@@ -89,6 +99,10 @@ EQUAL_ON_BINARY = {"pass_at_k": "bon_rl_s", "bon_sft.variational": "sft"}
 EST_TRAIN_MIN = 9.7
 EST_EVAL_MIN = 0.7
 EST_WARM_MIN = 1.3
+# The learned verifier (estimates, not yet measured at full size): training it after the warm start (sampling
+# 2048 x 8, 300 steps of 128, the held-out calibration), and scoring one evaluation's 800 x 32 x 3 samples with it.
+EST_VERIFIER_MIN = 3.0
+EST_LEARNED_EVAL_MIN = 0.3
 
 
 @dataclass(frozen=True)
@@ -138,11 +152,13 @@ def _arms() -> dict[str, Arm]:
     arms["bon_rl_v.biased_reward"] = Arm("bon_rl_v", TRAIN_N_BON, BIASED_ARGS + ("--bon_rl_v_reward", "verifier"),
                                          f"BoN-RL-V (N'={TRAIN_N_BON}, biased verifier picks and rewards, pool "
                                          f"{POOL})", "biased", "gameable")
+    arms["bon_rl_v.learned"] = Arm("bon_rl_v", TRAIN_N_BON, LEARNED_ARGS,
+                                   f"BoN-RL-V (N'={TRAIN_N_BON}, learned verifier)", "learned", "learned")
     return arms
 
 
 ARMS = _arms()
-GROUPS = ("main", "variant", "sweep", "gameable")
+GROUPS = ("main", "variant", "sweep", "gameable", "learned")
 LABELS = {"base": "base (warm start)", **{name: arm.label for name, arm in ARMS.items()}}
 
 
@@ -150,6 +166,8 @@ def arm_seeds(name: str) -> tuple[int, ...]:
     """The reported seeds of an arm (module docstring)."""
     if name == "base" or name in HEADLINE:
         return SEEDS["headline"]
+    if name in LEARNED_EVAL:
+        return SEEDS["learned"]
     if name in EQUAL_ON_BINARY:
         return SEEDS["check"]
     return SEEDS["sweep"] if ARMS[name].group == "sweep" else SEEDS["other"]
@@ -166,42 +184,81 @@ class Settings:
     eval_prompts: int = 800
     overrides: tuple = ()  # (field, value) pairs for the default preset, in training and in evaluation
     in_run_eval: tuple = ("--eval_prompts", "64", "--eval_n", "8", "--eval_ks", "1,8")
+    verifier_recipe: tuple = ()  # (field, value) pairs replacing the learned verifier's RECIPE (smoke runs only)
 
     def train_flags(self) -> list[str]:
         return [str(x) for field, value in self.overrides for x in (f"--{field}", value)]
 
     def minutes(self, arm: str) -> float:
-        """Estimated CPU minutes of one (arm, seed): training (or the warm start for base) plus evaluation."""
+        """Estimated CPU minutes of one (arm, seed): training (or the warm start for base) plus evaluation (plus
+        scoring under the learned verifier for LEARNED_EVAL); for "verifier", training the seed's verifier."""
+        if arm == VERIFIER_JOB:
+            return EST_VERIFIER_MIN
         scale = dict(self.overrides)
         work = (scale.get("prompts_per_step", 64) / 64) * (scale.get("n", 16) / 16)
         train = EST_WARM_MIN if arm == "base" else EST_TRAIN_MIN * self.steps / 400 * work
-        return train + EST_EVAL_MIN * self.eval_prompts / 800
+        return train + self.eval_minutes(arm)
+
+    def eval_minutes(self, arm: str) -> float:
+        return (EST_EVAL_MIN + EST_LEARNED_EVAL_MIN * (arm in LEARNED_EVAL)) * self.eval_prompts / 800
 
 
 SMOKE = Settings(steps=2, eval_prompts=4, overrides=(
     ("tiny_dim", 32), ("tiny_layers", 1), ("tiny_heads", 2), ("sft_steps", 2), ("sft_batch", 8),
     ("prompts_per_step", 2), ("max_new_tokens", 6), ("warmup_steps", 1), ("ckpt_every", 1)),
-    in_run_eval=("--eval_prompts", "2", "--eval_n", "8", "--eval_ks", "1,8"))
+    in_run_eval=("--eval_prompts", "2", "--eval_n", "8", "--eval_ks", "1,8"),
+    verifier_recipe=(("prompts", 8), ("samples", 4), ("steps", 2), ("batch", 8), ("heldout_prompts", 4)))
+
+
+VERIFIER_JOB = "verifier"  # the job that trains a seed's learned verifier (runs/verifier-seed<s>/calibration.json)
+
+
+def verifier_file(runs: str, seed: int) -> str:
+    """The seed's learned verifier (written by its "verifier" job): every run that trains with it or is evaluated
+    under it names this file (`--verifier_path`), so all of them use one verifier."""
+    report = os.path.join(runs, f"{VERIFIER_JOB}-seed{seed}", "calibration.json")
+    if not os.path.exists(report):
+        raise RuntimeError(f"{report}: missing; the seed's learned verifier job runs first (science.py without --arms)")
+    with open(report) as f:
+        return json.load(f)["path"]
 
 
 def plan(arms: list[str], seeds: list[int] | None = None) -> list[tuple[str, int]]:
-    """(arm, seed) jobs: base first for every seed any arm needs, then the arms; `seeds` overrides the rule."""
+    """(arm, seed) jobs: first the learned verifier of every seed any arm needs (its job makes the seed's warm start,
+    cached), then base (evaluated under that verifier: LEARNED_EVAL), then the arms; `seeds` overrides the rule."""
     jobs = [(arm, s) for arm in arms for s in (seeds if seeds is not None else arm_seeds(arm))]
     need = sorted({s for _, s in jobs})
-    return [("base", s) for s in need] + [(a, s) for s in need for a in arms if (a, s) in set(jobs)]
+    return ([(VERIFIER_JOB, s) for s in need] + [("base", s) for s in need]
+            + [(a, s) for s in need for a in arms if (a, s) in set(jobs)])
+
+
+def job_left(arm: str, seed: int, runs: str, settings: Settings) -> tuple[str, float]:
+    """(state, estimated CPU minutes left) of one job: "done"; "eval" when only the evaluation under the learned
+    verifier is missing and the run's policy is still there; else "run"."""
+    out = os.path.join(runs, f"{arm}-seed{seed}")
+    if arm == VERIFIER_JOB:
+        done = os.path.exists(os.path.join(out, "calibration.json"))
+        return ("done", 0.0) if done else ("run", settings.minutes(arm))
+    evaluated = os.path.exists(os.path.join(out, "eval.json"))
+    if evaluated and (arm not in LEARNED_EVAL or os.path.exists(os.path.join(out, "learned.json"))):
+        return "done", 0.0
+    if evaluated and (arm == "base" or os.path.exists(os.path.join(out, "checkpoint.safetensors"))):
+        return "eval", settings.eval_minutes(arm)
+    return "run", settings.minutes(arm)
 
 
 def print_plan(jobs: list[tuple[str, int]], settings: Settings, runs: str) -> float:
     rows, total, done = [], 0.0, 0
     for arm, seed in jobs:
-        out = os.path.join(runs, f"{arm}-seed{seed}")
-        finished = os.path.exists(os.path.join(out, "eval.json"))
-        minutes = settings.minutes(arm)
-        total += 0.0 if finished else minutes
+        state, minutes = job_left(arm, seed, runs, settings)
+        finished = state == "done"
+        total += minutes
         done += finished
         a = ARMS.get(arm)
         rows.append(f"{arm:24s} seed {seed:2d}  N'={a.n_bon if a else '-':>2}  verifier "
-                    f"{a.verifier if a else '-':6s}  {'done' if finished else f'{minutes:5.1f} min'}")
+                    f"{a.verifier if a else '-':7s}  {'done' if finished else f'{minutes:5.1f} min'}"
+                    + ("  (+ learned-verifier evaluation)" if arm in LEARNED_EVAL else "")
+                    + ("  (evaluation only: the policy is there)" if state == "eval" else ""))
     print("\n".join(rows))
     print(f"{len(jobs)} runs ({done} done); estimated CPU time left {total:.0f} min = {total / 60:.1f} h "
           f"(wall time about half of that with --jobs 2 on 2 cores). Tuning seeds {TUNING_SEEDS} are not reported.")
@@ -225,25 +282,49 @@ def run_job(arm: str, seed: int, root: str, settings: Settings) -> str:
     out = os.path.join(root, f"{arm}-seed{seed}")
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
+    if arm == VERIFIER_JOB:  # the seed's learned verifier, from its warm start (cached by its config)
+        if not os.path.exists(os.path.join(out, "calibration.json")):
+            _run([sys.executable, "-m", "bonfast.tasks.learned", "--seed", str(seed), "--overrides",
+                  json.dumps(dict(settings.overrides)), "--recipe", json.dumps(dict(settings.verifier_recipe)),
+                  "--out", os.path.join(out, "calibration.json")],
+                 os.path.join(out, "stdout.log"))
+        print(f"  learned verifier seed {seed}: done ({time.time() - t0:.0f} s)", flush=True)
+        return out
+    learned = arm in LEARNED_EVAL
+    trains_with = arm in ARMS and ARMS[arm].verifier == "learned"
+    verifier = verifier_file(root, seed) if learned or trains_with else None
+    if learned and os.path.exists(os.path.join(out, "eval.json")) and not os.path.exists(
+            os.path.join(out, "learned.json")):
+        if arm != "base" and not os.path.exists(os.path.join(out, "checkpoint.safetensors")):
+            raise RuntimeError(f"{out}: evaluated, but its checkpoint is gone: the evaluation under the learned "
+                               "verifier needs the policy; move the run away to retrain it (deterministic)")
+        os.remove(os.path.join(out, "eval.json"))  # re-evaluated below with the learned verifier: same samples
     if arm != "base" and not os.path.exists(os.path.join(out, "done.json")):
         a = ARMS[arm]
         _run([sys.executable, "-m", "bonfast.cli", "train", "--method", a.method, "--n_bon", str(a.n_bon),
               "--seed", str(seed), "--out_dir", out, "--steps", str(settings.steps), "--progress", "false",
               "--resume", "true", *settings.train_flags(),
               # the in-run evaluation is a small sanity check only; eval_policy below is the measurement
-              *settings.in_run_eval, *a.args], os.path.join(out, "stdout.log"), append=True)
+              *settings.in_run_eval, *a.args, *(("--verifier_path", verifier) if a.verifier == "learned" else ())],
+             os.path.join(out, "stdout.log"), append=True)
         with open(os.path.join(out, "done.json"), "w") as f:
             json.dump({"arm": arm, "seed": seed, "train_seconds": time.time() - t0}, f)
     if not os.path.exists(os.path.join(out, "eval.json")):
         _run([sys.executable, os.path.abspath(__file__), "--eval-one", out, "--seeds", str(seed),
-              "--eval_prompts", str(settings.eval_prompts), "--overrides", json.dumps(settings.overrides)],
-             os.path.join(out, "eval.log"))
+              "--eval_prompts", str(settings.eval_prompts), "--overrides", json.dumps(settings.overrides),
+              *(["--learned", verifier] if learned else [])], os.path.join(out, "eval.log"))
     print(f"  {arm} seed {seed}: done ({time.time() - t0:.0f} s)", flush=True)
     return out
 
 
-def eval_policy(run_dir: str, seed: int, eval_prompts: int, overrides: dict | None = None) -> None:
-    """Per-prompt pass@k and BoK (k = 1..32; noisy and biased verifiers), majority@k, diversity -> eval.json."""
+def eval_policy(run_dir: str, seed: int, eval_prompts: int, overrides: dict | None = None,
+                learned: str = "") -> None:
+    """Per-prompt pass@k and BoK (k = 1..32; noisy and biased verifiers), majority@k, diversity -> eval.json.
+
+    With `learned` (the file of the seed's learned verifier), BoK under it too (`lbo@k`, k = 1..32; the oracle's BoK
+    is pass@k on this binary reward) and its calibration on this policy's samples per temperature (learned.json:
+    accuracy, AUC, false-positive rate at its threshold, ...; what a verifier is asked about drifts as the policy
+    trains)."""
     from bonfast import evaluate, metrics, rollout, tasks
     from bonfast.checkpoint import atomic_write
     from bonfast.config import preset
@@ -257,6 +338,10 @@ def eval_policy(run_dir: str, seed: int, eval_prompts: int, overrides: dict | No
     noisy = tasks.get_verifier("noisy", task, false_positive_rate=NOISY["fpr"], false_negative_rate=NOISY["fnr"],
                                seed=seed)  # the verifier the seed's noisy runs trained against
     biased = tasks.get_verifier(BIASED, task)  # the gameable arms' verifier (one fixed verifier for all seeds)
+    if learned:  # the seed's learned verifier (the "verifier" job trained it; cached by its config)
+        from bonfast.tasks.learned import LearnedVerifier, calibration_metrics
+        scorer = LearnedVerifier(task, path=learned, device="cpu")
+        calib = {"verifier": os.path.basename(scorer.path), "threshold": scorer.config.threshold, "temps": {}}
     examples = task.examples("test", n=eval_prompts, seed=EVAL_SEED)
     prompts = [task.prompt_ids(ex, tokenizer) for ex in examples]
     n, ks = N_EVAL, range(1, N_EVAL + 1)
@@ -271,6 +356,12 @@ def eval_policy(run_dir: str, seed: int, eval_prompts: int, overrides: dict | No
         per = {f"pass@{k}": metrics.pass_at_k(torch.full((len(prompts),), n), correct.sum(1), k) for k in ks}
         per.update({f"bo@{k}": metrics.bo_k(r, R, k) for k in ks})
         per.update({f"gbo@{k}": metrics.bo_k(g, R, k) for k in ks})
+        if learned:
+            s = torch.tensor(scorer.score_many(examples, texts), dtype=torch.float64)  # (G, n)
+            per.update({f"lbo@{k}": metrics.bo_k(s, R, k) for k in ks})
+            per["learned_accepts"] = (s > scorer.config.threshold).double().mean(1)
+            calib["temps"][f"{temp:g}"] = {**calibration_metrics(s, correct.double(), scorer.config.threshold),
+                                           **{f"lbo@{k}": float(per[f"lbo@{k}"].mean()) for k in KS}}
         per.update({f"maj@{k}": metrics.majority_at_k(answers, R, k) for k in MAJ_KS})
         distinct, entropy, modal_share, modal_correct = [], [], [], []
         for row, ok in zip(answers, correct.tolist()):
@@ -286,6 +377,9 @@ def eval_policy(run_dir: str, seed: int, eval_prompts: int, overrides: dict | No
         result["temps"][f"{temp:g}"] = {k: torch.as_tensor(v, dtype=torch.float64).tolist() for k, v in per.items()}
     result["seconds"] = time.time() - t0
     os.makedirs(run_dir, exist_ok=True)
+    if learned:  # before eval.json: a run with eval.json and no learned.json is not evaluated under the verifier
+        with open(os.path.join(run_dir, "learned.json"), "w") as f:
+            json.dump(calib, f, indent=1)
 
     def write(tmp):
         with open(tmp, "w") as f:
@@ -302,7 +396,8 @@ def _select(args) -> list[str]:
     bad = [g for g in groups if g not in GROUPS]
     if bad:
         raise SystemExit(f"--groups: unknown {bad}; expected a subset of {', '.join(GROUPS)}")
-    arms = [a for a, arm in ARMS.items() if arm.group in groups]
+    arms = [a for a, arm in ARMS.items() if arm.group in groups
+            or ("learned" in groups and a in LEARNED_EVAL)]  # the learned group evaluates the arms its claims compare
     if args.arms:
         wanted = [a for a in args.arms.split(",") if a and a != "base"]
         unknown = [a for a in wanted if a not in ARMS]
@@ -329,13 +424,14 @@ def main(argv: list[str] | None = None):
     ap.add_argument("--smoke", action="store_true", help="every arm, one seed, tiny settings, into a temp dir")
     ap.add_argument("--eval-one", metavar="RUN_DIR", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)
+    ap.add_argument("--learned", default="", help=argparse.SUPPRESS)  # --eval-one: the learned verifier's file
     ap.add_argument("--report-only", action="store_true", help="tabulate the runs that exist; train nothing")
     ap.add_argument("--no-report", action="store_true", help="run the selected jobs; leave the report to a later "
                     "--report-only call (a queue of several selections)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s] or None
     if args.eval_one:
-        eval_policy(args.eval_one, seeds[0], args.eval_prompts, dict(json.loads(args.overrides)))
+        eval_policy(args.eval_one, seeds[0], args.eval_prompts, dict(json.loads(args.overrides)), args.learned)
         return
     if seeds and not args.allow_tuning_seeds and set(seeds) & set(TUNING_SEEDS):
         raise SystemExit(f"--seeds: seed(s) {sorted(set(seeds) & set(TUNING_SEEDS))} were used for tuning and are "
@@ -358,10 +454,13 @@ def main(argv: list[str] | None = None):
     start = datetime.datetime.now(datetime.timezone.utc)
     if not args.report_only:
         print(f"{len(jobs)} jobs, {args.jobs} at a time, runs in {runs}", flush=True)
-        bases = [j for j in jobs if j[0] == "base"]  # warm starts first: every arm of a seed reuses its cache
+        # the seeds' learned verifiers first (each makes its seed's warm start: every arm of a seed reuses both
+        # caches), then the warm starts' evaluations, then the arms
+        stages = [[j for j in jobs if j[0] == VERIFIER_JOB], [j for j in jobs if j[0] == "base"],
+                  [j for j in jobs if j[0] not in ("base", VERIFIER_JOB)]]
         with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda job: run_job(*job, runs, settings), bases))
-            list(pool.map(lambda job: run_job(*job, runs, settings), [j for j in jobs if j[0] != "base"]))
+            for stage in stages:
+                list(pool.map(lambda job: run_job(*job, runs, settings), stage))
     if args.no_report:
         return None
     import results_doc

@@ -35,7 +35,8 @@ def test_plan_covers_every_arm_with_the_seed_rule_and_never_a_tuning_seed(capsys
     assert all(len(seeds[a]) >= 2 for a in seeds if a in science.ARMS and science.ARMS[a].group == "sweep")
     assert {"rl_v.biased", "bon_rl_v.biased", "bon_sft.variational", "bon_rl_v.winner", "bon_rl_s.winner",
             "bon_rlb.exact_sign", "bon_rlb.no_clip", "bon_rlb.p_group"} <= set(seeds)
-    assert jobs[: len(seeds["base"])] == [("base", s) for s in sorted(seeds["base"])]  # warm starts first
+    first = [(science.VERIFIER_JOB, s) for s in sorted(seeds["base"])] + [("base", s) for s in sorted(seeds["base"])]
+    assert jobs[: len(first)] == first  # the seeds' learned verifiers (they make the warm starts), then base
     total = science.print_plan(jobs, science.Settings(), str(tmp_path))
     text = capsys.readouterr().out
     assert f"{len(jobs)} runs (0 done)" in text and "rl_v.biased" in text and total > 60 * 4

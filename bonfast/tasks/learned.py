@@ -324,9 +324,11 @@ def _train(vcfg: LearnedVerifierConfig, device) -> tuple[RewardModel, list[str],
             labels += [float(r >= 0.5) for r in rewards]
     y = torch.tensor(labels, dtype=torch.float32)
     rate = float(y.mean())
-    if rate in (0.0, 1.0):
-        raise ValueError(f"LearnedVerifierConfig: the base policy's {len(labels)} training samples are all "
-                         f"{'correct' if rate else 'wrong'}; a verifier needs both (more prompts or samples)")
+    warning = None
+    if rate in (0.0, 1.0):  # e.g. an untrained smoke-test policy: the code path runs, the report says so
+        warning = (f"the base policy's {len(labels)} training samples are all {'correct' if rate else 'wrong'}: "
+                   "this verifier learned nothing about correctness")
+        rate = min(max(rate, 1e-3), 1 - 1e-3)
     model = RewardModel(copy.deepcopy(policy)).to(device).train()
     with torch.no_grad():  # start at the base rate: weight 0, bias logit(rate)
         model.head.weight.zero_()
@@ -351,7 +353,8 @@ def _train(vcfg: LearnedVerifierConfig, device) -> tuple[RewardModel, list[str],
     held = [ex for ex in task.examples(vcfg.split, n=4 * vcfg.heldout_prompts, seed=_seed(vcfg, "heldout"))
             if ex.prompt not in seen][:vcfg.heldout_prompts]
     scorer = _Scorer(model, tokenizer, task, cfg.max_new_tokens, device)
-    report = {"train": {"sequences": len(seqs), "positive_rate": rate, "final_loss": loss.item()},
+    report = {"train": {"sequences": len(seqs), "positive_rate": float(y.mean()), "final_loss": loss.item(),
+                        "warning": warning},
               "heldout": calibration(scorer, policy, tokenizer, task, held, n=vcfg.samples, temperatures=temps,
                                      seed=_seed(vcfg, "heldout-samples"), max_new_tokens=cfg.max_new_tokens,
                                      threshold=vcfg.threshold)}
