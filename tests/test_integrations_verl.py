@@ -4,6 +4,7 @@ verl 0.9.1 registry, its plug-in loading paths and the grpo_passk cross-check in
 verl cannot share the main venv (0.9.1 pins transformers < 5.11), so the slow test builds one under
 ~/.cache/bonfast (keyed by the versions; reused when it exists) and runs a probe script in it.
 """
+import json
 import os
 import subprocess
 import sys
@@ -274,3 +275,205 @@ def test_register_without_verl_says_what_is_missing():
             bv.register()
     else:
         pytest.skip("verl is installed here: the slow test covers registration")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The real verl 0.9.1, in a venv of its own (slow: ~2.5 min to build once on 2 cores, ~40 s per run after)
+# ------------------------------------------------------------------------------------------------------------------
+
+# Run inside the verl venv (bonfast importable there). Prints one JSON line of findings; asserts as it goes.
+PROBE = r'''
+import json, os, sys, time
+start = time.perf_counter()
+import numpy as np
+import torch
+import verl
+from omegaconf import OmegaConf, open_dict
+from verl import DataProto
+from verl.trainer.ppo import core_algos
+from verl.workers.config import ActorConfig
+from verl.workers.config.actor import PolicyLossConfig
+
+import bonfast.integrations.verl as bv
+from bonfast import objectives as ob
+from bonfast.ops import bon_loss
+out = {"verl": verl.__version__, "import_s": round(time.perf_counter() - start, 2)}
+
+# 1. verl's registries return bonfast's functions; register() again changes nothing
+bv.register(); bv.register()
+for name, fn in bv.ESTIMATORS.items():
+    assert core_algos.get_adv_estimator_fn(name) is fn, name
+assert core_algos.get_policy_loss_fn("bonfast_reinforce") is bv.bonfast_reinforce
+out["registered"] = sorted(n for n in core_algos.ADV_ESTIMATOR_REGISTRY if n.startswith("bonfast_"))
+
+# 2. verl's own algorithm config (the generated ppo_trainer defaults), with +algorithm.bonfast.* added as Hydra does
+defaults = OmegaConf.load(os.path.join(os.path.dirname(verl.__file__), "trainer/config/_generated_ppo_trainer.yaml"))
+def algo(estimator, **bonfast_opts):
+    cfg = defaults.algorithm.copy()
+    OmegaConf.set_struct(cfg, True)
+    with open_dict(cfg):
+        cfg.adv_estimator, cfg.norm_adv_by_std_in_grpo = estimator, False
+        cfg.bonfast = bonfast_opts
+    return cfg
+
+def batch(G, n, L, seed, binary=True):
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randint(0, 2, (G, n), generator=g).float() if binary else torch.randint(0, 4, (G, n), generator=g) / 2.
+    lengths = torch.randint(1, L + 1, (G * n,), generator=g)
+    mask = (torch.arange(L)[None] < lengths[:, None]).float()
+    tlr = torch.zeros(G * n, L); tlr[torch.arange(G * n), lengths - 1] = R.flatten()  # verl: reward on the last token
+    uid = np.array([f"u{k}" for k in range(G) for _ in range(n)], dtype=object)
+    perm = torch.randperm(G * n, generator=g)
+    data = DataProto.from_dict(tensors={"token_level_rewards": tlr[perm], "response_mask": mask[perm]},
+                               non_tensors={"uid": uid[perm.numpy()]})
+    return data, R.double(), perm
+
+def through_verl(data, estimator, cfg):
+    # the call verl's ray_trainer.compute_advantage makes for a registered estimator (that module itself needs
+    # verl's serving dependencies, cachetools / uvicorn / ..., which verl does not declare)
+    fn = core_algos.get_adv_estimator_fn(estimator)
+    return fn(token_level_rewards=data.batch["token_level_rewards"], response_mask=data.batch["response_mask"],
+              config=cfg, index=data.non_tensor_batch["uid"])[0]
+
+# 3. verl's registry call + verl's OmegaConf config == n x bonfast weights on each uid's rows
+G, n, L = 6, 4, 9
+data, R, perm = batch(G, n, L, 0)
+cfg = algo("bonfast_bon_rlb_p", n_bon=2, group_order="batch")
+adv = through_verl(data, "bonfast_bon_rlb_p", cfg)
+uid, mask = data.non_tensor_batch["uid"], data.batch["response_mask"]
+rows = {u: np.flatnonzero(uid == u) for u in dict.fromkeys(uid.tolist())}
+want = torch.zeros(G * n, dtype=torch.float64)
+for u, r in rows.items():
+    want[r] = n * ob.weights("bon_rlb_p", R.flatten()[perm][r][None], n_bon=2)[0]
+torch.testing.assert_close(adv.double(), want[:, None] * mask.double(), rtol=1e-6, atol=1e-7)
+# an AlgoConfig dataclass (no bonfast section): rl runs at its defaults, a BoN method asks for n_bon
+from verl.utils.config import omega_conf_to_dataclass
+algo_dc = omega_conf_to_dataclass(defaults.algorithm)
+out["algo_config_type"] = type(algo_dc).__name__
+through_verl(data, "bonfast_rl", algo_dc)
+try:
+    through_verl(data, "bonfast_bon_rlb_p", algo_dc); raise AssertionError("no error")
+except ValueError as e:
+    out["missing_n_bon"] = str(e)
+try:
+    through_verl(data, "bonfast_bon_rl_v", cfg); raise AssertionError("no error")
+except ValueError as e:
+    out["refused"] = str(e)
+
+# 4. cross-check against verl's grpo_passk (std scaling off): bon_rl_s at N' = n gives the best sample
+#    R_max - R_second and 0 elsewhere (ties: 0), which is grpo_passk's advantage; bonfast's advantages are n x w.
+worst = 0.0
+for seed in range(5):
+    data, R, perm = batch(8, 5, 6, 10 + seed, binary=seed % 2 == 0)
+    a = through_verl(data, "bonfast_bon_rl_s", algo("bonfast_bon_rl_s", n_bon=5))
+    b = through_verl(data, "grpo_passk", algo("grpo_passk"))
+    torch.testing.assert_close(a, 5 * b, rtol=1e-6, atol=1e-6)
+    worst = max(worst, (a - 5 * b).abs().max().item())
+out["grpo_passk_max_abs_diff"] = worst
+
+# 5. bonfast_reinforce's gradient (verl's agg_loss, two micro-batches summed as verl's engine does) equals
+#    bon_loss's gradient with the normaliser of each exact loss_agg_mode; PPO's clip loss ("vanilla") at ratio 1
+#    too. KL: verl's k3 with kl_loss_coef = n * beta equals bon_loss's kl_coef = beta.
+G, n, L = 5, 4, 8
+data, R, perm = batch(G, n, L, 3)
+adv = through_verl(data, "bonfast_bon_rlb_p", algo("bonfast_bon_rlb_p", n_bon=2))
+mask = data.batch["response_mask"]
+B = G * n
+g = torch.Generator().manual_seed(7)
+logp0 = -torch.rand(B, L, generator=g, dtype=torch.float64) * 3
+ref = logp0 + 0.1 * torch.randn(B, L, generator=g, dtype=torch.float64)
+w_row = adv[:, 0].double() / n  # each row's bonfast weight
+sample_index = torch.where(mask.bool(), torch.arange(B)[:, None], -1)
+beta = 0.05
+results = {}
+for mode, loss_mode, norm in [("seq-mean-token-sum", "bonfast_reinforce", G),
+                              ("seq-mean-token-sum-norm", "bonfast_reinforce", G * L),
+                              ("token-sum", "bonfast_reinforce", 1 / n),
+                              ("seq-mean-token-sum", "vanilla", G)]:
+    actor = ActorConfig(strategy="fsdp", rollout_n=n, ppo_mini_batch_size=G, ppo_micro_batch_size_per_gpu=B // 2,
+                        loss_agg_mode=mode, loss_scale_factor=L if mode.endswith("norm") else None,
+                        use_kl_loss=True, kl_loss_type="low_var_kl", kl_loss_coef=n * beta,
+                        policy_loss=PolicyLossConfig(loss_mode=loss_mode))
+    actor.global_batch_info.update(dp_size=1, batch_num_tokens=int(mask.sum()), global_batch_size=B,
+                                   loss_scale_factor=actor.loss_scale_factor)
+    fn = core_algos.get_policy_loss_fn(actor.policy_loss.loss_mode)
+    logp = logp0.clone().requires_grad_(True)
+    for mb in (slice(0, B // 2), slice(B // 2, B)):  # verl: loss.backward() per micro-batch, gradients summed
+        lp = logp[mb]
+        pg, _ = fn(old_log_prob=lp.detach(), log_prob=lp, advantages=adv[mb].double(), response_mask=mask[mb].bool(),
+                   loss_agg_mode=mode, config=actor, rollout_is_weights=None)
+        kld = core_algos.kl_penalty(logprob=lp, ref_logprob=ref[mb], kl_penalty=actor.kl_loss_type)
+        kl = core_algos.agg_loss(loss_mat=kld, loss_mask=mask[mb].bool(), loss_agg_mode=mode,
+                                 **actor.global_batch_info)
+        (pg + kl * actor.kl_loss_coef).backward()
+    x = logp0.clone().requires_grad_(True)
+    bon_loss(x, sample_index, w_row, normaliser=norm, ref_logp=ref, kl_coef=beta, impl="torch").backward()
+    rel = ((logp.grad - x.grad).norm() / x.grad.norm()).item()
+    assert rel < 1e-10, (mode, loss_mode, rel)
+    results[f"{loss_mode}/{mode}"] = rel
+out["grad_rel_err"] = results
+actor = ActorConfig(strategy="fsdp", rollout_n=n, ppo_mini_batch_size=G, ppo_micro_batch_size_per_gpu=B)
+try:  # verl's default loss_agg_mode "token-mean" is refused by bonfast_reinforce
+    bv.bonfast_reinforce(logp0, logp0, adv, mask, loss_agg_mode=actor.loss_agg_mode, config=actor)
+    raise AssertionError("no error")
+except ValueError as e:
+    out["refused_agg"] = str(e)
+print(json.dumps(out))
+'''
+
+# Which process loaded bonfast, and whether verl's registry has its estimator, after a bare `import verl`.
+LOAD_CHECK = r'''
+import json, sys
+import verl
+from verl.trainer.ppo import core_algos
+loaded = "bonfast.integrations.verl" in sys.modules
+fn = core_algos.ADV_ESTIMATOR_REGISTRY.get("bonfast_bon_rlb_p")
+print(json.dumps({"loaded": loaded, "estimator": getattr(fn, "__module__", None),
+                  "loss": getattr(core_algos.POLICY_LOSS_REGISTRY.get("bonfast_reinforce"), "__module__", None)}))
+'''
+
+
+def run_in(python, code, env=None, timeout=300):
+    env = {**os.environ, **(env or {})}
+    proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env, timeout=timeout,
+                          cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_real_verl_registry_plugin_loading_and_grpo_passk(tmp_path):
+    start = time.perf_counter()
+    python, built = verl_venv()
+    setup_s = time.perf_counter() - start
+    out = run_in(python, PROBE)
+    assert out["verl"] == VERL_VERSION
+    assert set(out["registered"]) == set(bv.ESTIMATORS)
+    assert out["missing_n_bon"].startswith("algorithm.bonfast.n_bon: expected an int N' >= 1")
+    assert "bonfast_bon_rl_v: bon_rl_v cannot run as a verl advantage estimator" in out["refused"]
+    assert out["grpo_passk_max_abs_diff"] < 1e-6
+    assert out["refused_agg"].startswith("bonfast_reinforce: actor_rollout_ref.actor.loss_agg_mode: expected one of")
+
+    # plug-in path 1: VERL_USE_EXTERNAL_MODULES (entry points off, so this variable alone does it)
+    via_env = run_in(python, LOAD_CHECK, {"VERL_USE_EXTERNAL_MODULES": "bonfast.integrations.verl",
+                                          "VERL_USE_EXTERNAL_PLUGINS": "none"})
+    # plug-in path 2: the verl.plugins entry point. bonfast's own metadata declares it once setup.py does;
+    # until then a distribution declaring only that entry point stands in for it (what pip writes from setup.py)
+    own = run_in(python, "import json, importlib.metadata as m; print(json.dumps("
+                         "[e.value for e in m.entry_points(group='verl.plugins') if e.dist.name == 'bonfast']))")
+    env = {"VERL_USE_EXTERNAL_MODULES": ""}
+    if "bonfast.integrations.verl" not in own:
+        info = tmp_path / "bonfast_verl_plugin_probe-0.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bonfast-verl-plugin-probe\nVersion: 0.0\n")
+        (info / "entry_points.txt").write_text("[verl.plugins]\nbonfast = bonfast.integrations.verl\n")
+        env["PYTHONPATH"] = str(tmp_path)
+    via_entry_point = run_in(python, LOAD_CHECK, env)
+    without = run_in(python, LOAD_CHECK, {"VERL_USE_EXTERNAL_MODULES": "", "VERL_USE_EXTERNAL_PLUGINS": "none"})
+    for found in (via_env, via_entry_point):
+        assert found == {"loaded": True, "estimator": "bonfast.integrations.verl",
+                         "loss": "bonfast.integrations.verl"}, found
+    assert without == {"loaded": False, "estimator": None, "loss": None}
+    print(f"\nverl venv: {'built in %.0f s' % built if built is not None else 'cached'}; setup {setup_s:.0f} s; "
+          f"probe {json.dumps(out)}; entry point from {'setup.py' if own else 'a stand-in distribution'}; "
+          f"total {time.perf_counter() - start:.0f} s")
