@@ -15,7 +15,7 @@ errors are systematic and correlated with the responses, as a reward model's are
                    mean: it starts at the base rate)
     training       `steps` AdamW steps of `batch` sequences (lr `lr`, 10-step warmup, cosine to 0.1 lr), binary
                    cross-entropy, order drawn from the seed
-    calibration    on `heldout_prompts` training-split prompts disjoint from the training ones, `samples` responses
+    calibration    on `heldout_prompts` test-split prompts (held out: never trained on), `samples` responses
                    each at every temperature: `calibration_metrics` (accuracy, AUC, false-positive / false-negative
                    rate at `threshold`, Brier score) and the selection numbers BoK / pass@k / Bo1 (`calibration`)
 
@@ -51,7 +51,7 @@ from .verifiers import Verifier, _check_responses
 __all__ = ["LearnedVerifierConfig", "LearnedVerifier", "RewardModel", "RECIPE", "verifier_path", "ensure",
            "load", "check_train_only", "calibration_metrics", "calibration", "format_calibration"]
 
-RECIPE_VERSION = 1  # bump when the training code changes what a config trains (it is part of the cache key)
+RECIPE_VERSION = 2  # bump when the training code changes what a config trains (it is part of the cache key)
 # The fixed recipe (`LearnedVerifierConfig` fields beside `policy` and `seed`); a TrainConfig's verifier uses it.
 RECIPE = {"prompts": 2048, "samples": 8, "temperatures": (0.5, 1.0, 1.5), "steps": 300, "batch": 128, "lr": 3e-4,
           "heldout_prompts": 256, "threshold": 0.5, "split": "train"}
@@ -69,7 +69,7 @@ class LearnedVerifierConfig:
     steps: int = RECIPE["steps"]      # AdamW steps
     batch: int = RECIPE["batch"]      # sequences per step
     lr: float = RECIPE["lr"]          # peak learning rate
-    heldout_prompts: int = RECIPE["heldout_prompts"]  # calibration prompts (training split, disjoint from training)
+    heldout_prompts: int = RECIPE["heldout_prompts"]  # calibration prompts (test split: held out from training)
     threshold: float = RECIPE["threshold"]  # accept iff r > threshold (the false-positive rate's threshold)
     split: str = RECIPE["split"]      # the split of the training prompts: "train" only (anything else is refused)
 
@@ -349,9 +349,9 @@ def _train(vcfg: LearnedVerifierConfig, device) -> tuple[RewardModel, list[str],
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     model.eval().requires_grad_(False)
-    seen = {ex.prompt for ex in examples}
-    held = [ex for ex in task.examples(vcfg.split, n=4 * vcfg.heldout_prompts, seed=_seed(vcfg, "heldout"))
-            if ex.prompt not in seen][:vcfg.heldout_prompts]
+    # held out: test-split prompts (never trained on; the distribution the verifier selects on). Training-split
+    # prompts minus the training ones would under-represent level 1, whose few problems the training set covers.
+    held = task.examples("test", n=vcfg.heldout_prompts, seed=_seed(vcfg, "heldout"))
     scorer = _Scorer(model, tokenizer, task, cfg.max_new_tokens, device)
     report = {"train": {"sequences": len(seqs), "positive_rate": float(y.mean()), "final_loss": loss.item(),
                         "warning": warning},
