@@ -9,14 +9,16 @@ Each kernel module declares its cases in `compile_cases()`, a list of dicts:
 
     kernel        the @triton.jit (or @triton.autotune) object; every config an autotuner can pick is compiled
     label         what the case stands for (dtype, shape, model)
-    args          positional arguments: torch dtypes for pointers, ints / floats for scalars
+    args          positional arguments: torch dtypes for pointers (`(dtype, UNALIGNED)` for a pointer a launcher
+                  can pass off a 16-byte boundary, e.g. row 1 of a [2, T] fp32 buffer with T % 4 != 0), ints /
+                  floats for scalars
     constexprs    keyword constexprs (a launcher's flags and block sizes; num_warps / num_stages for a plain kernel)
     configs       None: every config the autotuner holds; or a list of indices into them (a spot check)
     tensor_cores  True: the kernel's dots must lower to MMA (wgmma or mma.sync on sm_90, mma.sync on sm_80)
     no_spills     True: a GPU run uses this case, so ptxas must report no register spills
     full          True: compiled only with --full (the table in benches/README.md); the default check, which the
-                  test suite runs, compiles `default_selection` of the rest, to stay within about two minutes on
-                  two CPU cores
+                  test suite runs, compiles `default_selection` of the rest (every distinct specialisation once),
+                  to stay within about two minutes on two CPU cores
 
 For every compiled kernel the check records shared memory, registers, spill bytes and the MMA kind, and fails
 when a kernel does not compile, exceeds the architecture's shared memory per block (163 KB sm_80, 227 KB
@@ -43,6 +45,35 @@ import time
 
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # bytes of shared memory one block may use
 ARCHS = (80, 90)
+UNALIGNED = "unaligned"  # `(dtype, UNALIGNED)` in a case's args: a pointer that need not be 16-byte aligned
+
+
+def _mock_arg(a):
+    """A case argument as warmup takes it: `(dtype, UNALIGNED)` -> a mock tensor whose address is 4 mod 16 (Triton
+    then compiles without the pointer's divisibility hint, as a launch with such a pointer does)."""
+    if isinstance(a, tuple) and len(a) == 2 and a[1] == UNALIGNED:
+        from triton.runtime.jit import MockTensor
+
+        class _UnalignedMock(MockTensor):
+            @staticmethod
+            def data_ptr():
+                return 4
+        return _UnalignedMock(a[0])
+    return a
+
+
+def specialisation(case):
+    """What the compiled code of a case depends on: the kernel, each pointer's dtype and alignment, each int's
+    specialisation (1 -> a constant, a multiple of 16 -> a divisibility hint, else a plain int), the constexprs.
+    Two cases with the same specialisation compile to the same code, whatever their sizes."""
+    def spec(a):
+        if isinstance(a, tuple):
+            return (str(a[0]), a[1])
+        if isinstance(a, bool) or not isinstance(a, int):
+            return str(a) if not isinstance(a, float) else "float"
+        return "1" if a == 1 else ("%16" if a % 16 == 0 else "int")
+    return (_kernel_name(case["kernel"]), tuple(spec(a) for a in case["args"]),
+            tuple(sorted((k, str(v)) for k, v in case["constexprs"].items())))
 
 
 def _stub_driver(arch):
@@ -95,7 +126,7 @@ def _configs(kernel, args, constexprs, only=None):
     configs = kernel.configs
     prune = getattr(kernel, "early_config_prune", None)
     if prune:
-        configs = prune(configs, dict(zip(kernel.arg_names, args)), **constexprs)
+        configs = prune(configs, dict(zip(kernel.arg_names, map(_mock_arg, args))), **constexprs)
     if only is not None:
         configs = [configs[i] for i in only]
     return [(_describe(c.kwargs, c.num_warps, c.num_stages), c.all_kwargs()) for c in configs]
@@ -158,7 +189,7 @@ def _compile_one(kernel, args, constexprs, extra):
     knobs.nvidia.dump_ptxas_log = True
     try:
         with contextlib.redirect_stdout(buf):
-            compiled = fn.warmup(*args, grid=(1,), **constexprs, **extra)
+            compiled = fn.warmup(*map(_mock_arg, args), grid=(1,), **constexprs, **extra)
     finally:
         knobs.nvidia.dump_ptxas_log = False
     return compiled, buf.getvalue()
@@ -229,18 +260,39 @@ def run(arch, full=False, log=None):
 
 
 def default_selection(cases):
-    """The cases the default check (the test suite, CI) compiles: for each (module, kernel, dtype) the first case
-    not marked `full`, with every autotune config when its dtype is bf16 (what a GPU run uses) and the first
-    config otherwise. Compiled code depends on constexprs, dtypes and alignment, not on sizes, so this keeps every
-    kernel x dtype x bf16 config while compiling ~40 kernels per target instead of ~120; `--full` compiles all."""
-    picked, seen = [], set()
+    """The cases the default check (the test suite, CI) compiles: every distinct `specialisation` of the cases not
+    marked `full`, once. The first case of each kernel variant (kernel x pointer dtypes x constexprs, i.e. every
+    HAS_* / ACCUMULATE / SPLIT_K / block-size choice a launcher makes, in every dtype) compiles every autotune
+    config its dtype's key can select when that dtype is bf16 (what a GPU run uses), the first config otherwise
+    (fp16 tiles are bf16's with another MMA operand type; fp32's are recorded by --full); a case that only
+    specialises sizes or alignment differently (ragged, T = 1, an unaligned vector) compiles its first config."""
+    picked, seen, variants = [], set(), set()
     for case in cases:
-        key = (case["module"], _kernel_name(case["kernel"]), case["label"].split()[0])
+        key = specialisation(case)
         if case.get("full", False) or key in seen:
             continue
         seen.add(key)
-        picked.append(case if case["label"].startswith("bf16") else dict(case, configs=[0]))
+        variant = (key[0], tuple(a for a in key[1] if isinstance(a, tuple) or a.startswith("torch.")), key[2])
+        first = variant not in variants
+        variants.add(variant)
+        bf16 = any("bfloat16" in str(a) for a in key[1])
+        picked.append(case if first and bf16 and case.get("configs") is None else
+                      dict(case, configs=case.get("configs") if first and bf16 else [0]))
     return picked
+
+
+def list_selection(full=False):
+    """Print the selected cases (kernel, label, configs) without compiling; returns 0."""
+    from triton.runtime import driver
+    driver.set_active(_stub_driver(90))
+    cases, _ = collect_cases()
+    total = 0
+    for case in (cases if full else default_selection(cases)):
+        configs = _configs(case["kernel"], case["args"], case["constexprs"], case.get("configs"))
+        total += len(configs)
+        print(f"{_kernel_name(case['kernel'])} [{case['label']}]: {', '.join(d for d, _ in configs)}")
+    print(f"{total} kernels per target")
+    return 0
 
 
 def _run_in_child(arch, full, quiet):
@@ -272,7 +324,10 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true", help="also the cases marked full (what the table shows)")
     parser.add_argument("--jobs", type=int, default=2, help="targets compiled in parallel processes (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no per-kernel progress lines on stderr")
+    parser.add_argument("--list", action="store_true", help="list the selected cases and their configs, compile none")
     opts = parser.parse_args(argv)
+    if opts.list:
+        return list_selection(opts.full)
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("kernels_aot: TRITON_INTERPRET=1 is set; interpreted kernels cannot be compiled. Run it with "
                  "TRITON_INTERPRET unset (or 0).")

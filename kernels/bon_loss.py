@@ -135,13 +135,12 @@ def fused_bon_loss_sum(x, w, y, sample_index, weights, *, temperature=1.0, ignor
 def compile_cases():
     """Ahead-of-time compile cases, checked by `python -m bonfast.kernels_aot`: the reduction in fp32 (fp32 or
     bf16 log-probs, float64 weights) and in fp64, with every term on and with none. It has no dot products;
-    T is a runtime int whose size does not change the compiled code. The bf16 and plain cases run with --full."""
+    T is a runtime int whose size does not change the compiled code. Every case is a variant a launcher picks."""
     f32, f64 = torch.float32, torch.float64
     cases = []
     for lp, acc, terms in ((f32, f32, True), (torch.bfloat16, f32, True), (f32, f32, False), (f64, f64, True)):
         label = f"logp {str(lp)[6:]}, {'clipped + k3' if terms else 'plain'}, sums in {str(acc)[6:]}"
         cases.append(dict(kernel=_bon_loss_fwd_kernel, label=label, tensor_cores=False, no_spills=True,
-                          full=lp == torch.bfloat16 or not terms,
                           args=(lp, torch.int64, f64, lp, lp, acc, acc, 100003, 0.2, 0.28, 0.05),
                           constexprs=dict(HAS_OLD=terms, HAS_REF=terms, STORE_GRAD=True,
                                           DTYPE=tl.float64 if acc == f64 else tl.float32, BLOCK=_BLOCK)))

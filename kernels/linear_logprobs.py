@@ -373,8 +373,9 @@ def compile_cases():
     model, a ragged one (T = 777, D = 896, V = 50257) for unaligned token counts and vocabularies, and T = 1
     for a single token. bf16, the CUDA compute dtype, compiles every autotune config of every kernel and must
     not spill; fp16 tiles have bf16's size and layout (only the MMA type differs): one config per kernel; fp32
-    (exact fp32 products on FMA units) is recorded. Cases marked `full` (the entropy backward, the ragged and
-    T = 1 shapes, the second fp32 config) run with `--full` only, to keep the default check short.
+    (exact fp32 products on FMA units) is recorded. The ragged and T = 1 shapes also have unaligned [T] vectors
+    (rows 1.. of the [3 or 4, splits, T] partials and of the [2, T] stats start at a multiple of T * 4 bytes).
+    Only the second fp32 config runs with `--full` only.
     """
     f32, i64 = torch.float32, torch.int64
     shapes = ((4096, 128256, 4096), (777, 50257, 896), (1, 151936, 896))
@@ -383,22 +384,22 @@ def compile_cases():
         for T, V, D in shapes:
             for entropy in (False, True):
                 aligned = T == 4096
-                if (dtype != torch.bfloat16 and (entropy or not aligned)) or (entropy and not aligned):
+                if not aligned and (entropy or dtype != torch.bfloat16):
                     continue
                 head, dims = (dtype, dtype, i64), (T, V, D, _t_bucket(T), D, 1, D, 1)
+                vec = f32 if aligned else (f32, "unaligned")  # the [T] rows after the first of a [k, T] buffer
                 flags = dict(HAS_ENTROPY=entropy, UPCAST=dtype == f32, PRECISION="ieee")
                 for kernel, args, extra in (
-                        (_linear_logprobs_fwd_kernel, head + (f32,) * 4 + dims + (1.0, 9), dict(GROUP_T=8)),
-                        (_linear_logprobs_bwd_dx_kernel, head + (f32,) * 7 + dims + (D, 1.0), {}),
-                        (_linear_logprobs_bwd_dw_kernel, head + (f32,) * 7 + dims + (D, 1.0), {})):
+                        (_linear_logprobs_fwd_kernel, head + (f32,) + (vec,) * 3 + dims + (1.0, 9), dict(GROUP_T=8)),
+                        (_linear_logprobs_bwd_dx_kernel, head + (f32, vec) + (f32,) * 5 + dims + (D, 1.0), {}),
+                        (_linear_logprobs_bwd_dw_kernel, head + (f32, vec) + (f32,) * 5 + dims + (D, 1.0), {})):
                     base = dict(kernel=kernel, label=f"{name} T={T} D={D} V={V}" + (" entropy" if entropy else ""),
                                 args=args, constexprs=dict(flags, **extra), tensor_cores=dtype != f32,
                                 no_spills=dtype != f32)
-                    bwd_entropy = entropy and kernel is not _linear_logprobs_fwd_kernel
-                    if dtype == torch.bfloat16 and aligned:
-                        cases.append(dict(base, configs=None, full=bwd_entropy))
+                    if dtype == torch.bfloat16:
+                        cases.append(dict(base, configs=None if aligned else [0]))
                     elif dtype == f32:
                         cases += [dict(base, configs=[0], full=False), dict(base, configs=[1], full=True)]
                     else:
-                        cases.append(dict(base, configs=[0], full=dtype == torch.bfloat16))
+                        cases.append(dict(base, configs=[0]))
     return cases

@@ -359,7 +359,8 @@ def compile_cases():
     D = 4096, Vc = 3840) and a ragged one (T = 777, D = 896, Vc = 1000; the workspace stride is padded to
     1024). The GEMM is compiled as it is launched: dW (dz transposed: unit stride on M; output in the input
     dtype), dX (fp32 accumulate) and a split-K partial. bf16 compiles every config and must use tensor cores
-    without spills; fp16 one config; fp32 (exact products on FMA) its own small tiles, spills recorded.
+    without spills; fp16 one config; fp32 (exact products on FMA) its own small tiles, spills recorded. At the
+    ragged T the log-sum-exp row stats[1] of the [2, T] stats starts off a 16-byte boundary (T % 4 != 0).
     """
     f32, i64 = torch.float32, torch.int64
     cases = []
@@ -376,8 +377,8 @@ def compile_cases():
                     continue
                 cases.append(dict(
                     kernel=_fused_dz_kernel, label=f"{name} T={T} D={D} Vc={VC}" + (" entropy" if entropy else ""),
-                    args=(dtype, dtype, i64) + (f32,) * 6 + (dtype, T, VC, D, _bucket(VC), _bucket(T), VC, D, D, ld,
-                                                             1.0),
+                    args=(dtype, dtype, i64, f32, f32 if T % 4 == 0 else (f32, "unaligned")) + (f32,) * 4  # stats[1]
+                    + (dtype, T, VC, D, _bucket(VC), _bucket(T), VC, D, D, ld, 1.0),
                     constexprs=dict(flags, HAS_ENTROPY=entropy, GROUP_T=8), configs=every, tensor_cores=sixteen,
                     no_spills=sixteen))
             for what, out, m, k, strides, acc, split in (
