@@ -57,3 +57,20 @@ def test_every_kernel_compiles_for_sm80_and_sm90(request):
     summary = [line for line in output.splitlines() if line.startswith(("kernels_aot:", "FAIL"))]
     assert proc.returncode == 0, "\n".join(summary) or output[-3000:]
     assert any("0 failures" in line for line in summary), output[-3000:]
+
+
+def test_default_set_has_every_launcher_variant():
+    """The default set (what CI compiles) holds every kernel variant a launcher can pick, not only the first case
+    per kernel and dtype: the dX and split-K GEMMs, the entropy backward, head-dim-128 attention blocks, the
+    ragged and T = 1 shapes, and unaligned [T] vectors; no two selected cases compile the same code."""
+    from bonfast.kernels_aot import UNALIGNED, collect_cases, default_selection, specialisation
+    picked = default_selection(collect_cases()[0])
+    labels = {(c["label"], getattr(c["kernel"], "fn", c["kernel"]).__name__) for c in picked}
+    text = " | ".join(f"{k}: {lab}" for lab, k in labels)
+    for needle in ("bf16 dX M=4096", "bf16 dX split-K", "bf16 dW M=3840", "bf16 T=4096 D=4096 Vc=3840 entropy",
+                   "_linear_logprobs_bwd_dw_kernel: bf16 T=4096 D=4096 V=128256 entropy", "bf16 T=1 D=896",
+                   "bf16 T=777 D=896 V=50257", "bf16 Llama-3-8B n=64", "fp16 Llama-3-8B n=64", "fp16 dz C=777"):
+        assert needle in text, needle
+    assert any(isinstance(a, tuple) and a[1] == UNALIGNED for c in picked for a in c["args"])
+    keys = [specialisation(c) for c in picked]
+    assert len(keys) == len(set(keys))
