@@ -27,6 +27,14 @@ themselves and every other value is a tagged list: ["I", hex] big int, ["f", flo
 ["F", [...]] frozenset, ["d", [[k, v], ...]] dict. Only exact builtin types are encoded (a subclass, or any
 other object, is refused); `decode` accepts nothing else and builds new objects. Frames on the pipes are a
 4-byte big-endian length followed by that many bytes.
+
+Bounds on what the caller accepts from the sandbox (a reply; checked before it is parsed, `check_reply`):
+at most `MAX_REPLY` bytes and `MAX_REPLY_NODES` JSON values (counted as the '[' and ',' bytes, an upper
+bound), so parsing and decoding one reply take linear time and bounded memory. A set, frozenset or dict
+whose members share one hash value more than `MAX_COLLISIONS` times is refused before it is built: the
+hashes are counted first (a dict of ints, which cannot collide), so building it costs at most
+`MAX_COLLISIONS` equality tests per member instead of a quadratic number (distinct ints that differ by
+multiples of 2**61 - 1, complex numbers re + 1000003 * im = const and crafted tuples all share a hash).
 """
 import json
 import os
@@ -37,6 +45,9 @@ import time
 EXIT_MEMORY = 3
 _MAX_DEPTH = 100
 _SAFE_INT = 1 << 53
+MAX_REPLY = 1 << 20  # bytes of one reply (the 164 HumanEval canonical solutions need at most 568)
+MAX_REPLY_NODES = 1 << 16  # JSON values of one reply (they need at most 62)
+MAX_COLLISIONS = 8  # members of one set / frozenset / dict sharing one hash value
 
 
 class WireError(ValueError):
@@ -72,6 +83,27 @@ def _decode_float(text):
     return float.fromhex(text)
 
 
+def _hashable_members(items):
+    """`items`, refused (WireError) when more than MAX_COLLISIONS of them share a hash value."""
+    counts = {}
+    for item in items:
+        h = hash(item)  # TypeError for an unhashable member
+        c = counts.get(h, 0) + 1
+        if c > MAX_COLLISIONS:
+            raise WireError("too many members with one hash value")
+        counts[h] = c
+    return items
+
+
+def check_reply(data):
+    """WireError unless `data` (one reply, not yet parsed) is within MAX_REPLY bytes and MAX_REPLY_NODES
+    values."""
+    if len(data) > MAX_REPLY:
+        raise WireError(f"reply of {len(data)} bytes (at most {MAX_REPLY})")
+    if data.count(b"[") + data.count(b",") > MAX_REPLY_NODES:
+        raise WireError(f"reply of more than {MAX_REPLY_NODES} values")
+
+
 def decode(obj, depth=0):
     """The value an `encode` structure stands for; WireError for anything that is not one."""
     t = type(obj)
@@ -95,15 +127,19 @@ def decode(obj, depth=0):
             return bytes.fromhex(obj[1])
         if tag in ("l", "t", "s", "F") and n == 2 and type(obj[1]) is list:
             items = [decode(v, depth + 1) for v in obj[1]]
-            return items if tag == "l" else tuple(items) if tag == "t" else set(items) if tag == "s" \
-                else frozenset(items)
+            if tag == "l" or tag == "t":
+                return items if tag == "l" else tuple(items)
+            return set(_hashable_members(items)) if tag == "s" else frozenset(_hashable_members(items))
         if tag == "d" and n == 2 and type(obj[1]) is list:
-            out = {}
+            pairs = []
             for pair in obj[1]:
                 if type(pair) is not list or len(pair) != 2:
                     raise WireError("bad dict item")
-                out[decode(pair[0], depth + 1)] = decode(pair[1], depth + 1)
-            return out
+                pairs.append((decode(pair[0], depth + 1), decode(pair[1], depth + 1)))
+            _hashable_members([k for k, _ in pairs])
+            return dict(pairs)
+    except WireError:
+        raise
     except (TypeError, ValueError, OverflowError) as err:  # unhashable set member / dict key, bad hex, ...
         raise WireError(f"bad {tag!r} value: {type(err).__name__}") from None
     raise WireError("unknown tag")
@@ -117,7 +153,8 @@ def loads(data: bytes):
     """Parse one message (a JSON document of the format above, no NaN / Infinity literals, no JSON floats)."""
     try:
         return json.loads(data.decode("utf-8"), parse_constant=_reject_constant, parse_float=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError, MemoryError) as err:  # ValueError: JSONDecodeError, bad UTF-8, and
+        # an integer literal past the int/str conversion limit (4300 digits), which json raises as such
         raise WireError(f"malformed message: {type(err).__name__}") from None
 
 
@@ -140,9 +177,10 @@ def _unescape(field):
     return field.encode().decode("unicode_escape").encode("latin-1")
 
 
-def _setup_mounts(libc, masks, expose, tmpfs_mb, workdir, owner):
+def _setup_mounts(libc, masks, expose, tmpfs_mb, workdir, owner, inner=()):
     """Everything read-only, then private tmpfs over `masks`, the `expose` directories (the standard library)
-    bound back read-only where a mask hid them, then the work directory."""
+    bound back read-only where a mask hid them, read-only tmpfs over the `inner` masks inside them (package
+    folders inside the standard library directory), then the work directory."""
     import ctypes
 
     def mount(src, target, fstype, flags, data):
@@ -175,6 +213,9 @@ def _setup_mounts(libc, masks, expose, tmpfs_mb, workdir, owner):
         mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None)
         mount(None, path.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
         os.close(fd)
+    for path in inner:
+        if os.path.isdir(path):
+            mount(b"tmpfs", path.encode(), b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, b"size=1m,mode=0755")
     os.makedirs(workdir, exist_ok=True)
     if owner is not None:
         os.chown(workdir, owner, owner)
@@ -220,12 +261,13 @@ def _read_exact(fd, n):
 def _serve(job, req_fd, resp_fd):
     """Run the program, then answer calls until the caller closes the request pipe."""
     write, read_exact, exit_now = os.write, _read_exact, os._exit
-    enc, dec, pack, unpack, fr = encode, decode, dumps, loads, frame
+    enc, dec, pack, unpack, fr, check = encode, decode, dumps, loads, frame, check_reply
 
     def send(obj):
         try:
             data = pack(obj)
-        except (WireError, ValueError, TypeError, RecursionError) as err:
+            check(data)  # a value the caller would refuse fails this call only
+        except (WireError, ValueError, TypeError, RecursionError, MemoryError) as err:
             data = pack({"x": "UngradableValue", "m": str(err)[:200]})
         write(resp_fd, fr(data))
 
@@ -345,7 +387,8 @@ def main():
     libc = ctypes.CDLL(None, use_errno=True)
     namespace = job["mode"] != "process"
     if namespace:
-        _setup_mounts(libc, job["masks"], job["expose"], job["tmpfs_mb"], job["workdir"], job["uid"])
+        _setup_mounts(libc, job["masks"], job["expose"], job["tmpfs_mb"], job["workdir"], job["uid"],
+                      job.get("inner_masks", ()))
     else:
         libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: detached processes come back to us
         if job["uid"] is not None:

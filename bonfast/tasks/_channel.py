@@ -9,9 +9,7 @@ import subprocess
 import time
 
 from . import _callee
-from ._callee import WireError
-
-MAX_MESSAGE = 16 << 20
+from ._callee import MAX_REPLY, WireError
 
 
 class CandidateError(Exception):
@@ -66,7 +64,7 @@ class Channel:
                     continue
                 if key.data == "resp":
                     self.inbox += chunk
-                    if len(self.inbox) > MAX_MESSAGE + 4:
+                    if len(self.inbox) > MAX_REPLY + 4:
                         raise self.fail("tampered")
                 else:
                     buf = self.out[key.data]
@@ -82,7 +80,7 @@ class Channel:
         if len(self.inbox) < 4:
             return False
         size = int.from_bytes(self.inbox[:4], "big")
-        if size > MAX_MESSAGE:
+        if size > MAX_REPLY:  # refused before it is read in full, let alone parsed
             raise self.fail("tampered")
         return len(self.inbox) >= 4 + size
 
@@ -95,8 +93,9 @@ class Channel:
         body = bytes(self.inbox[4:4 + size])
         del self.inbox[:4 + size]
         try:
+            _callee.check_reply(body)
             msg = _callee.loads(body)
-        except WireError:
+        except Exception:  # WireError; anything else a hostile reply could provoke ends the run, not the caller
             raise self.fail("tampered") from None
         if type(msg) is not dict or len(msg) not in (1, 2):
             raise self.fail("tampered")
@@ -117,7 +116,7 @@ class Channel:
         if "r" in msg and len(msg) == 1:
             try:
                 return _callee.decode(msg["r"])
-            except (WireError, RecursionError) as err:
+            except (WireError, RecursionError, MemoryError) as err:
                 raise CandidateError(f"not plain data: {err}") from None
         name = msg.get("x")
         if type(name) is not str or not name.isidentifier() or len(name) > 100 or not set(msg) <= {"x", "m"}:

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -66,8 +67,90 @@ def isolation_available() -> str | None:
 isolation_available.cache_clear = probe.cache_clear  # type: ignore[attr-defined]
 
 
+PACKAGE_DIR_NAMES = ("site-packages", "dist-packages")
+WALK_SKIP = {"/proc", "/sys", "/dev", "/run"} | set(ALWAYS_MASKED)
+WALK_DEPTH = 8  # /usr/lib/<app>/platform/<python>/lib/python3.12/site-packages is 8 deep
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def caller_package_dirs() -> set[str]:
+    """Where this interpreter finds packages beyond its standard library: every sys.path entry that is not
+    the standard library (site-packages, the user site, editable checkouts, .pth additions), the site
+    directories, and the virtual environment's root."""
+    import site
+
+    paths = set(sys.path) | {os.path.join(STDLIB, name) for name in PACKAGE_DIR_NAMES}
+    for getter in ("getsitepackages", "getusersitepackages"):
+        try:
+            found = getattr(site, getter)()
+        except AttributeError:  # an old virtualenv's site module
+            continue
+        paths |= {found} if isinstance(found, str) else set(found)
+    if sys.prefix != sys.base_prefix:
+        paths.add(sys.prefix)
+    out = set()
+    for p in paths:
+        p = os.path.realpath(p) if p else ""
+        if not p or _under(STDLIB, p):  # the standard library itself (or a folder holding it) stays
+            continue
+        if _under(p, STDLIB) and os.path.relpath(p, STDLIB).split(os.sep)[0] not in PACKAGE_DIR_NAMES:
+            continue  # lib-dynload and the like are the standard library
+        out.add(p)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def discovered_package_dirs() -> tuple[str, ...]:
+    """Python package folders anywhere on this machine (not only this interpreter's): every directory named
+    site-packages or dist-packages, and every virtual environment (pyvenv.cfg) or conda environment
+    (conda-meta) root that does not hold the running standard library, found by one walk of the file system
+    (WALK_DEPTH levels, no symlinks, not into /proc, /sys, /dev or the always-masked folders). Cached per
+    process (`discovered_package_dirs.cache_clear()` looks again); about a second on a Debian image."""
+    found: list[str] = []
+
+    def walk(path: str, depth: int) -> None:
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            return
+        names = {e.name for e in entries}
+        if path != "/" and ("pyvenv.cfg" in names or "conda-meta" in names) and not _under(STDLIB, path):
+            found.append(path)
+            return
+        for e in entries:
+            try:
+                if not e.is_dir(follow_symlinks=False):
+                    continue
+            except OSError:
+                continue
+            if e.name in PACKAGE_DIR_NAMES:
+                found.append(e.path)
+            elif depth < WALK_DEPTH and e.path not in WALK_SKIP:
+                walk(e.path, depth + 1)
+
+    walk("/", 1)
+    return tuple(sorted(os.path.realpath(p) for p in found))
+
+
+def package_dirs() -> set[str]:
+    return caller_package_dirs() | set(discovered_package_dirs())
+
+
+def inner_masks() -> list[str]:
+    """Package folders inside the standard library directory (e.g. pyenv's lib/python3.11/site-packages):
+    hidden after the standard library is bound back."""
+    return sorted(p for p in package_dirs() if _under(p, STDLIB) and os.path.isdir(p))
+
+
 def masks(extra: Iterable[str]) -> list[str]:
-    paths = list(ALWAYS_MASKED) + [os.path.expanduser("~"), os.getcwd(), CHECKOUT] + list(extra)
+    """Directories hidden behind an empty tmpfs: the temporary directories, the homes, the caller's working
+    directory, this checkout, every Python package folder and virtual environment outside the standard
+    library (`package_dirs`), and `extra`."""
+    packages = [p for p in package_dirs() if not _under(p, STDLIB)]
+    paths = list(ALWAYS_MASKED) + [os.path.expanduser("~"), os.getcwd(), CHECKOUT] + packages + list(extra)
     out: list[str] = []
     for p in sorted({os.path.realpath(p) for p in paths}, key=len):
         if p in NEVER_MASKED or not os.path.isdir(p) or any(p.startswith(m + "/") for m in out):

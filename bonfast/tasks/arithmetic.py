@@ -55,6 +55,7 @@ DEFAULT_SIZES = {"train": 10_000, "test": 1_000}
 TEST_BUCKETS = 10  # 1 bucket in 10 of the problem space goes to the test split
 
 _ANSWER = re.compile(r"\s*(-?\d+)\s*")
+MAX_DIGITS = 1000  # longer integers are no answer (the longest gold answer has 4 digits)
 
 
 def split_of(prompt: str) -> str:
@@ -144,6 +145,13 @@ class ArithmeticTask(Task):
         around it allowed), in canonical form (no leading zeros, "-0" -> "0"); else None.
 
         Strict on purpose: "19+0" or "19 20" are not answers, so the reward cannot be gamed by listing numbers.
+        An integer of more than MAX_DIGITS digits (leading zeros aside) is no answer either: no gold answer is
+        that long, and it is never converted (Python refuses int() past 4300 digits).
         """
         m = _ANSWER.fullmatch(response)
-        return None if m is None else str(int(m.group(1)))
+        if m is None:
+            return None
+        sign, digits = ("-" if m.group(1).startswith("-") else ""), m.group(1).lstrip("-").lstrip("0") or "0"
+        if len(digits) > MAX_DIGITS:
+            return None
+        return str(int(sign + digits))

