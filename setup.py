@@ -49,5 +49,9 @@ setup(
         ],
         "gpu": ["flash-attn>=2.6"],
     },
-    entry_points={"console_scripts": ["bonfast=bonfast.cli:main"]},
+    entry_points={
+        "console_scripts": ["bonfast=bonfast.cli:main"],
+        # verl imports the modules of this group on `import verl`: bonfast's estimators and policy loss register
+        "verl.plugins": ["bonfast = bonfast.integrations.verl"],
+    },
 )
