@@ -11,6 +11,10 @@ Providers (a parameter, so one run prints their ratios side by side, grouped by 
     triton_fused   the same with strategy="fused": memory near dX + dW (8 TDV)
     triton_tiles   the same with strategy="tiles": the first recomputing kernels (10 TDV)
     liger, cce     Liger FLCE (reduction="none") / Cut Cross-Entropy  (CUDA only, when importable)
+    trl            TRL's chunked LM head, `trl.kernels.ChunkedLogProbFunction` (what TRL 1.16's GRPOTrainer /
+                   DPOTrainer score with): GEMM tiles of 4096 tokens x 32768 vocabulary entries folded into
+                   an online logsumexp (Triton on CUDA, torch ops on the CPU), recomputing backward; log-probs only
+                   (GRPOTrainer also asks it for the entropy); when trl imports, on every device
 Modes: fwd (forward with grad-enabled inputs, as in a training step), bwd (backward only, the forward is
 untimed setup), full (forward + backward). Temperature is 1 for every provider (bonfast's temperature costs
 one multiply per logit tile; the others would need a scaled weight copy).
@@ -29,6 +33,7 @@ As a script (what benches/gpu_check.py runs), one JSON line per case, each case 
     python benches/bench_linear_logprobs.py --cpu-smoke          # tiny fp32 shape on the CPU, seconds
 """
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -39,17 +44,20 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from benchkit import CaseLog, cuda_peak_extra_mb, parse_shapes, summary_ms, time_ms, torch_lce_missing
+from benchkit import CaseLog, cuda_peak_extra_mb, module_missing, parse_shapes, summary_ms, time_ms, torch_lce_missing
 
 from bonfast.ops import linear_logprobs
 
-PROVIDERS = ["naive", "torch_lce", "bonfast_torch", "compile", "triton", "triton_gemm", "triton_fused",
+PROVIDERS = ["naive", "torch_lce", "bonfast_torch", "compile", "trl", "triton", "triton_gemm", "triton_fused",
              "triton_tiles", "liger", "cce"]
 # script order: the kernel under test first, torch.compile (slowest to warm up) last
 SCRIPT_PROVIDERS = ["triton", "triton_gemm", "triton_fused", "triton_tiles", "naive", "torch_lce", "liger", "cce",
-                    "bonfast_torch", "compile"]
+                    "trl", "bonfast_torch", "compile"]
 FLOPS_PER_TDV = {"fwd": 2, "bwd": 6, "full": 8}
 COMPILE_WARMUP_S = 40  # a first torch.compile of the naive head (forward + backward graphs), roughly, on a GPU host
+TRL_VOCAB_CHUNK = 32768  # TRL 1.16's fused-LM-head tile width (trl.trainer.utils), used if trl no longer names it
+TRL_HEAD_ARGS = ["hidden", "weight", "bias", "targets", "temperature", "chunk_size", "final_logit_softcapping",
+                 "logit_scale", "outputs"]  # ChunkedLogProbFunction.forward after ctx, as of TRL 1.16
 
 
 def _naive(x, w, y):
@@ -70,6 +78,8 @@ def make_fn(provider, device):
         return lambda x, w, y: linear_logprobs(x, w, y, impl="torch")
     if provider == "compile":
         return torch.compile(_naive)
+    if provider == "trl":
+        return trl_logprobs()
     if device != "cuda":
         pytest.skip(f"{provider} needs CUDA")
     if provider == "triton":
@@ -85,6 +95,28 @@ def make_fn(provider, device):
         cce = pytest.importorskip("cut_cross_entropy")
         return lambda x, w, y: -cce.linear_cross_entropy(x, w, y, reduction="none")
     raise ValueError(f"unknown provider {provider!r}; expected one of {PROVIDERS}")
+
+
+def trl_logprobs(vocab_chunk=None):
+    """TRL's chunked LM head as (x, w, y) -> logp [T], called as TRL's fused head calls it (no bias, temperature
+    1, no softcap, logit scale 1, no optional outputs) with TRL's own tile width unless `vocab_chunk` is given.
+    Raises pytest.skip.Exception, with the reason, when trl or that function (TRL >= 1.16) is missing or its
+    signature changed. Targets must lie in [0, V): TRL has no ignore index (its caller drops masked rows first)."""
+    missing = module_missing("trl.kernels")
+    if missing:
+        pytest.skip(missing)
+    import trl
+    import trl.kernels
+    head = getattr(trl.kernels, "ChunkedLogProbFunction", None)
+    if head is None:
+        pytest.skip(f"trl {trl.__version__} has no trl.kernels.ChunkedLogProbFunction (TRL 1.16 has it)")
+    args = list(inspect.signature(head.forward).parameters)[1:]
+    if args != TRL_HEAD_ARGS:
+        pytest.skip(f"trl {trl.__version__}: ChunkedLogProbFunction.forward takes {args}, expected {TRL_HEAD_ARGS}")
+    if vocab_chunk is None:
+        from trl.trainer import utils as trl_utils  # its backward imports this module anyway
+        vocab_chunk = getattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", TRL_VOCAB_CHUNK)
+    return lambda x, w, y: head.apply(x, w, None, y, 1.0, vocab_chunk, None, 1.0, ("log_probs",))[0]
 
 
 def make_inputs(T, D, V, dtype, device, seed=0):
