@@ -88,7 +88,8 @@ def steps(smoke: bool = False) -> list[Step]:
         Step("tests-model", 30, 'pytest -m "not cuda and not slow": packing, engine, model, attention',
              "tests", tests("tests-model")),
         Step("linear_logprobs", 50, "log_softmax(x W^T)[y] fwd / bwd / full at (T, D, V) = (8192, 4096, 128256) and "
-             "(8192, 2048, 151936) bf16: triton, eager, torch LCE, Liger, CCE, chunked torch, torch.compile", "bench",
+             "(8192, 2048, 151936) bf16: triton, eager, torch LCE, Liger, CCE, TRL's chunked head, chunked torch, "
+             "torch.compile", "bench",
              bench("bench_linear_logprobs.py", "--deadline-s", "{deadline}")),
         Step("bon_loss", 35, "the BoN loss head (plain and clipped + KL) fwd / bwd / full at (8192, 2048, 151936) "
              "bf16: triton, eager, torch LCE, chunked torch, torch.compile", "bench",
