@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import os
 
-from science_report import GAMEABLE_DIFFS, MIN_SEEDS, fmt, scale_of, table
+from science_report import (
+    GAMEABLE_DIFFS,
+    MIN_SEEDS,
+    VERIFIER_KINDS,
+    calibration_table,
+    fmt,
+    kind_cell,
+    pending_text,
+    scale_of,
+    selection_table,
+    table,
+)
 
 # The paper's findings and the claims of science_report.CLAIMS that test them (docs/method.md, section 8).
 PAPER_CLAIMS = [
@@ -20,6 +31,27 @@ PAPER_CLAIMS = [
     ("BoN-RL-V improves BoK, but not pass@N, over the reward-trained BoN methods", ("bon_rl_v_bok", "bon_rl_v_pass")),
     ("Gains carry over to other test temperatures", ("transfer_05", "transfer_15")),
 ]
+
+# The same findings under the learned verifier: science_report.LEARNED_CLAIMS (issue #27, Holm family "learned").
+LEARNED_FINDINGS = [
+    ("... under a learned verifier: BoN-aware training beats inference-unaware RL on BoK",
+     ("learned_bon_rl_v", "learned_headline_bok")),
+    ("... under a learned verifier: standard SFT (N'=1) lowers BoN performance", ("learned_sft_bok",)),
+    ("... under a learned verifier: BoN-RL-V improves BoK over BoN-RL-S (the 8-seed follow-up)",
+     ("learned_bon_rl_v_vs_s",)),
+]
+
+REVERSAL_INTRO = """\
+Under the noisy verifier two Bo{n} findings go against the paper: BoN-RLB(P) beats RL on pass@{n} but not on Bo{n},
+and SFT raises Bo{n} where the paper says it lowers BoN performance. Every Bo@k of the main study comes from a
+verifier unlike the paper's: the noisy verifier's errors are a hash of the response (nothing a policy or a model
+could learn), and the biased verifier is a hand-written length rule. The paper's Best-of-N results use a learned
+verifier (a reward model), whose errors are systematic and correlated with the responses. Here each seed has its
+own learned verifier (`bonfast.tasks.learned`, docs/learned_verifier.md: a reward model on the tiny decoder,
+trained on that seed's base-policy samples of training prompts only), and every policy the claims compare is
+evaluated under it (`lbo@k`). Rows: what picks the one sample of {n} that the task scores. Claims (noisy and
+learned rows) at their Holm level (the learned claims form their own family of four, on seeds 1-8); the oracle
+and length-bias rows are descriptive 95% intervals on the noisy claim's seeds."""
 
 SETUP = """\
 **Set-up.** Task: the embedded `arithmetic` task (levels 1-3, unlimited fresh training problems, a fixed held-out
@@ -220,13 +252,26 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
         parts = [V[k] for k in keys if k in V]
         rows.append([finding, f"**{overall([p['verdict'] for p in parts])}**",
                      "<br>".join(_claim_text(p, labels) for p in parts) or "runs missing"])
+    LV = data.get("learned_verdicts") or {}
+    for finding, keys in LEARNED_FINDINGS:
+        parts = [LV[k] for k in keys if k in LV]
+        if parts:
+            rows.append([finding, f"**{_learned_overall(parts)}**",
+                         "<br>".join(_learned_text(p, labels) for p in parts)])
     out += table(["paper's finding", "verdict here", "evidence (claim: points [interval] (per seed), seeds, "
                   "level -> verdict)"], rows) + [""]
+    if LV:
+        out += ["The last rows are the pre-registered claims of the learned-verifier study "
+                "(science_report.LEARNED_CLAIMS, fixed before their runs): each on seeds "
+                f"{_seed_range(next(iter(LV.values()))['seeds_planned'])}, Holm-corrected among themselves "
+                "(family \"learned\"); a claim is pending until all its seeds are in.", ""]
     game = data.get("gameable") or {}
     if game.get("verifier_reward_minus_bon_rl_v"):
         out += ["Where BoN-RL-V's resistance comes from (descriptive; the gameable section): "
                 + _isolation_read(game, n, "BoN-RL-V with the verifier's score as its reward (every training signal "
                                            "from the verifier, as for RL-V)"), ""]
+
+    out += reversal_section(data, labels, n)
 
     # --- variants
     variants = [m for m in meta["arms"] if meta["groups"].get(m) == "variant"]
@@ -309,6 +354,57 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
     with open(path, "w") as f:
         f.write(text)
     return text
+
+
+def _seed_range(seeds: list[int]) -> str:
+    return f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ", ".join(map(str, seeds))
+
+
+def _learned_overall(parts: list[dict]) -> str:
+    """A finding's verdict from its learned claims: pending while any is (with the fewest seeds in), else `overall`."""
+    pending = [p for p in parts if p["pending"]]
+    if pending:
+        return pending_text(min(pending, key=lambda p: len(p["seeds_in"])))
+    return overall([p["verdict"] for p in parts])
+
+
+def _learned_text(v: dict, labels: dict) -> str:
+    if v["pending"]:
+        return (f"{labels.get(v['arm'], v['arm'])} - {labels.get(v['minus'], v['minus'])}, {v['metric']} at "
+                f"T = {v['T']}: **{pending_text(v)}**")
+    return _claim_text(v, labels) + " (family \"learned\")"
+
+
+def reversal_section(data: dict, labels: dict, n: int) -> list[str]:
+    """The Bo{n} reversal against the verifier's kind: the reading (from the data), the table, the learned verifiers'
+    calibration per seed and the selection accuracy by policy (science_report.reversal_section's data)."""
+    rev = data.get("reversal")
+    if not rev:
+        return []
+    pairs = rev["pairs"].values()
+    out = [f"## The Bo{n} reversal against the verifier's kind: hash noise, length bias, learned", "",
+           REVERSAL_INTRO.format(n=n), ""]
+    out += ["**Reading.** " + " ".join(f"{labels.get(p['arm'], p['arm'])} - {labels.get(p['minus'], p['minus'])} "
+                                       f"on Bo{n}: {p['text']}." for p in pairs) + _joint_reading(rev, n), ""]
+    rows = [[what, name.format(n=n)] + [kind_cell(p["kinds"].get(kind)) for p in pairs]
+            for kind, name, what in VERIFIER_KINDS]
+    out += table(["what picks (T = 1)", "metric"] + [f"{labels.get(p['arm'], p['arm'])} - "
+                                                     f"{labels.get(p['minus'], p['minus'])}" for p in pairs], rows)
+    out += [""] + calibration_table(rev["calibration"]) + selection_table(rev["selection"], labels, n)
+    return out
+
+
+READINGS = {"noise_property": "both Bo{n} reversals are properties of the hash-noise verifier",
+            "persists": "both Bo{n} reversals persist under a learned verifier",
+            "undecided": "under the learned verifier neither pair's interval excludes 0: the data do not decide"}
+
+
+def _joint_reading(rev: dict, n: int) -> str:
+    """One sentence when both pairs read the same way."""
+    codes = {p["reading"] for p in rev["pairs"].values()}
+    if len(codes) == 1 and next(iter(codes)) in READINGS:
+        return " In short: " + READINGS[next(iter(codes))].format(n=n) + "."
+    return ""
 
 
 def _coscaling_read(best: dict, ks: list[str]) -> str:

@@ -10,7 +10,10 @@ files alone regenerate every table: `science.py --report-only` works on a clean 
 Stored per temperature: the number of correct samples (uint8), `bo@k` / `gbo@k` for the report's k, `maj@k` and
 the extras as float32 (the report's numbers are therefore float32-rounded per prompt; the effect on any table
 value is below 1e-6), and per run the training curve (true reward and verifier score per step) when the run has
-one, and the run's training and evaluation seconds.
+one, and the run's training and evaluation seconds. A run evaluated under the seed's learned verifier (the `learned`
+group) also keeps `lbo@k` and `learned_accepts` per prompt and its learned.json (the verifier's calibration on this
+policy's samples) as a JSON string. Each seed's learned verifier has its held-out calibration report
+(runs/verifier-seed<s>/calibration.json) copied beside the runs as verifier-seed<s>.json (`save_verifier`).
 """
 from __future__ import annotations
 
@@ -30,8 +33,10 @@ def path_of(data_dir: str, arm: str, seed: int) -> str:
     return os.path.join(data_dir, f"{arm}-seed{seed}.npz")
 
 
-def save(ev: dict, path: str, ks: tuple[int, ...], curve: dict | None = None, train_seconds: float = 0.0) -> None:
-    """eval.json's dict (+ the training curve and time) -> compressed .npz at `path` (via a temporary name)."""
+def save(ev: dict, path: str, ks: tuple[int, ...], curve: dict | None = None, train_seconds: float = 0.0,
+         learned: dict | None = None) -> None:
+    """eval.json's dict (+ the training curve and time, + learned.json) -> compressed .npz at `path` (via a temporary
+    name)."""
     n = int(ev["n"])
     arrays = {"n": np.array(n), "seed": np.array(int(ev["seed"])), "levels": np.asarray(ev["levels"], np.uint8),
               "temps": np.array(list(ev["temps"])), "eval_seconds": np.array(float(ev.get("seconds", 0.0))),
@@ -47,6 +52,8 @@ def save(ev: dict, path: str, ks: tuple[int, ...], curve: dict | None = None, tr
     if curve:
         for key in ("step", "reward", "verifier_score"):
             arrays[f"curve/{key}"] = np.asarray(curve[key], np.float64)
+    if learned is not None:
+        arrays["learned"] = np.array(json.dumps(learned, sort_keys=True))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez_compressed(tmp, **arrays)
@@ -71,7 +78,37 @@ def load(path: str) -> tuple[dict, dict | None]:
         if "curve/step" in z.files:
             curve = {"step": z["curve/step"].astype(int).tolist(), "reward": z["curve/reward"].tolist(),
                      "verifier_score": z["curve/verifier_score"].tolist()}
+        if "learned" in z.files:
+            ev["learned"] = json.loads(str(z["learned"]))
     return ev, curve
+
+
+def read_learned(run_dir: str) -> dict | None:
+    """The run's learned.json (the learned verifier's calibration on its samples), or None."""
+    path = os.path.join(run_dir, "learned.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def verifier_path_of(data_dir: str, seed: int) -> str:
+    return os.path.join(data_dir, f"verifier-seed{seed}.json")
+
+
+def save_verifier(source: str, path: str) -> None:
+    """A seed's verifier report (calibration.json of its "verifier" job) -> `path`; the machine's cache path of the
+    weights is kept as its file name only."""
+    with open(source) as f:
+        report = json.load(f)
+    if "path" in report:
+        report["path"] = os.path.basename(report["path"])
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def read_eval(run_dir: str) -> dict | None:

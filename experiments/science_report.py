@@ -88,10 +88,23 @@ def load(runs: str, data_dir: str, arm: str, seed: int, ks) -> tuple[dict | None
     source = os.path.join(run_dir, "eval.json")
     if os.path.exists(source) and (not os.path.exists(path) or os.path.getmtime(source) > os.path.getmtime(path)):
         science_data.save(science_data.read_eval(run_dir), path, tuple(ks), train_curve(runs, arm, seed),
-                          science_data.train_seconds(run_dir))
+                          science_data.train_seconds(run_dir), science_data.read_learned(run_dir))
     if not os.path.exists(path):
         return None, None
     return science_data.load(path)
+
+
+def load_verifier(runs: str, data_dir: str, seed: int) -> dict | None:
+    """The held-out calibration report of the seed's learned verifier, read through its copy in `data_dir`
+    (science_data.save_verifier), refreshed from runs/verifier-seed<seed>/calibration.json when that is newer."""
+    source = os.path.join(runs, f"verifier-seed{seed}", "calibration.json")
+    path = science_data.verifier_path_of(data_dir, seed)
+    if os.path.exists(source) and (not os.path.exists(path) or os.path.getmtime(source) > os.path.getmtime(path)):
+        science_data.save_verifier(source, path)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def train_curve(runs: str, arm: str, seed: int) -> dict | None:
@@ -171,6 +184,7 @@ class Study:
         train_min, eval_min = (sum(ev[key] for ev in done) / 60 for key in ("train_seconds", "seconds"))
         self.meta = {**meta, "cpu_minutes": {"runs": len(done), "train": train_min, "eval": eval_min,
                                              "total": train_min + eval_min}}
+        self.verifiers = {s: load_verifier(runs, data_dir, s) for s in seeds}  # the seeds' learned verifiers
         self.missing = [m for m in arms if not self.have[m]]
         self.arms = [m for m in arms if self.have[m]]
         self.main = ["base"] + [m for m in self.arms if self.groups.get(m, "main") == "main" and m != "base"]
@@ -178,6 +192,11 @@ class Study:
     def matrix(self, m: str, t: str, name: str, on: list[int]) -> torch.Tensor:
         """[S, G] per-prompt values of one metric for arm m at temperature t, on seeds `on`."""
         return torch.tensor([self.evals[(m, s)]["temps"][t][name] for s in on], dtype=torch.float64)
+
+    def seeds_with(self, m: str, t: str, name: str) -> list[int]:
+        """The seeds of arm m whose evaluation has metric `name` at temperature t (e.g. `lbo@k`: only the runs
+        evaluated under the learned verifier)."""
+        return [s for s in self.have.get(m, []) if name in self.evals[(m, s)]["temps"].get(t, {})]
 
     def values(self, m: str, t: str, name: str) -> list[torch.Tensor]:
         return list(self.matrix(m, t, name, self.have[m]))
@@ -220,6 +239,7 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, 
     R = data["results"]
     lines = header(st)
     data["verdicts"] = verdict_section(st, lines)
+    data["learned_verdicts"] = learned_verdict_section(st, lines)
     headline_section(st, R, lines)
     variant_section(st, R, lines)
     sweep = sweep_section(st, lines)
@@ -228,6 +248,7 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, 
     gameable = gameable_section(st, R, lines)
     if gameable:
         data["gameable"] = gameable
+    data["reversal"] = reversal_section(st, data["verdicts"], data["learned_verdicts"], lines)
     absolute_sections(st, R, lines)
     data["meta_strategy"] = meta_strategy_section(st, lines)
     data["coscaling"], data["T_star_by_difficulty_base"] = coscaling_section(st, R, lines)
@@ -315,6 +336,224 @@ def verdict_section(st: Study, lines: list[str]) -> dict:
               "p-value / Holm-adjusted.", ""]
     lines += table(["claim", "comparison", "level", "points [interval] (per seed)", "p", "verdict"], rows) + [""]
     return verdicts
+
+
+def learned_verdicts(st: Study) -> dict:
+    """The verdicts of LEARNED_CLAIMS: Holm family "learned" (the four claims among themselves), each read on its
+    pre-registered seeds LEARNED_SEEDS only. A claim whose runs under the learned verifier are not all in is
+    "pending" with the seeds it has: never a verdict on fewer seeds. Holm's adjusted p-values only grow with any
+    input p, so a pending claim enters the family at p = 1 (ranked last): the complete claims' levels are then at
+    most their final levels, and a verdict given now is one the final family keeps. A claim is "supported" /
+    "opposite" only if Holm's step-down rejects it and its interval at its Holm level excludes 0 (that way)."""
+    found = []
+    for key, text, m, minus, name, t, sign in LEARNED_CLAIMS:
+        name = name.format(n=st.n_bon)
+        both = set(st.seeds_with(m, t, name)) & set(st.seeds_with(minus, t, name))
+        have = [s for s in LEARNED_SEEDS if s in both]
+        s95 = st.stat(m, t, name, minus, seeds=list(LEARNED_SEEDS)) if len(have) == len(LEARNED_SEEDS) else None
+        found.append((key, text, m, minus, name, t, sign, have, s95))
+    holm = metrics.holm([1.0 if c[-1] is None else c[-1]["p"] for c in found], ALPHA)
+    out = {}
+    for i, (key, text, m, minus, name, t, sign, have, s95) in enumerate(found):
+        entry = {"claim": text, "arm": m, "minus": minus, "metric": name, "T": t, "sign": sign, "family": "learned",
+                 "seeds_in": have, "seeds_planned": list(LEARNED_SEEDS), "pending": s95 is None}
+        if s95 is None:
+            entry.update(verdict="pending", level=None, p_holm=None)
+        else:
+            level = holm["levels"][i]
+            stat = st.stat(m, t, name, minus, alpha=level, seeds=list(LEARNED_SEEDS))
+            direction = verdict(stat, sign)
+            entry.update(level=level, p_holm=holm["adjusted"][i], direction=direction, holm_reject=holm["reject"][i],
+                         verdict=direction if holm["reject"][i] else "inconclusive", **stat)
+        out[key] = entry
+    return out
+
+
+def pending_text(v: dict) -> str:
+    have = v["seeds_in"]
+    return (f"pending: {len(have)} of {len(v['seeds_planned'])} seeds in"
+            + (f" ({', '.join(map(str, have))})" if have else ""))
+
+
+def learned_verdict_section(st: Study, lines: list[str]) -> dict:
+    """The table of the learned-verifier claims (`learned_verdicts`)."""
+    LV = learned_verdicts(st)
+    rows = []
+    for v in LV.values():
+        comparison = f"{st.labels.get(v['arm'], v['arm'])} − {st.labels.get(v['minus'], v['minus'])}, {v['metric']}, " \
+                     f"T = {v['T']}"
+        if v["pending"]:
+            rows.append([v["claim"], comparison, "—", "—", "—", f"**{pending_text(v)}**"])
+        else:
+            rows.append([v["claim"], comparison, f"{1 - v['level']:.4f}", fmt(v, signed=True, seeds=True),
+                         f"{v['p']:.3g} / {v['p_holm']:.3g}", f"**{v['verdict']}**"])
+    seeds = f"{LEARNED_SEEDS[0]}-{LEARNED_SEEDS[-1]}"
+    lines += [f"## Verdicts under the learned verifier (LEARNED_CLAIMS: seeds {seeds}, Holm family \"learned\")", "",
+              f"`lbo@k`: the seed's learned verifier picks one of k samples, the task scores the pick. Each claim is "
+              f"read on seeds {seeds} only; until all are in it is pending (no verdict on fewer seeds). Level: the "
+              "claim's Holm level within these four"
+              + (" (pending claims counted at p = 1: a level can only rise when they come in)."
+                 if any(v["pending"] for v in LV.values()) and not all(v["pending"] for v in LV.values()) else ".")
+              + " p: bootstrap p-value / Holm-adjusted.", ""]
+    lines += table(["claim", "comparison", "level", "points [interval] (per seed)", "p", "verdict"], rows) + [""]
+    return LV
+
+
+# The Bo8 reversal read against the verifier's kind: (name, the pair's noisy-verifier claim, its learned-verifier
+# claim, arm, minus, the paper's sign of arm − minus on BoN performance).
+REVERSAL_PAIRS = (("bon_rlb_p_minus_rl", "headline_bok", "learned_headline_bok", "bon_rlb_p", "rl", +1),
+                  ("sft_minus_base", "sft_bok", "learned_sft_bok", "sft", "base", -1))
+# (kind, metric, what picks the one of k that is scored)
+VERIFIER_KINDS = (("oracle", "pass@{n}", "the task's own check (pass@k)"),
+                  ("noisy", "bo@{n}", "hash noise: the noisy verifier, errors a hash of the response"),
+                  ("biased", "gbo@{n}", "length bias: the biased verifier"),
+                  ("learned", "lbo@{n}", "learned: the seed's reward model"))
+
+
+DESCRIPTIVE = {"supported": "the paper's direction", "opposite": "against the paper", "inconclusive": "contains 0"}
+
+
+def reversal_reading(noisy: dict | None, learned: dict | None, biased: dict | None = None) -> tuple[str, str]:
+    """(code, sentence) of what the data say about one pair's Bo8 reversal: is it a property of the hash-noise
+    verifier, or does it persist under the learned one? `noisy` / `learned`: the pair's claims (verdict dicts);
+    `biased`: the descriptive change under the length-bias verifier (its clause only; never the code).
+
+    Codes: "missing" (no noisy verdict), "no_reversal" (the noisy claim is not "opposite": nothing to explain),
+    "pending" (the learned claim has not all its seeds), "noise_property" (learned: supported), "persists" (learned:
+    opposite), "undecided" (learned: inconclusive)."""
+    if noisy is None or learned is None:
+        return "missing", "runs missing: no reading"
+    if learned["pending"]:
+        lv = pending_text(learned)
+    else:
+        lv = f"{fmt(learned, signed=True)} at its {100 * (1 - learned['level']):.2f}% Holm level, {learned['verdict']}"
+    noisy_text = (f"hash noise {fmt(noisy, signed=True)} ({100 * (1 - noisy['level']):.2f}% Holm level, "
+                  f"{noisy['verdict']})")
+    if biased:
+        noisy_text += f", length bias {fmt(biased, signed=True)} (95%, descriptive: {DESCRIPTIVE[biased['direction']]})"
+    if noisy["verdict"] != "opposite":
+        return "no_reversal", (f"no reversal under the noisy verifier to explain ({noisy_text}); under the learned "
+                               f"verifier: {lv}")
+    if learned["pending"]:
+        return "pending", f"{lv} ({noisy_text})"
+    if learned["verdict"] == "supported":
+        return "noise_property", (f"the reversal is a property of the hash-noise verifier: under the learned "
+                                  f"verifier the change goes the paper's way, {lv} ({noisy_text})")
+    if learned["verdict"] == "opposite":
+        return "persists", f"it persists under a learned verifier: {lv} ({noisy_text})"
+    return "undecided", (f"under the learned verifier the interval contains 0, {lv}: the data support neither "
+                         "reading (the reversal is not shown to persist, nor to be a property of the hash-noise "
+                         f"verifier) ({noisy_text})")
+
+
+def reversal_section(st: Study, V: dict, LV: dict, lines: list[str]) -> dict:
+    """The Bo8 reversal (BoN-RLB(P) − RL, SFT − base) against the verifier's kind (oracle, hash noise, length bias,
+    learned), the reading of each pair, the learned verifiers' held-out calibration per seed and the selection
+    accuracy of the learned verifier by policy (each run's learned.json)."""
+    n, out = st.n_bon, {"pairs": {}}
+    for pair, noisy_key, learned_key, m, minus, sign in REVERSAL_PAIRS:
+        on = list(CLAIM_SEEDS.get(noisy_key, st.seeds))
+        kinds = {}
+        for kind, name, _ in VERIFIER_KINDS:
+            name = name.format(n=n)
+            if kind == "noisy":
+                kinds[kind] = V.get(noisy_key)
+            elif kind == "learned":
+                kinds[kind] = LV.get(learned_key)
+            elif m in st.arms and minus in st.arms:  # descriptive: 95%, on the noisy claim's seeds
+                stat = st.stat(m, "1", name, minus, seeds=on)
+                kinds[kind] = stat and {**stat, "metric": name, "level": ALPHA, "descriptive": True,
+                                        "direction": verdict(stat, sign)}
+        code, text = reversal_reading(V.get(noisy_key), LV.get(learned_key), kinds.get("biased"))
+        out["pairs"][pair] = {"arm": m, "minus": minus, "paper_sign": sign, "kinds": kinds, "reading": code,
+                              "text": text}
+    out["calibration"] = {str(s): v for s, v in st.verifiers.items() if v is not None}
+    out["selection"] = selection_by_policy(st)
+    rows = []
+    for kind, name, what in VERIFIER_KINDS:
+        cells = [kind_cell(out["pairs"][pair]["kinds"].get(kind)) for pair, *_ in REVERSAL_PAIRS]
+        rows.append([what, name.format(n=n)] + cells)
+    lines += [f"## The Bo{n} reversal against the verifier's kind (T = 1, points)", ""]
+    lines += table(["what picks", "metric"] + [f"{st.labels.get(m, m)} − {st.labels.get(minus, minus)}"
+                                               for _, _, _, m, minus, _ in REVERSAL_PAIRS], rows) + [""]
+    lines += ["Reading: " + "; ".join(f"{st.labels.get(p['arm'], p['arm'])} − {st.labels.get(p['minus'], p['minus'])}"
+                                      f": {p['text']}" for p in out["pairs"].values()) + ".", ""]
+    lines += calibration_table(out["calibration"]) + selection_table(out["selection"], st.labels, n)
+    return out
+
+
+def kind_cell(v: dict | None) -> str:
+    """One cell of the reversal table: the change, its level and its verdict (claims) or direction (descriptive)."""
+    if v is None:
+        return "—"
+    if v.get("pending"):
+        return pending_text(v)
+    seeds = len(v["per_seed"])
+    if v.get("descriptive"):
+        return f"{fmt(v, signed=True, seeds=True)}, {seeds} seeds, 95%, descriptive: {DESCRIPTIVE[v['direction']]}"
+    return f"{fmt(v, signed=True, seeds=True)}, {seeds} seeds, {100 * (1 - v['level']):.2f}% -> {v['verdict']}"
+
+
+def selection_by_policy(st: Study) -> dict:
+    """Per policy evaluated under the learned verifier, T = 1: mean over its seeds of the verifier's calibration on
+    the policy's samples (learned.json) and how often the verifier's pick of k = N' is correct (`lbo@N'`) beside a
+    random pick (pass@1) and the oracle's (pass@N')."""
+    n, out = st.n_bon, {}
+    for m in st.arms:
+        seeds = [s for s in st.seeds_with(m, "1", f"lbo@{n}") if st.evals[(m, s)].get("learned")]
+        if not seeds:
+            continue
+        per_seed = {}
+        for s in seeds:
+            calib = st.evals[(m, s)]["learned"]["temps"]["1"]
+            ev = st.evals[(m, s)]["temps"]["1"]
+            per_seed[str(s)] = {**{k: calib.get(k) for k in ("base_rate", "accuracy", "auc", "fpr", "fnr", "brier")},
+                                "pick_correct": sum(ev[f"lbo@{n}"]) / len(ev[f"lbo@{n}"]),
+                                "random_pick": sum(ev["pass@1"]) / len(ev["pass@1"]),
+                                "oracle_pick": sum(ev[f"pass@{n}"]) / len(ev[f"pass@{n}"])}
+        keys = next(iter(per_seed.values())).keys()
+        mean = {k: (None if any(v[k] is None for v in per_seed.values())
+                    else sum(v[k] for v in per_seed.values()) / len(per_seed)) for k in keys}
+        out[m] = {"seeds": seeds, "mean": mean, "per_seed": per_seed}
+    return out
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def calibration_table(calib: dict) -> list[str]:
+    """The seeds' learned verifiers on held-out prompts (test split) x their base policy's samples, at T = 1."""
+    if not calib:
+        return ["No learned verifier's calibration report is in yet.", ""]
+    rows = []
+    for seed, report in calib.items():
+        held = report["heldout"]
+        k = held["samples"]
+        m = held["1"]
+        rows.append([seed, str(m["n"]), _pct(m["base_rate"]), _pct(m["accuracy"]),
+                     "—" if m["auc"] is None else f"{m['auc']:.3f}", _pct(m["fpr"]), _pct(m["fnr"]),
+                     f"{m['brier']:.3f}", _pct(m[f"bo@{k}"]), _pct(m[f"pass@{k}"]), _pct(m["pass@1"])])
+    k = next(iter(calib.values()))["heldout"]["samples"]
+    return (["Learned verifiers, held-out calibration at T = 1 (per seed: test-split prompts x the seed's base-policy "
+             f"samples; threshold 0.5; Bo{k}: the verifier picks one of {k}, pass@1: a random pick, pass@{k}: the "
+             "oracle's):", ""]
+            + table(["seed", "samples", "correct %", "accuracy %", "AUC", "FPR %", "FNR %", "Brier", f"Bo{k} %",
+                     f"pass@{k} %", "pass@1 %"], rows) + [""])
+
+
+def selection_table(sel: dict, labels: dict, n: int) -> list[str]:
+    if not sel:
+        return ["No policy has been evaluated under the learned verifier yet.", ""]
+    rows = [[labels.get(m, m), str(len(v["seeds"]))] + [_pct(v["mean"][k]) for k in (
+        "base_rate", "accuracy")] + ["—" if v["mean"]["auc"] is None else f"{v['mean']['auc']:.3f}"]
+        + [_pct(v["mean"][k]) for k in ("fpr", "fnr", "pick_correct", "random_pick", "oracle_pick")]
+        for m, v in sel.items()]
+    return (["Selection accuracy by policy (T = 1, the learned verifier on each policy's own 800 x 32 evaluation "
+             f"samples, mean over the seeds in): `pick correct`: how often the verifier's pick of {n} is correct "
+             f"(lbo@{n}); a random pick: pass@1; the oracle's: pass@{n}.", ""]
+            + table(["policy", "seeds", "correct %", "accuracy %", "AUC", "FPR %", "FNR %", f"pick correct (Bo{n}) %",
+                     "random pick %", f"oracle pick (pass@{n}) %"], rows) + [""])
 
 
 def headline_section(st: Study, R: dict, lines: list[str]) -> None:
