@@ -46,8 +46,8 @@ def save(ev: dict, path: str, ks: tuple[int, ...], curve: dict | None = None, tr
         if np.abs(count - np.asarray(per["pass@1"]) * n).max() > 1e-6:
             raise ValueError(f"{path}: pass@1 x n is not an integer count")
         arrays[f"{t}/correct"] = count.astype(np.uint8)
-        learned = [f"lbo@{k}" for k in ks] + ["learned_accepts"] if "lbo@1" in per else []  # the learned group's
-        for name in [f"{p}@{k}" for p in ("bo", "gbo") for k in ks] + list(FLOAT_NAMES) + learned:
+        lbo = [f"lbo@{k}" for k in ks] + ["learned_accepts"] if "lbo@1" in per else []  # the learned group's
+        for name in [f"{p}@{k}" for p in ("bo", "gbo") for k in ks] + list(FLOAT_NAMES) + lbo:
             arrays[f"{t}/{name}"] = np.asarray(per[name], np.float32)
     if curve:
         for key in ("step", "reward", "verifier_score"):

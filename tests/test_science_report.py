@@ -52,9 +52,12 @@ def test_every_arm_is_a_valid_train_command():
         assert cfg.method == arm.method, name
 
 
-def _fake_eval(path, p_correct, seed, prompts=24, n=32, curve=None):
+def _fake_eval(path, p_correct, seed, prompts=24, n=32, curve=None, lbo=None):
+    """A run's eval.json; with lbo = (p, generator seed), evaluated under the learned verifier too: `lbo@k` (the
+    verifier's pick correct with probability p, the same draw for every k) and its learned.json."""
     gen = torch.Generator().manual_seed(seed)
     temps = {}
+    calib = {"verifier": "learned-verifier-0.safetensors", "threshold": 0.5, "temps": {}}
     for t in science.TEMPS:
         correct = (torch.rand(prompts, n, generator=gen) < p_correct).double()
         count = correct.sum(1).long()
@@ -65,8 +68,18 @@ def _fake_eval(path, p_correct, seed, prompts=24, n=32, curve=None):
         for name in ("distinct", "entropy", "modal_share", "modal_correct", "verifier_accepts", "biased_score",
                      "length"):
             per[name] = torch.rand(prompts, generator=gen).tolist()
+        if lbo is not None:
+            pick = (torch.rand(prompts, generator=torch.Generator().manual_seed(lbo[1])) < lbo[0]).double().tolist()
+            per.update({f"lbo@{k}": pick for k in range(1, n + 1)})
+            per["learned_accepts"] = first
+            calib["temps"][f"{t:g}"] = {"n": prompts * n, "base_rate": p_correct, "accuracy": 0.8 + lbo[0] / 10,
+                                        "auc": 0.9, "fpr": 0.1, "fnr": 0.05, "brier": 0.08, "threshold": 0.5,
+                                        **{f"lbo@{k}": sum(pick) / prompts for k in science.KS}}
         temps[f"{t:g}"] = per
     os.makedirs(path, exist_ok=True)
+    if lbo is not None:
+        with open(os.path.join(path, "learned.json"), "w") as f:
+            json.dump(calib, f)
     with open(os.path.join(path, "eval.json"), "w") as f:
         json.dump({"seed": seed, "n": n, "levels": [1 + g % 3 for g in range(prompts)], "temps": temps}, f)
     if curve:
@@ -158,6 +171,168 @@ def test_report_on_synthetic_runs(tmp_path, monkeypatch):
     assert ("So BoN-RL-V's resistance comes from its task reward" in doc) == (source["hi"] < 0)
     assert results_doc.overall(["supported", "inconclusive"]) == "mixed (1 inconclusive, 1 supported)"
     assert results_doc.overall([]) .startswith("not tested")
+
+
+# The learned group (LEARNED_CLAIMS): (p of a correct pick, generator seed of the picks) per arm. base, RL, BoN-RL-S and
+# BoN-RL-V (learned) share their picks: claims (a) and (d) are exactly 0; (b) BoN-RLB(P) - RL is far above 0.
+LEARNED_PICKS = {"base": 0.2, "rl": 0.2, "bon_rl_s": 0.2, "bon_rl_v.learned": 0.2, "bon_rlb_p": 0.7, "sft": 0.7}
+LEARNED_ARMS = ["sft", "rl", "bon_rl_s", "bon_rlb_p", "bon_rl_v.learned"]
+
+
+def _fake_verifier(runs, seed, auc=0.9):
+    """runs/verifier-seed<seed>/calibration.json as the study's "verifier" job writes it."""
+    held = {"prompts": 256, "samples": 8}
+    for t in ("0.5", "1", "1.5"):
+        held[t] = {"n": 2048, "positives": 400, "base_rate": 0.2, "threshold": 0.5, "accuracy": 0.85 + seed / 100,
+                   "auc": auc, "fpr": 0.12, "fnr": 0.05, "brier": 0.08, "mean_score": 0.25, "bo@8": 0.22,
+                   "pass@8": 0.4, "pass@1": 0.2}
+    os.makedirs(runs / f"verifier-seed{seed}", exist_ok=True)
+    with open(runs / f"verifier-seed{seed}" / "calibration.json", "w") as f:
+        json.dump({"config": {"seed": seed}, "path": f"/root/.cache/bonfast/learned-verifier-{seed}.safetensors",
+                   "train": {"sequences": 16384}, "heldout": held}, f)
+
+
+def _learned_runs(runs, sft_lbo_seeds=range(4, 9)):
+    """Seeds 1-8 of the learned group's arms; SFT's seeds outside `sft_lbo_seeds` evaluated before the learned
+    verifier existed (no lbo@k: not in for its claim)."""
+    p = {"base": 0.3, "rl": 0.25, "bon_rlb_p": 0.4, "bon_rl_s": 0.3, "bon_rl_v.learned": 0.3, "sft": 0.35}
+    for arm, q in p.items():
+        for s in range(1, 9):
+            picks = None if arm == "sft" and s not in sft_lbo_seeds else (LEARNED_PICKS[arm], 1000 + s)
+            _fake_eval(runs / f"{arm}-seed{s}", q, 10 * s + len(arm), prompts=12, lbo=picks)
+    for s in (1, 2):
+        _fake_verifier(runs, s)
+
+
+def test_learned_verdicts_pending_until_every_seed_then_holm_among_four(tmp_path, monkeypatch):
+    monkeypatch.setattr(science_report, "N_BOOT", 200)
+    runs, data_dir = tmp_path / "runs", str(tmp_path / "science-runs")
+    _learned_runs(runs)
+    seeds = list(range(1, 9))
+    st = science_report.Study(str(runs), ["base", *LEARNED_ARMS], seeds, _meta(LEARNED_ARMS), data_dir)
+    LV = science_report.learned_verdicts(st)
+    assert list(LV) == [c[0] for c in science_report.LEARNED_CLAIMS]
+    # (c): SFT has lbo@8 on seeds 4-8 only: pending with those seeds, and no number that could be read as a verdict
+    c = LV["learned_sft_bok"]
+    assert c["pending"] and c["verdict"] == "pending" and c["seeds_in"] == [4, 5, 6, 7, 8]
+    assert "mean" not in c and "p" not in c and c["level"] is None
+    assert science_report.pending_text(c) == "pending: 5 of 8 seeds in (4, 5, 6, 7, 8)"
+    # the complete claims: Holm over the four with the pending one at p = 1 (its levels can only rise later)
+    done = [k for k in LV if k != "learned_sft_bok"]
+    assert all(len(LV[k]["per_seed"]) == 8 for k in done)
+    ps = [1.0 if LV[k]["pending"] else LV[k]["p"] for k in LV]
+    holm = metrics.holm(ps, 0.05)
+    assert [LV[k]["level"] for k in done] == [lv for k, lv in zip(LV, holm["levels"]) if k in done]
+    assert LV["learned_headline_bok"]["verdict"] == "supported" and LV["learned_headline_bok"]["level"] == 0.05 / 4
+    for k in ("learned_bon_rl_v", "learned_bon_rl_v_vs_s"):  # equal picks: exactly 0
+        assert LV[k]["mean"] == 0 and LV[k]["verdict"] == "inconclusive"
+    # a report called on fewer seeds than pre-registered gives no verdict at all
+    few = science_report.Study(str(runs), ["base", *LEARNED_ARMS], [1, 2, 3], _meta(LEARNED_ARMS), data_dir)
+    assert all(v["pending"] for v in science_report.learned_verdicts(few).values())
+    # SFT's seeds 1-3 re-evaluated under the learned verifier: (c) complete, read on seeds 1-8, against the paper
+    for s in (1, 2, 3):
+        _fake_eval(runs / f"sft-seed{s}", 0.35, 10 * s + 3, prompts=12, lbo=(LEARNED_PICKS["sft"], 1000 + s))
+        later = os.path.getmtime(science_data.path_of(data_dir, "sft", s)) + 1
+        os.utime(runs / f"sft-seed{s}" / "eval.json", (later, later))
+    st = science_report.Study(str(runs), ["base", *LEARNED_ARMS], seeds, _meta(LEARNED_ARMS), data_dir)
+    LV = science_report.learned_verdicts(st)
+    assert not any(v["pending"] for v in LV.values())
+    assert LV["learned_sft_bok"]["verdict"] == "opposite" and LV["learned_sft_bok"]["seeds"] == 8
+    holm = metrics.holm([v["p"] for v in LV.values()], 0.05)
+    assert [v["level"] for v in LV.values()] == holm["levels"]
+    assert [v["p_holm"] for v in LV.values()] == holm["adjusted"]
+
+
+def _claim(verdict, mean=0.02, level=0.0125, pending=False, seeds_in=8):
+    v = {"verdict": verdict, "mean": mean, "lo": mean - 0.01, "hi": mean + 0.01, "per_seed": [mean] * 8,
+         "level": level, "pending": pending, "seeds_in": list(range(1, seeds_in + 1)), "seeds_planned": list(
+             range(1, 9)), "metric": "lbo@8"}
+    return v
+
+
+@pytest.mark.parametrize("noisy, learned, code, words", [
+    ("opposite", "supported", "noise_property", "the reversal is a property of the hash-noise verifier"),
+    ("opposite", "opposite", "persists", "it persists under a learned verifier"),
+    ("opposite", "inconclusive", "undecided", "the data support neither reading"),
+    ("opposite", "pending", "pending", "pending: 5 of 8 seeds in (1, 2, 3, 4, 5)"),
+    ("supported", "opposite", "no_reversal", "no reversal under the noisy verifier to explain"),
+    ("inconclusive", "pending", "no_reversal", "under the learned verifier: pending: 5 of 8 seeds in"),
+])
+def test_reversal_reading_for_every_outcome(noisy, learned, code, words):
+    lv = _claim(learned, pending=learned == "pending", seeds_in=5 if learned == "pending" else 8)
+    got, text = science_report.reversal_reading(_claim(noisy, level=0.01), lv, {**_claim("x"), "direction":
+                                                                                  "supported"})
+    assert got == code and words in text, text
+    assert "hash noise +2.0 [+1.0, +3.0] (99.00% Holm level" in text
+    assert "length bias +2.0 [+1.0, +3.0] (95%, descriptive: the paper's direction)" in text
+    if learned != "pending":
+        assert f"+2.0 [+1.0, +3.0] at its 98.75% Holm level, {learned}" in text
+    assert science_report.reversal_reading(None, lv) == ("missing", "runs missing: no reading")
+
+
+def test_learned_report_section_calibration_and_clean_clone(tmp_path, monkeypatch):
+    """The report on the learned group: the verdicts table, the reversal section with its reading, the verifiers'
+    calibration per seed and the selection accuracy per policy; the compact data alone (learned.json in each .npz,
+    verifier-seed<s>.json) regenerates all of it."""
+    monkeypatch.setattr(science_report, "N_BOOT", 100)
+    runs = tmp_path / "runs"
+    _learned_runs(runs, sft_lbo_seeds=range(1, 9))
+    seeds = list(range(1, 9))
+    data = science_report.report(str(runs), ["base", *LEARNED_ARMS], seeds, str(tmp_path / "a" / "science"),
+                                 _meta(LEARNED_ARMS))
+    LV, rev = data["learned_verdicts"], data["reversal"]
+    assert not any(v["pending"] for v in LV.values())
+    # the verifier reports are copied into the data dir, the machine's cache path reduced to the file name
+    data_dir = tmp_path / "a" / "science-runs"
+    with open(data_dir / "verifier-seed2.json") as f:
+        copied = json.load(f)
+    assert copied["path"] == "learned-verifier-2.safetensors" and copied["heldout"]["1"]["accuracy"] == 0.87
+    assert list(rev["calibration"]) == ["1", "2"]
+    md = open(tmp_path / "a" / "science.md").read()
+    assert "| 1 | 2048 | 20.0 | 86.0 | 0.900 | 12.0 | 5.0 | 0.080 | 22.0 | 40.0 | 20.0 |" in md
+    assert "| 2 | 2048 | 20.0 | 87.0 | 0.900 |" in md
+    # selection accuracy: means over the seeds of each policy's learned.json and of its own lbo@8 / pass@1 / pass@8
+    sel = rev["selection"]
+    assert list(sel) == ["base", *LEARNED_ARMS] and all(v["seeds"] == seeds for v in sel.values())
+    ev = {s: science_data.load(str(data_dir / f"bon_rlb_p-seed{s}.npz"))[0] for s in seeds}
+    pick = sum(sum(ev[s]["temps"]["1"]["lbo@8"]) / 12 for s in seeds) / 8
+    assert sel["bon_rlb_p"]["mean"]["pick_correct"] == pytest.approx(pick)
+    assert sel["bon_rlb_p"]["mean"]["accuracy"] == pytest.approx(0.87)
+    assert sel["base"]["mean"]["fpr"] == pytest.approx(0.1)
+    assert ev[1]["learned"]["temps"]["1"]["auc"] == 0.9  # learned.json travels in the .npz
+    # the reversal: one reading per pair, from the verdicts
+    pairs = rev["pairs"]
+    for pair, noisy_key, learned_key, *_ in science_report.REVERSAL_PAIRS:
+        code, text = science_report.reversal_reading(data["verdicts"].get(noisy_key), LV[learned_key],
+                                                     pairs[pair]["kinds"].get("biased"))
+        assert (pairs[pair]["reading"], pairs[pair]["text"]) == (code, text)
+        assert pairs[pair]["kinds"]["learned"] == LV[learned_key]
+    assert pairs["sft_minus_base"]["kinds"]["noisy"] == data["verdicts"]["sft_bok"]
+    # RESULTS.md: the learned claims in the verdicts table, the section with the reading and both tables
+    doc = results_doc.write(data, str(tmp_path / "RESULTS.md"), "Not run.", 1.0)
+    head, section = doc.split("## The Bo8 reversal against the verifier's kind")
+    assert "## Verdicts on the paper's findings" in head and "under a learned verifier" in head
+    for v in LV.values():
+        assert science_report.fmt(v, signed=True, seeds=True) + ", 8 seeds" in head
+        assert f"-> **{v['verdict']}** (family \"learned\")" in head
+    assert "**Reading.**" in section and all(p["text"] in section for p in pairs.values())
+    assert "| 1 | 2048 | 20.0 | 86.0 |" in section and "pick correct (Bo8) %" in section
+    assert "| BoN-RLB(P) (N'=8) | 8 |" in section
+    # a clean clone: no runs/, only the compact data
+    again = science_report.report(str(tmp_path / "no-runs"), ["base", *LEARNED_ARMS], seeds,
+                                  str(tmp_path / "b" / "science"), _meta(LEARNED_ARMS), data_dir=str(data_dir))
+    assert again["learned_verdicts"] == LV and again["reversal"] == rev
+
+
+def test_results_doc_reads_the_learned_findings():
+    """Pending while any of a finding's claims is (the fewest seeds in); the joint reading when both pairs agree."""
+    done, pending = _claim("supported"), _claim("pending", pending=True, seeds_in=3)
+    assert results_doc._learned_overall([done, pending]) == "pending: 3 of 8 seeds in (1, 2, 3)"
+    assert results_doc._learned_overall([done, done]) == "supported"
+    rev = {"pairs": {"a": {"reading": "persists"}, "b": {"reading": "persists"}}}
+    assert results_doc._joint_reading(rev, 8) == " In short: both Bo8 reversals persist under a learned verifier."
+    rev["pairs"]["b"]["reading"] = "pending"
+    assert results_doc._joint_reading(rev, 8) == ""
 
 
 def test_committed_compact_data_alone_regenerates_the_report(tmp_path, monkeypatch):
