@@ -42,16 +42,17 @@ LEARNED_FINDINGS = [
 ]
 
 REVERSAL_INTRO = """\
-Under the noisy verifier two Bo{n} findings go against the paper: BoN-RLB(P) beats RL on pass@{n} but not on Bo{n},
-and SFT raises Bo{n} where the paper says it lowers BoN performance. Every Bo@k of the main study comes from a
-verifier unlike the paper's: the noisy verifier's errors are a hash of the response (nothing a policy or a model
-could learn), and the biased verifier is a hand-written length rule. The paper's Best-of-N results use a learned
-verifier (a reward model), whose errors are systematic and correlated with the responses. Here each seed has its
-own learned verifier (`bonfast.tasks.learned`, docs/learned_verifier.md: a reward model on the tiny decoder,
-trained on that seed's base-policy samples of training prompts only), and every policy the claims compare is
-evaluated under it (`lbo@k`). Rows: what picks the one sample of {n} that the task scores. Claims (noisy and
-learned rows) at their Holm level (the learned claims form their own family of four, on seeds 1-8); the oracle
-and length-bias rows are descriptive 95% intervals on the noisy claim's seeds."""
+Two of the paper's findings are about Best-of-N performance: BoN-aware training (BoN-RLB(P)) should beat RL on
+Bo{n}, and SFT should lower it. Every Bo@k of the main study comes from a verifier unlike the paper's: the noisy
+verifier's errors are a hash of the response (nothing a policy or a model could learn), and the biased verifier is
+a hand-written length rule. The paper's Best-of-N results use a learned verifier (a reward model), whose errors
+are systematic and correlated with the responses. Here each seed has its own learned verifier
+(`bonfast.tasks.learned`, docs/learned_verifier.md: a reward model on the tiny decoder, trained on that seed's
+base-policy samples of training prompts only), and every policy the claims compare is evaluated under it (`lbo@k`),
+so each comparison is read under every kind of selector. A "reversal": the noisy-verifier claim went against the
+paper. Rows: what picks the one sample of {n} that the task scores. Claims (noisy and learned rows) at their Holm
+level (the learned claims form their own family of four, on seeds 1-8); the oracle and length-bias rows are
+descriptive 95% intervals on the noisy claim's seeds."""
 
 SETUP = """\
 **Set-up.** Task: the embedded `arithmetic` task (levels 1-3, unlimited fresh training problems, a fixed held-out
@@ -390,7 +391,9 @@ def reversal_section(data: dict, labels: dict, n: int) -> list[str]:
             for kind, name, what in VERIFIER_KINDS]
     out += table(["what picks (T = 1)", "metric"] + [f"{labels.get(p['arm'], p['arm'])} - "
                                                      f"{labels.get(p['minus'], p['minus'])}" for p in pairs], rows)
-    out += [""] + calibration_table(rev["calibration"]) + selection_table(rev["selection"], labels, n)
+    out += ["", "Plot: `docs/results/science-reversal.png` (each comparison under each selector, with its interval and "
+            "per-seed values).", ""]
+    out += calibration_table(rev["calibration"]) + selection_table(rev["selection"], labels, n)
     return out
 
 

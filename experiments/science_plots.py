@@ -126,3 +126,32 @@ def gameable_plot(gameable, labels, out) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def reversal_plot(rev: dict, labels: dict, kinds: list[tuple[str, str]], out: str) -> str:
+    """The Bo8 comparisons under each kind of selector (`kinds`: (kind, axis label)): one panel per pair, the change
+    with its interval (claims at their Holm level, the rest 95%); a pending or missing kind is left empty."""
+    plt = _pyplot()
+    pairs = list(rev["pairs"].values())
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 4.2), squeeze=False)
+    for ax, pair in zip(axes[0], pairs):
+        for i, (kind, _) in enumerate(kinds):
+            v = pair["kinds"].get(kind)
+            if not v or v.get("pending"):
+                ax.annotate("pending" if v else "missing", (i, 0), ha="center", va="bottom", fontsize=8)
+                continue
+            ax.errorbar([i], [100 * v["mean"]], yerr=[[100 * (v["mean"] - v["lo"])], [100 * (v["hi"] - v["mean"])]],
+                        fmt="o", capsize=4, color=f"C{i}")
+            ax.scatter([i] * len(v["per_seed"]), [100 * x for x in v["per_seed"]], s=8, color=f"C{i}", alpha=0.4)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(range(len(kinds)), [label for _, label in kinds])
+        ax.set_xlim(-0.5, len(kinds) - 0.5)
+        ax.set_ylabel("change (points)")
+        ax.set_title(f"{labels.get(pair['arm'], pair['arm'])} - {labels.get(pair['minus'], pair['minus'])}\n"
+                     f"paper: {'above' if pair['paper_sign'] > 0 else 'below'} 0", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = out + "-reversal.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -260,6 +260,9 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, 
         pngs.append(science_plots.sweep_plot(sweep, st.labels, out))
     if gameable and gameable["curves"]:
         pngs.append(science_plots.gameable_plot(gameable, st.labels, out))
+    if any(v for p in data["reversal"]["pairs"].values() for v in p["kinds"].values()):
+        pngs.append(science_plots.reversal_plot(data["reversal"], st.labels, [
+            (kind, f"{kind}\n{name.format(n=st.n_bon)}") for kind, name, _ in VERIFIER_KINDS], out))
     lines += ["Plots: " + ", ".join(f"`{os.path.basename(p)}`" for p in pngs), ""]
     with open(out + ".json", "w") as f:
         json.dump(data, f, indent=1)
@@ -543,16 +546,19 @@ def calibration_table(calib: dict) -> list[str]:
 
 
 def selection_table(sel: dict, labels: dict, n: int) -> list[str]:
+    """`selection_by_policy` as a table: the verifier's calibration on each policy's samples and its picks."""
     if not sel:
         return ["No policy has been evaluated under the learned verifier yet.", ""]
-    rows = [[labels.get(m, m), str(len(v["seeds"]))] + [_pct(v["mean"][k]) for k in (
-        "base_rate", "accuracy")] + ["—" if v["mean"]["auc"] is None else f"{v['mean']['auc']:.3f}"]
-        + [_pct(v["mean"][k]) for k in ("fpr", "fnr", "pick_correct", "random_pick", "oracle_pick")]
-        for m, v in sel.items()]
-    return (["Selection accuracy by policy (T = 1, the learned verifier on each policy's own 800 x 32 evaluation "
-             f"samples, mean over the seeds in): `pick correct`: how often the verifier's pick of {n} is correct "
-             f"(lbo@{n}); a random pick: pass@1; the oracle's: pass@{n}.", ""]
-            + table(["policy", "seeds", "correct %", "accuracy %", "AUC", "FPR %", "FNR %", f"pick correct (Bo{n}) %",
+    rows = []
+    for m, v in sel.items():
+        mean = v["mean"]
+        rows.append([labels.get(m, m), str(len(v["seeds"])), _pct(mean["accuracy"]),
+                     "—" if mean["auc"] is None else f"{mean['auc']:.3f}"]
+                    + [_pct(mean[k]) for k in ("fpr", "fnr", "pick_correct", "random_pick", "oracle_pick")])
+    return (["Selection accuracy by policy (T = 1: the learned verifier on each policy's own evaluation samples, "
+             f"mean over the seeds in): `pick correct`: how often the verifier's pick of {n} is correct (lbo@{n}); "
+             f"a random pick: pass@1; the oracle's: pass@{n}.", ""]
+            + table(["policy", "seeds", "accuracy %", "AUC", "FPR %", "FNR %", f"pick correct (Bo{n}) %",
                      "random pick %", f"oracle pick (pass@{n}) %"], rows) + [""])
 
 

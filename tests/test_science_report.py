@@ -288,6 +288,7 @@ def test_learned_report_section_calibration_and_clean_clone(tmp_path, monkeypatc
         copied = json.load(f)
     assert copied["path"] == "learned-verifier-2.safetensors" and copied["heldout"]["1"]["accuracy"] == 0.87
     assert list(rev["calibration"]) == ["1", "2"]
+    assert os.path.getsize(tmp_path / "a" / "science-reversal.png") > 0
     md = open(tmp_path / "a" / "science.md").read()
     assert "| 1 | 2048 | 20.0 | 86.0 | 0.900 | 12.0 | 5.0 | 0.080 | 22.0 | 40.0 | 20.0 |" in md
     assert "| 2 | 2048 | 20.0 | 87.0 | 0.900 |" in md
