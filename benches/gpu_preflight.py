@@ -26,6 +26,7 @@ OPTIONAL = {
     "xformers": "attention backend 'xformers' and its tests",
     "liger_kernel": "the 'liger' provider of the linear log-probs bench",
     "cut_cross_entropy": "the 'cce' provider of the linear log-probs bench",
+    "trl": "the 'trl' provider of the linear log-probs bench (TRL's chunked LM head)",
 }
 VERSIONED = ("torch", "triton", "transformers", "numpy", "tokenizers", "safetensors", "tqdm", "matplotlib", "pytest",
              "pytest_benchmark", "setuptools")
