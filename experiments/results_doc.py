@@ -10,6 +10,7 @@ import os
 
 from science_report import (
     GAMEABLE_DIFFS,
+    LEARNED_SEEDS,
     MIN_SEEDS,
     VERIFIER_KINDS,
     calibration_table,
@@ -51,7 +52,7 @@ are systematic and correlated with the responses. Here each seed has its own lea
 base-policy samples of training prompts only), and every policy the claims compare is evaluated under it (`lbo@k`),
 so each comparison is read under every kind of selector. A "reversal": the noisy-verifier claim went against the
 paper. Rows: what picks the one sample of {n} that the task scores. Claims (noisy and learned rows) at their Holm
-level (the learned claims form their own family of four, on seeds 1-8); the oracle and length-bias rows are
+level (the learned claims form their own family of four, on seeds {seeds}); the oracle and length-bias rows are
 descriptive 95% intervals on the noisy claim's seeds."""
 
 SETUP = """\
@@ -384,7 +385,7 @@ def reversal_section(data: dict, labels: dict, n: int) -> list[str]:
         return []
     pairs = rev["pairs"].values()
     out = [f"## The Bo{n} reversal against the verifier's kind: hash noise, length bias, learned", "",
-           REVERSAL_INTRO.format(n=n), ""]
+           REVERSAL_INTRO.format(n=n, seeds=_seed_range(list(LEARNED_SEEDS))), ""]
     out += ["**Reading.** " + " ".join(f"{labels.get(p['arm'], p['arm'])} - {labels.get(p['minus'], p['minus'])} "
                                        f"on Bo{n}: {p['text']}." for p in pairs) + _joint_reading(rev, n), ""]
     rows = [[what, name.format(n=n)] + [kind_cell(p["kinds"].get(kind)) for p in pairs]

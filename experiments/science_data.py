@@ -34,9 +34,10 @@ def path_of(data_dir: str, arm: str, seed: int) -> str:
 
 
 def save(ev: dict, path: str, ks: tuple[int, ...], curve: dict | None = None, train_seconds: float = 0.0,
-         learned: dict | None = None) -> None:
+         learned: dict | None = None) -> list[str]:
     """eval.json's dict (+ the training curve and time, + learned.json) -> compressed .npz at `path` (via a temporary
-    name)."""
+    name). Returns the arrays whose values differ from the file it replaces (times aside; arrays only one of them
+    has are not compared): a rerun of a finished run (same config, same machine) should return []."""
     n = int(ev["n"])
     arrays = {"n": np.array(n), "seed": np.array(int(ev["seed"])), "levels": np.asarray(ev["levels"], np.uint8),
               "temps": np.array(list(ev["temps"])), "eval_seconds": np.array(float(ev.get("seconds", 0.0))),
@@ -54,10 +55,16 @@ def save(ev: dict, path: str, ks: tuple[int, ...], curve: dict | None = None, tr
             arrays[f"curve/{key}"] = np.asarray(curve[key], np.float64)
     if learned is not None:
         arrays["learned"] = np.array(json.dumps(learned, sort_keys=True))
+    changed = []
+    if os.path.exists(path):
+        with np.load(path) as old:
+            changed = [k for k in old.files if k in arrays and k not in ("eval_seconds", "train_seconds")
+                       and not np.array_equal(old[k], arrays[k])]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
+    return changed
 
 
 def load(path: str) -> tuple[dict, dict | None]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import science_data
 import science_plots
@@ -87,8 +88,12 @@ def load(runs: str, data_dir: str, arm: str, seed: int, ks) -> tuple[dict | None
     path = science_data.path_of(data_dir, arm, seed)
     source = os.path.join(run_dir, "eval.json")
     if os.path.exists(source) and (not os.path.exists(path) or os.path.getmtime(source) > os.path.getmtime(path)):
-        science_data.save(science_data.read_eval(run_dir), path, tuple(ks), train_curve(runs, arm, seed),
-                          science_data.train_seconds(run_dir), science_data.read_learned(run_dir))
+        changed = science_data.save(science_data.read_eval(run_dir), path, tuple(ks), train_curve(runs, arm, seed),
+                                    science_data.train_seconds(run_dir), science_data.read_learned(run_dir))
+        if changed:  # e.g. a run retrained for the learned group: its earlier numbers were already reported
+            print(f"warning: {path} refreshed from {source}: {len(changed)} arrays differ from the copy it replaces "
+                  f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}); the rerun is not the run that "
+                  "was reported", file=sys.stderr)
     if not os.path.exists(path):
         return None, None
     return science_data.load(path)

@@ -204,7 +204,7 @@ def _learned_runs(runs, sft_lbo_seeds=range(4, 9)):
         _fake_verifier(runs, s)
 
 
-def test_learned_verdicts_pending_until_every_seed_then_holm_among_four(tmp_path, monkeypatch):
+def test_learned_verdicts_pending_until_every_seed_then_holm_among_four(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(science_report, "N_BOOT", 200)
     runs, data_dir = tmp_path / "runs", str(tmp_path / "science-runs")
     _learned_runs(runs)
@@ -235,6 +235,7 @@ def test_learned_verdicts_pending_until_every_seed_then_holm_among_four(tmp_path
         later = os.path.getmtime(science_data.path_of(data_dir, "sft", s)) + 1
         os.utime(runs / f"sft-seed{s}" / "eval.json", (later, later))
     st = science_report.Study(str(runs), ["base", *LEARNED_ARMS], seeds, _meta(LEARNED_ARMS), data_dir)
+    assert "warning" not in capsys.readouterr().err  # the re-evaluation kept every earlier per-prompt number
     LV = science_report.learned_verdicts(st)
     assert not any(v["pending"] for v in LV.values())
     assert LV["learned_sft_bok"]["verdict"] == "opposite" and LV["learned_sft_bok"]["seeds"] == 8
@@ -336,7 +337,7 @@ def test_results_doc_reads_the_learned_findings():
     assert results_doc._joint_reading(rev, 8) == ""
 
 
-def test_committed_compact_data_alone_regenerates_the_report(tmp_path, monkeypatch):
+def test_committed_compact_data_alone_regenerates_the_report(tmp_path, monkeypatch, capsys):
     """The per-run .npz files (science_data) are what gets committed: a clean clone without runs/ gets the same
     report, and pass@k read back from them is bitwise the evaluation's."""
     monkeypatch.setattr(science_report, "N_BOOT", 100)
@@ -362,6 +363,14 @@ def test_committed_compact_data_alone_regenerates_the_report(tmp_path, monkeypat
                                   _meta(arms), data_dir=str(data_dir))
     assert again["results"] == first["results"] and again["verdicts"] == first["verdicts"]
     assert again["meta"]["identical_runs"] == first["meta"]["identical_runs"]
+    # a rerun whose numbers differ from the compact copy it replaces is flagged, naming the arrays
+    _fake_eval(runs / "rl-seed1", 0.9, 7)
+    later = os.path.getmtime(data_dir / "rl-seed1.npz") + 1
+    os.utime(runs / "rl-seed1" / "eval.json", (later, later))
+    capsys.readouterr()
+    science_report.load(str(runs), str(data_dir), "rl", 1, science.KS)
+    err = capsys.readouterr().err
+    assert "warning: " in err and "rl-seed1.npz" in err and "0.5/correct" in err
 
 
 @pytest.mark.slow
