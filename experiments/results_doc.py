@@ -115,6 +115,9 @@ CAVEATS = """\
   training keeps improving the model; the paper's base is a strong pretrained model fine-tuned on a fixed set.
 - The noisy verifier's errors are independent per response and cannot be learned; the biased verifier's can
   (the gameable arms), and it is a hand-made bias (length), not a learned reward model.
+- The learned verifier (issue #27) is a reward model the size of the policy it scores, trained on the seed's
+  base-policy samples only, unlike the paper's reward model; the selection table beside the Bo8 reversal shows how
+  well it picks on each policy's own samples.
 - Few seeds make the seed-level bootstrap optimistic: with 3 seeds it can draw only 10 distinct seed sets, and
   the plug-in spread of 3 values understates the between-seed variance. A 3-seed verdict whose interval ends near
   0 deserves more seeds; the per-seed values beside every claim show how consistent the seeds are."""
@@ -266,7 +269,9 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
         out += ["The last rows are the pre-registered claims of the learned-verifier study "
                 "(science_report.LEARNED_CLAIMS, fixed before their runs): each on seeds "
                 f"{_seed_range(next(iter(LV.values()))['seeds_planned'])}, Holm-corrected among themselves "
-                "(family \"learned\"); a claim is pending until all its seeds are in.", ""]
+                "(family \"learned\"); a claim is pending until all its seeds are in"
+                + ("; meanwhile the complete claims' Holm levels count the pending ones at p = 1 (a level can only "
+                   "rise when they come in)." if 0 < sum(v["pending"] for v in LV.values()) < len(LV) else "."), ""]
     game = data.get("gameable") or {}
     if game.get("verifier_reward_minus_bon_rl_v"):
         out += ["Where BoN-RL-V's resistance comes from (descriptive; the gameable section): "

@@ -226,6 +226,15 @@ def test_learned_verdicts_pending_until_every_seed_then_holm_among_four(tmp_path
     assert LV["learned_headline_bok"]["verdict"] == "supported" and LV["learned_headline_bok"]["level"] == 0.05 / 4
     for k in ("learned_bon_rl_v", "learned_bon_rl_v_vs_s"):  # equal picks: exactly 0
         assert LV[k]["mean"] == 0 and LV[k]["verdict"] == "inconclusive"
+    # RESULTS.md says so: the finding pending with the seeds in, the Holm note, the reading of the SFT pair
+    data = science_report.report(str(runs), ["base", *LEARNED_ARMS], seeds, str(tmp_path / "science"),
+                                 _meta(LEARNED_ARMS))
+    assert data["learned_verdicts"] == LV
+    doc = results_doc.write(data, str(tmp_path / "RESULTS.md"), "Not run.", 1.0)
+    assert "| **pending: 5 of 8 seeds in (4, 5, 6, 7, 8)** |" in doc and "at p = 1" in doc
+    sft = data["reversal"]["pairs"]["sft_minus_base"]
+    assert sft["reading"] in ("pending", "no_reversal") and "pending: 5 of 8 seeds in" in sft["text"]
+    assert sft["kinds"]["learned"]["pending"] and sft["text"] in doc
     # a report called on fewer seeds than pre-registered gives no verdict at all
     few = science_report.Study(str(runs), ["base", *LEARNED_ARMS], [1, 2, 3], _meta(LEARNED_ARMS), data_dir)
     assert all(v["pending"] for v in science_report.learned_verdicts(few).values())
