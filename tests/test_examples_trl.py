@@ -23,30 +23,17 @@ _spec = importlib.util.spec_from_file_location("trl_bon_grpo", ROOT / "examples"
 example = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(example)
 
+from tiny_hf import char_tokenizer, tiny_llama  # noqa: E402
+
 CHARS = "0123456789+-*()= "
-
-
-def char_tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                                bos_token="<bos>")
 
 
 @pytest.fixture
 def tiny_model_dir(tmp_path):
     """A random 2-layer Llama and its character tokenizer, saved as a Hugging Face model directory."""
-    tok = char_tokenizer()
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=False)
+    tok = char_tokenizer(CHARS)
     path = tmp_path / "tiny"
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    tiny_llama(len(tok)).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

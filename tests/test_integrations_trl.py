@@ -16,31 +16,14 @@ trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 transformers = pytest.importorskip("transformers")
 
+from tiny_hf import char_tokenizer, tiny_llama  # noqa: E402
+
 from bonfast import bon_loss, linear_logprobs  # noqa: E402
 from bonfast.integrations.trl import BoNGRPOTrainer, check_exact  # noqa: E402  (after importorskip)
 from bonfast.objectives import weights  # noqa: E402
 
 CHARS = "0123456789+-=abcdefgh"
 N_GEN, G, L_MAX = 4, 2, 6
-
-
-def char_tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, **{c: i + 3 for i, c in enumerate(CHARS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
-                                                bos_token="<bos>")
-
-
-def tiny_llama(vocab_size, seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=False)
-    return transformers.LlamaForCausalLM(cfg)
 
 
 def correct(completions, **_):
@@ -84,7 +67,7 @@ class Probe(BoNGRPOTrainer):
 
 def make_trainer(tmp_path, method, n_bon, *, reward_funcs=(correct,), bon_options=None, verifier=None,
                  config=None, seed=0, **kw):
-    tok = char_tokenizer()
+    tok = char_tokenizer(CHARS)
     model_dir = tmp_path / "model"           # a path, so that TRL can build its reference model from it (beta != 0)
     tiny_llama(len(tok), seed).save_pretrained(model_dir)
     prompts = ["12+34=", "56-78=", "9+10=0", "ab+cd="]                    # equal lengths: no left padding
