@@ -130,6 +130,7 @@ def seed_stat(a: torch.Tensor, b: torch.Tensor | None = None, alpha: float = ALP
     return metrics.hierarchical_bootstrap(a, b, n_boot=N_BOOT, alpha=alpha, seed=0)
 
 
+LEARNED_ONLY = ("lbo@", "learned_accepts")  # per-prompt metrics of the runs evaluated under the learned verifier
 UNSCALED = ("distinct", "entropy", "length")  # counts, nats, characters; every other metric is a rate, shown in %
 
 
@@ -219,8 +220,11 @@ class Study:
     def identical(self) -> list[dict]:
         """Pairs of arms whose evaluations are equal, every per-prompt number at every temperature, on every seed
         they share (e.g. two objectives with equal weights on this reward train bitwise the same policy)."""
-        fingerprint = {(m, s): json.dumps(self.evals[(m, s)]["temps"], sort_keys=True)
-                       for m in self.arms for s in self.have[m]}  # once per run, not once per pair
+        # once per run, not once per pair; without the learned verifier's numbers (lbo@k, learned_accepts), which
+        # only the learned group's runs have: the check is about the policies, not about which evaluations they got
+        fingerprint = {(m, s): json.dumps({t: {k: v for k, v in per.items() if not k.startswith(LEARNED_ONLY)}
+                                           for t, per in self.evals[(m, s)]["temps"].items()}, sort_keys=True)
+                       for m in self.arms for s in self.have[m]}
         out = []
         for i, a in enumerate(self.arms):
             for b in self.arms[i + 1:]:

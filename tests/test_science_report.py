@@ -356,6 +356,8 @@ def test_committed_compact_data_alone_regenerates_the_report(tmp_path, monkeypat
             _fake_eval(runs / f"{arm}-seed{s}", p, 10 * s + len(arm))
             if arm == "bon_rl_s":  # an arm that trains the same policy as another: its evaluation is equal
                 shutil.copytree(runs / f"{arm}-seed{s}", runs / f"pass_at_k-seed{s}")
+                # ... even when only one of them was evaluated under the learned verifier too
+                _fake_eval(runs / f"{arm}-seed{s}", p, 10 * s + len(arm), lbo=(0.5, s))
     arms = ["rl", "bon_rlb_p", "bon_rl_s", "pass_at_k"]
     first = science_report.report(str(runs), ["base", *arms], [1, 2], str(tmp_path / "a" / "science"), _meta(arms))
     assert first["meta"]["identical_runs"] == [{"arms": ["bon_rl_s", "pass_at_k"], "seeds": [1, 2]}]
