@@ -17,9 +17,11 @@ from science_report import (
     fmt,
     kind_cell,
     pending_text,
+    same_policies_table,
     scale_of,
     selection_table,
     table,
+    worse_than_random,
 )
 
 # The paper's findings and the claims of science_report.CLAIMS that test them (docs/method.md, section 8).
@@ -207,7 +209,8 @@ def write(data: dict, path: str, real_model_status: str, seconds: float) -> str:
             "number below comes from it.", ""]
     cpu = meta.get("cpu_minutes")
     out += [f"**Run time.** Data: {meta['machine']}, torch {meta['torch']}, two runs at a time with one thread "
-            f"each (bitwise reproducible on one machine)."
+            f"each (bitwise reproducible on one machine; on another, a rerun is another realization: see the "
+            f"learned group's runs)."
             + (f" The runs in this report took {cpu['total']:.0f} CPU-minutes ({cpu['runs']} runs: training "
                f"{cpu['train']:.0f}, evaluation {cpu['eval']:.0f}), about {cpu['total'] / 2 / 60:.1f} h of wall "
                "time on the 2-core machine." if cpu else "")
@@ -391,16 +394,44 @@ def reversal_section(data: dict, labels: dict, n: int) -> list[str]:
     pairs = rev["pairs"].values()
     out = [f"## The Bo{n} reversal against the verifier's kind: hash noise, length bias, learned", "",
            REVERSAL_INTRO.format(n=n, seeds=_seed_range(list(LEARNED_SEEDS))), ""]
+    worse = worse_than_random(rev.get("selection", {}))
     out += ["**Reading.** " + " ".join(f"{labels.get(p['arm'], p['arm'])} - {labels.get(p['minus'], p['minus'])} "
-                                       f"on Bo{n}: {p['text']}." for p in pairs) + _joint_reading(rev, n), ""]
+                                       f"on Bo{n}: {p['text']}." for p in pairs) + _joint_reading(rev, n)
+            + (" That is the pre-registered reading, and it comes with a limit: this learned verifier picks worse "
+               f"than a random sample on {len(worse)} of {len(rev['selection'])} policies (selection table below), "
+               "so it shows that the reversal is not an artefact of hash noise alone, not how BoN-aware training fares "
+               "with a reward model that ranks one prompt's answers well." if worse else ""), ""]
     rows = [[what, name.format(n=n)] + [kind_cell(p["kinds"].get(kind)) for p in pairs]
             for kind, name, what in VERIFIER_KINDS]
     out += table(["what picks (T = 1)", "metric"] + [f"{labels.get(p['arm'], p['arm'])} - "
                                                      f"{labels.get(p['minus'], p['minus'])}" for p in pairs], rows)
     out += ["", "Plot: `docs/results/science-reversal.png` (each comparison under each selector, with its interval and "
             "per-seed values).", ""]
+    out += [_learned_data_text(data["meta"].get("learned_data", {})), ""]
+    out += same_policies_table(rev["pairs"], labels, n)
     out += calibration_table(rev["calibration"]) + selection_table(rev["selection"], labels, n)
+    out += [rev["selection_reading"], ""] if rev.get("selection_reading") else []
     return out
+
+
+def _learned_data_text(sources: dict) -> str:
+    """Which runs the learned claims read, seed by seed (science_report.learned_data)."""
+    study = [s for s, v in sources.items() if v == "study"]
+    rerun = [s for s, v in sources.items() if v == "rerun"]
+    text = "**The learned group's runs.** "
+    if study:
+        text += (f"Seed(s) {', '.join(study)}: the study's own runs, re-evaluated under the learned verifier (bitwise "
+                 "the same per-prompt numbers, lbo@k added). ")
+    if rerun:
+        text += (f"Seed(s) {', '.join(rerun)}: the same configurations rerun on another machine of the same kind. A "
+                 "CPU with other vector units rounds differently, the samples diverge, and a rerun is another "
+                 "realization of the seed (its own warm start, verifier and every arm), as random as the first; its "
+                 "runs are kept apart (docs/results/science-runs/learned/) and compared only with each other, and "
+                 "the study's verdicts above keep the runs they were read on. ")
+    if rerun:
+        text += ("The hash-noise and length-bias rows above are the study's runs; the table below reads the learned "
+                 "group's runs under every selector, so one set of policies is compared under each kind of verifier.")
+    return text
 
 
 READINGS = {"noise_property": "both Bo{n} reversals are properties of the hash-noise verifier",

@@ -2,10 +2,10 @@
 
 A run's eval.json (science.py `eval_policy`, ~2.5 MB) holds every per-prompt value for k = 1..32. The report needs
 less: pass@k for every k (a function of the number of correct samples per prompt, so one uint8 per prompt), BoK
-for the table k, and the per-prompt extras. `save` writes that as one compressed .npz per run (~70 kB), `load`
-rebuilds the dict the report reads (pass@k recomputed by the same `bonfast.metrics.pass_at_k` the evaluation used,
-so it is bitwise the evaluation's value). The report always reads through this round trip, so the committed
-files alone regenerate every table: `science.py --report-only` works on a clean clone.
+for the table k, and the per-prompt extras. `arrays_of` and `write` make that one compressed .npz per run
+(~70 kB), `load` rebuilds the dict the report reads (pass@k recomputed by the same `bonfast.metrics.pass_at_k` the
+evaluation used, so it is bitwise the evaluation's value). The report always reads through this round trip, so the
+committed files alone regenerate every table: `science.py --report-only` works on a clean clone.
 
 Stored per temperature: the number of correct samples (uint8), `bo@k` / `gbo@k` for the report's k, `maj@k` and
 the extras as float32 (the report's numbers are therefore float32-rounded per prompt; the effect on any table
@@ -33,11 +33,9 @@ def path_of(data_dir: str, arm: str, seed: int) -> str:
     return os.path.join(data_dir, f"{arm}-seed{seed}.npz")
 
 
-def save(ev: dict, path: str, ks: tuple[int, ...], curve: dict | None = None, train_seconds: float = 0.0,
-         learned: dict | None = None) -> list[str]:
-    """eval.json's dict (+ the training curve and time, + learned.json) -> compressed .npz at `path` (via a temporary
-    name). Returns the arrays whose values differ from the file it replaces (times aside; arrays only one of them
-    has are not compared): a rerun of a finished run (same config, same machine) should return []."""
+def arrays_of(ev: dict, ks: tuple[int, ...], curve: dict | None = None, train_seconds: float = 0.0,
+              learned: dict | None = None) -> dict[str, np.ndarray]:
+    """eval.json's dict (+ the training curve and time, + learned.json) -> the arrays of its compact file."""
     n = int(ev["n"])
     arrays = {"n": np.array(n), "seed": np.array(int(ev["seed"])), "levels": np.asarray(ev["levels"], np.uint8),
               "temps": np.array(list(ev["temps"])), "eval_seconds": np.array(float(ev.get("seconds", 0.0))),
@@ -45,7 +43,7 @@ def save(ev: dict, path: str, ks: tuple[int, ...], curve: dict | None = None, tr
     for t, per in ev["temps"].items():
         count = np.rint(np.asarray(per["pass@1"], np.float64) * n)
         if np.abs(count - np.asarray(per["pass@1"]) * n).max() > 1e-6:
-            raise ValueError(f"{path}: pass@1 x n is not an integer count")
+            raise ValueError(f"pass@1 x n is not an integer count (seed {ev['seed']}, T = {t})")
         arrays[f"{t}/correct"] = count.astype(np.uint8)
         lbo = [f"lbo@{k}" for k in ks] + ["learned_accepts"] if "lbo@1" in per else []  # the learned group's
         for name in [f"{p}@{k}" for p in ("bo", "gbo") for k in ks] + list(FLOAT_NAMES) + lbo:
@@ -55,16 +53,33 @@ def save(ev: dict, path: str, ks: tuple[int, ...], curve: dict | None = None, tr
             arrays[f"curve/{key}"] = np.asarray(curve[key], np.float64)
     if learned is not None:
         arrays["learned"] = np.array(json.dumps(learned, sort_keys=True))
-    changed = []
-    if os.path.exists(path):
-        with np.load(path) as old:
-            changed = [k for k in old.files if k in arrays and k not in ("eval_seconds", "train_seconds")
-                       and not np.array_equal(old[k], arrays[k])]
+    return arrays
+
+
+def differs(arrays: dict[str, np.ndarray], path: str) -> list[str]:
+    """The arrays whose values differ from the compact file at `path` (times aside; arrays only one of them has are
+    not compared, so a re-evaluation that adds the learned verifier's numbers differs in nothing); [] if no file.
+    A rerun of a finished run on the same machine gives []; on another machine it is another run (a different CPU
+    rounds differently, the samples diverge) and differs almost everywhere."""
+    if not os.path.exists(path):
+        return []
+    with np.load(path) as old:
+        return [k for k in old.files if k in arrays and k not in ("eval_seconds", "train_seconds")
+                and not np.array_equal(old[k], arrays[k])]
+
+
+def write(arrays: dict[str, np.ndarray], path: str) -> None:
+    """The compact file at `path`, via a temporary name."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
-    return changed
+
+
+def has_learned(path: str) -> bool:
+    """Whether the compact file at `path` holds the learned verifier's numbers (lbo@k)."""
+    with np.load(path) as z:
+        return any(k.endswith("/lbo@1") for k in z.files)
 
 
 def load(path: str) -> tuple[dict, dict | None]:

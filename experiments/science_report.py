@@ -81,22 +81,89 @@ LEARNED_CLAIMS = [
 ]
 
 
-def load(runs: str, data_dir: str, arm: str, seed: int, ks) -> tuple[dict | None, dict | None]:
-    """(evaluation, training curve) of one run, read through its compact file in `data_dir` (science_data), which
-    is refreshed from runs/<arm>-seed<seed>/eval.json when that is newer; (None, None) if neither exists."""
-    run_dir = os.path.join(runs, f"{arm}-seed{seed}")
-    path = science_data.path_of(data_dir, arm, seed)
-    source = os.path.join(run_dir, "eval.json")
-    if os.path.exists(source) and (not os.path.exists(path) or os.path.getmtime(source) > os.path.getmtime(path)):
-        changed = science_data.save(science_data.read_eval(run_dir), path, tuple(ks), train_curve(runs, arm, seed),
-                                    science_data.train_seconds(run_dir), science_data.read_learned(run_dir))
-        if changed:  # e.g. a run retrained for the learned group: its earlier numbers were already reported
-            print(f"warning: {path} refreshed from {source}: {len(changed)} arrays differ from the copy it replaces "
-                  f"({', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}); the rerun is not the run that "
-                  "was reported", file=sys.stderr)
-    if not os.path.exists(path):
+# The learned group's data set, where it is not the study's: data_dir/learned/<arm>-seed<s>.npz (`load`).
+LEARNED_DIR = "learned"
+LEARNED_ARMS = ("base", *dict.fromkeys(arm for c in LEARNED_CLAIMS for arm in c[2:4]))
+
+
+def load(runs: str, data_dir: str, arm: str, seed: int, ks, learned: bool = False
+         ) -> tuple[dict | None, dict | None]:
+    """(evaluation, training curve) of one run, read through its compact file (science_data), which is refreshed
+    from runs/<arm>-seed<seed>/eval.json when that is newer (`refresh`); (None, None) if there is none.
+
+    Two data sets. The study's, data_dir/<arm>-seed<s>.npz: every group's runs, as reported. The learned group's
+    (`learned=True`): the runs its claims read, each evaluated under the seed's learned verifier too (lbo@k). A
+    seed's learned data are one realization, whole: data_dir/learned/ when that has the seed's base (the learned
+    group's runs of that seed are another realization than the study's, see `refresh`), else the study's copies,
+    which then must hold lbo@k."""
+    refresh(runs, data_dir, arm, seed, ks)
+    path = source_of(data_dir, arm, seed, learned)
+    if not os.path.exists(path) or (learned and not science_data.has_learned(path)):
         return None, None
     return science_data.load(path)
+
+
+def source_of(data_dir: str, arm: str, seed: int, learned: bool = False) -> str:
+    """The compact file `load` reads for (arm, seed) in the study's data set or the learned group's."""
+    other = os.path.join(data_dir, LEARNED_DIR)
+    if learned and os.path.exists(science_data.path_of(other, "base", seed)):
+        return science_data.path_of(other, arm, seed)
+    return science_data.path_of(data_dir, arm, seed)
+
+
+def refresh(runs: str, data_dir: str, arm: str, seed: int, ks) -> None:
+    """Copy runs/<arm>-seed<seed>/eval.json into the data set it belongs to, when it is newer than its copy there.
+
+    A realization of a seed: its warm start ("base") and every arm trained from it. The same config rerun on another
+    machine is another realization (the CPU rounds differently, the samples diverge: hardly a per-prompt number is
+    equal), and arms of two realizations must never be compared within a seed. A run joins the study's copies only
+    if it is the reported realization: its own copy, if any, equal on every per-prompt number (numbers only one of
+    them has, such as the learned verifier's, are not compared) and the seed's runs/base equal to the reported base.
+    Otherwise the reported copy is kept, and a run evaluated under the learned verifier goes to the learned group's
+    data set (data_dir/learned/) instead; anything else is left out with a warning naming what differs."""
+    run_dir = os.path.join(runs, f"{arm}-seed{seed}")
+    source = os.path.join(run_dir, "eval.json")
+    if not os.path.exists(source):
+        return
+    study = science_data.path_of(data_dir, arm, seed)
+    other = science_data.path_of(os.path.join(data_dir, LEARNED_DIR), arm, seed)
+    learned = os.path.exists(os.path.join(run_dir, "learned.json"))
+
+    def current(path: str) -> bool:
+        return os.path.exists(path) and os.path.getmtime(path) >= os.path.getmtime(source)
+
+    if current(other) or (current(study) and (not learned or science_data.has_learned(study))):
+        return  # copied before
+    arrays = science_data.arrays_of(science_data.read_eval(run_dir), tuple(ks), train_curve(runs, arm, seed),
+                                    science_data.train_seconds(run_dir), science_data.read_learned(run_dir))
+    changed = science_data.differs(arrays, study) or [f"its seed's base ({name}, ...)" for name in _base_differs(
+        runs, data_dir, seed, ks)[:1]]
+    if not changed:
+        science_data.write(arrays, study)
+        return
+    what = f"{len(changed)} arrays differ: {', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}"
+    if not learned:
+        print(f"warning: {source} is another run than the one reported ({study}: {what}); it is left out, the "
+              "reported copy is kept (delete the copy to report the rerun instead)", file=sys.stderr)
+        return
+    again = science_data.differs(arrays, other)
+    if again:
+        print(f"warning: {source} is another run than its copy {other} ({len(again)} arrays differ: "
+              f"{', '.join(again[:4])}); the copy is kept (delete it to report the rerun instead)", file=sys.stderr)
+        return
+    print(f"note: {source} is another realization of seed {seed} than the study's ({what}): it goes to the "
+          f"learned group's data set ({other}); the study's copies are kept", file=sys.stderr)
+    science_data.write(arrays, other)
+
+
+def _base_differs(runs: str, data_dir: str, seed: int, ks) -> list[str]:
+    """The per-prompt arrays on which the seed's runs/base differs from the reported base ([] if either is missing):
+    a different base means every run of that seed in runs/ is another realization."""
+    run_dir = os.path.join(runs, f"base-seed{seed}")
+    if not os.path.exists(os.path.join(run_dir, "eval.json")):
+        return []
+    return science_data.differs(science_data.arrays_of(science_data.read_eval(run_dir), tuple(ks)),
+                                science_data.path_of(data_dir, "base", seed))
 
 
 def load_verifier(runs: str, data_dir: str, seed: int) -> dict | None:
@@ -174,15 +241,18 @@ class Study:
     """Every evaluated (arm, seed) of the study, and the seed-level statistics over them.
 
     `have[arm]`: the seeds on which both the arm and that seed's base were evaluated; `arms`: the arms with at least
-    one such seed (the others are in `missing`); `main`: the base and the arms of group "main"."""
+    one such seed (the others are in `missing`); `main`: the base and the arms of group "main". `learned`: the
+    learned group's data set instead of the study's (`load`)."""
 
-    def __init__(self, runs: str, arms: list[str], seeds: list[int], meta: dict, data_dir: str):
+    def __init__(self, runs: str, arms: list[str], seeds: list[int], meta: dict, data_dir: str,
+                 learned: bool = False):
         self.labels, self.temps, self.ks = meta["labels"], [f"{t:g}" for t in meta["temps"]], meta["ks"]
         self.groups, self.n_bon, self.seeds = meta.get("groups", {}), meta["train_n_bon"], seeds
-        loaded = {(m, s): load(runs, data_dir, m, s, self.ks) for m in arms for s in seeds}
+        loaded = {(m, s): load(runs, data_dir, m, s, self.ks, learned) for m in arms for s in seeds}
         self.evals = {key: ev for key, (ev, _) in loaded.items()}
         self.curves = {key: curve for key, (_, curve) in loaded.items()}
-        if not any(self.evals[("base", s)] for s in seeds):
+        self.paths = {(m, s): source_of(data_dir, m, s, learned) for (m, s), ev in self.evals.items() if ev}
+        if not learned and not any(self.evals[("base", s)] for s in seeds):
             raise SystemExit(f"no evaluated base policy under {runs}; run experiments/science.py first")
         self.have = {m: [s for s in seeds if self.evals[(m, s)] is not None and self.evals[("base", s)] is not None]
                      for m in arms}
@@ -240,15 +310,25 @@ class Study:
 
 
 def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, data_dir: str) -> dict:
-    st = Study(runs, arms, seeds, meta, data_dir)
-    data = {"meta": {**st.meta, "seeds": seeds, "arms": st.arms, "seeds_per_arm": st.have, "missing": st.missing,
+    groups = meta.get("groups", {})
+    # the study's data set (every group but the learned one) and the learned group's (`load`)
+    st = Study(runs, [m for m in arms if groups.get(m) != "learned"], seeds, meta, data_dir)
+    lst = Study(runs, [m for m in arms if m in LEARNED_ARMS], seeds, meta, data_dir, learned=True)
+    runs_in = {path: ev for study in (st, lst) for key, path in study.paths.items() for ev in [study.evals[key]]}
+    train_min, eval_min = (sum(ev[key] for ev in runs_in.values()) / 60 for key in ("train_seconds", "seconds"))
+    st.meta["cpu_minutes"] = {"runs": len(runs_in), "train": train_min, "eval": eval_min,
+                              "total": train_min + eval_min}
+    have = {m: sorted(set(st.have.get(m, [])) | set(lst.have.get(m, []))) for m in arms}
+    data = {"meta": {**st.meta, "seeds": seeds, "arms": [m for m in arms if have[m]], "seeds_per_arm":
+                     {m: v for m, v in have.items() if v}, "missing": [m for m in arms if not have[m]],
+                     "learned_data": learned_data(lst, data_dir),
                      "statistics": f"hierarchical bootstrap over seeds and prompts, {N_BOOT} resamples",
                      "identical_runs": st.identical()},
             "results": results(st)}
     R = data["results"]
     lines = header(st)
     data["verdicts"] = verdict_section(st, lines)
-    data["learned_verdicts"] = learned_verdict_section(st, lines)
+    data["learned_verdicts"] = learned_verdict_section(lst, lines)
     headline_section(st, R, lines)
     variant_section(st, R, lines)
     sweep = sweep_section(st, lines)
@@ -257,7 +337,7 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, 
     gameable = gameable_section(st, R, lines)
     if gameable:
         data["gameable"] = gameable
-    data["reversal"] = reversal_section(st, data["verdicts"], data["learned_verdicts"], lines)
+    data["reversal"] = reversal_section(st, lst, data["verdicts"], data["learned_verdicts"], lines)
     absolute_sections(st, R, lines)
     data["meta_strategy"] = meta_strategy_section(st, lines)
     data["coscaling"], data["T_star_by_difficulty_base"] = coscaling_section(st, R, lines)
@@ -279,6 +359,15 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, 
         f.write("\n".join(lines))
     print("\n".join(lines))
     return data
+
+
+def learned_data(lst: Study, data_dir: str) -> dict:
+    """Where each seed's learned-group runs come from: "study" (the study's own runs, re-evaluated under the learned
+    verifier) or "rerun" (data_dir/learned/: the learned group's runs are another realization of the seed, e.g. run
+    on another machine, whose warm start and so every run differ from the study's)."""
+    other = os.path.join(data_dir, LEARNED_DIR)
+    return {str(s): "rerun" if os.path.exists(science_data.path_of(other, "base", s)) else "study"
+            for s in lst.seeds if any(key[1] == s for key in lst.paths)}
 
 
 def results(st: Study) -> dict:
@@ -458,10 +547,11 @@ def reversal_reading(noisy: dict | None, learned: dict | None, biased: dict | No
                          f"verifier) ({noisy_text})")
 
 
-def reversal_section(st: Study, V: dict, LV: dict, lines: list[str]) -> dict:
+def reversal_section(st: Study, lst: Study, V: dict, LV: dict, lines: list[str]) -> dict:
     """The Bo8 reversal (BoN-RLB(P) − RL, SFT − base) against the verifier's kind (oracle, hash noise, length bias,
-    learned), the reading of each pair, the learned verifiers' held-out calibration per seed and the selection
-    accuracy of the learned verifier by policy (each run's learned.json)."""
+    learned), the reading of each pair, the same comparison under every selector on the learned group's own runs
+    (`lst`: the policies its claims read, descriptive), the learned verifiers' held-out calibration per seed and the
+    selection accuracy of the learned verifier by policy (each run's learned.json)."""
     n, out = st.n_bon, {"pairs": {}}
     for pair, noisy_key, learned_key, m, minus, sign in REVERSAL_PAIRS:
         on = list(CLAIM_SEEDS.get(noisy_key, st.seeds))
@@ -478,9 +568,9 @@ def reversal_section(st: Study, V: dict, LV: dict, lines: list[str]) -> dict:
                                         "direction": verdict(stat, sign)}
         code, text = reversal_reading(V.get(noisy_key), LV.get(learned_key), kinds.get("biased"))
         out["pairs"][pair] = {"arm": m, "minus": minus, "paper_sign": sign, "kinds": kinds, "reading": code,
-                              "text": text}
-    out["calibration"] = {str(s): v for s, v in st.verifiers.items() if v is not None}
-    out["selection"] = selection_by_policy(st)
+                              "text": text, "learned_runs": same_policies(lst, m, minus, sign)}
+    out["calibration"] = {str(s): v for s, v in lst.verifiers.items() if v is not None}
+    out["selection"] = selection_by_policy(lst)
     rows = []
     for kind, name, what in VERIFIER_KINDS:
         cells = [kind_cell(out["pairs"][pair]["kinds"].get(kind)) for pair, *_ in REVERSAL_PAIRS]
@@ -490,8 +580,63 @@ def reversal_section(st: Study, V: dict, LV: dict, lines: list[str]) -> dict:
                                                for _, _, _, m, minus, _ in REVERSAL_PAIRS], rows) + [""]
     lines += ["Reading: " + "; ".join(f"{st.labels.get(p['arm'], p['arm'])} − {st.labels.get(p['minus'], p['minus'])}"
                                       f": {p['text']}" for p in out["pairs"].values()) + ".", ""]
+    lines += same_policies_table(out["pairs"], st.labels, n)
+    out["selection_reading"] = selection_reading(out["selection"], st.labels, n)
     lines += calibration_table(out["calibration"]) + selection_table(out["selection"], st.labels, n)
+    lines += [out["selection_reading"], ""] if out["selection_reading"] else []
     return out
+
+
+def worse_than_random(sel: dict) -> list[str]:
+    """The policies on which the learned verifier's pick is correct less often than a random sample (means)."""
+    return [m for m, v in sel.items() if v["mean"]["pick_correct"] < v["mean"]["random_pick"]]
+
+
+def selection_reading(sel: dict, labels: dict, n: int) -> str:
+    """What the selection table says of the learned verifier as a selector: whether its pick of n beats a random
+    sample (pass@1) on each policy (means over seeds; descriptive)."""
+    if not sel:
+        return ""
+    worse = worse_than_random(sel)
+    cells = ", ".join(f"{labels.get(m, m)} {100 * v['mean']['pick_correct']:.1f} vs "
+                      f"{100 * v['mean']['random_pick']:.1f}" for m, v in sel.items())
+    if not worse:
+        return (f"As a selector the learned verifier beats a random pick on every policy (its pick of {n} correct vs "
+                f"a random sample, %, mean over seeds: {cells}).")
+    return (f"As a selector the learned verifier is worse than a random pick on {len(worse)} of {len(sel)} policies "
+            f"(its pick of {n} correct vs a random sample, %, mean over seeds: {cells}), although it classifies "
+            "single responses well (accuracy and AUC above, pooled over prompts): what separates correct from wrong "
+            "answers across prompts does not rank the answers to one prompt. Bo@k under it reads how a policy fares "
+            "with such a reward model, not with a good selector.")
+
+
+def same_policies(lst: Study, m: str, minus: str, sign: int) -> dict:
+    """arm − minus under every selector (VERIFIER_KINDS) on the learned group's runs, T = 1, on the seeds where both
+    have all four metrics: one set of policies read under each kind of selector (descriptive 95% intervals)."""
+    n = lst.n_bon
+    names = {kind: name.format(n=n) for kind, name, _ in VERIFIER_KINDS}
+    on = [s for s in LEARNED_SEEDS if all(s in lst.seeds_with(a, "1", name) for a in (m, minus)
+                                           for name in names.values())]
+    if not on:
+        return {}
+    out = {}
+    for kind, name in names.items():
+        stat = lst.stat(m, "1", name, minus, seeds=on)
+        out[kind] = {**stat, "metric": name, "level": ALPHA, "descriptive": True, "direction": verdict(stat, sign)}
+    return out
+
+
+def same_policies_table(pairs: dict, labels: dict, n: int) -> list[str]:
+    """`same_policies` of each pair as a table (rows: the selectors)."""
+    if not any(p["learned_runs"] for p in pairs.values()):
+        return []
+    rows = [[what, name.format(n=n)] + [kind_cell(p["learned_runs"].get(kind)) for p in pairs.values()]
+            for kind, name, what in VERIFIER_KINDS]
+    return (["The same comparisons on the learned group's own runs (the policies its claims read), under every "
+             "selector (T = 1, points, descriptive 95% intervals):", ""]
+            + table(["what picks", "metric"] + [f"{labels.get(p['arm'], p['arm'])} − "
+                                                f"{labels.get(p['minus'], p['minus'])}" for p in pairs.values()],
+                    rows) + [""])
 
 
 def kind_cell(v: dict | None) -> str:

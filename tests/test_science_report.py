@@ -374,14 +374,15 @@ def test_committed_compact_data_alone_regenerates_the_report(tmp_path, monkeypat
                                   _meta(arms), data_dir=str(data_dir))
     assert again["results"] == first["results"] and again["verdicts"] == first["verdicts"]
     assert again["meta"]["identical_runs"] == first["meta"]["identical_runs"]
-    # a rerun whose numbers differ from the compact copy it replaces is flagged, naming the arrays
+    # a rerun whose numbers differ from the reported copy is left out: flagged, naming the arrays, the copy kept
+    reported = science_data.load(str(data_dir / "rl-seed1.npz"))
     _fake_eval(runs / "rl-seed1", 0.9, 7)
     later = os.path.getmtime(data_dir / "rl-seed1.npz") + 1
     os.utime(runs / "rl-seed1" / "eval.json", (later, later))
     capsys.readouterr()
-    science_report.load(str(runs), str(data_dir), "rl", 1, science.KS)
+    assert science_report.load(str(runs), str(data_dir), "rl", 1, science.KS) == reported
     err = capsys.readouterr().err
-    assert "warning: " in err and "rl-seed1.npz" in err and "0.5/correct" in err
+    assert "warning: " in err and "rl-seed1.npz" in err and "0.5/correct" in err and "left out" in err
 
 
 @pytest.mark.slow
@@ -396,3 +397,65 @@ def test_smoke_runs_the_whole_pipeline(tmp_path):
     md = out.stdout.strip().splitlines()[-1].split(": ", 1)[1]
     text = open(md).read()
     assert "Verdicts" in text and "N' sweep" in text and "Gameable verifier" in text and "Not evaluated" not in text
+
+
+def test_a_rerun_on_another_machine_is_another_realization_kept_apart(tmp_path, monkeypatch, capsys):
+    """The learned group re-evaluates the study's runs under the learned verifier. On the machine that made them
+    that adds lbo@k to the same per-prompt numbers; on another machine the same configs give another realization
+    (another warm start, so every run of the seed differs). Such runs must never replace the reported ones, nor be
+    compared with them within a seed: they go whole to the learned group's data set (science-runs/learned/), which
+    is what the learned claims read; the study's verdicts keep their runs."""
+    monkeypatch.setattr(science_report, "N_BOOT", 100)
+    first, second = tmp_path / "runs-a", tmp_path / "runs-b"
+    data_dir = str(tmp_path / "science-runs")
+    arms = ["base", "rl", "bon_rlb_p"]
+    for arm, p in (("base", 0.3), ("rl", 0.25), ("bon_rlb_p", 0.4)):
+        for s in (1, 2):
+            _fake_eval(first / f"{arm}-seed{s}", p, 10 * s + len(arm))
+    st = science_report.Study(str(first), arms, [1, 2], _meta(arms[1:]), data_dir)
+    reported = {key: science_data.load(path)[0] for key, path in st.paths.items()}
+    # the other machine: seed 1 reproduced bitwise (re-evaluated: lbo@k added), seed 2 another realization, and SFT
+    # (never in the study at seed 2) trained from that other warm start
+    for arm, p in (("base", 0.3), ("rl", 0.25), ("bon_rlb_p", 0.4), ("sft", 0.35)):
+        for s in (1, 2):
+            if arm == "sft" and s == 1:
+                continue
+            gen_seed = 10 * s + len(arm) + (500 if s == 2 else 0)
+            _fake_eval(second / f"{arm}-seed{s}", p, gen_seed, lbo=(0.5, 100 * s + len(arm)))
+    capsys.readouterr()
+    arms = ["base", "rl", "bon_rlb_p", "sft"]
+    st = science_report.Study(str(second), arms, [1, 2], _meta(arms[1:]), data_dir)
+    err = capsys.readouterr().err
+    assert "warning" not in err and err.count("another realization of seed 2") == 4, err
+    # the study's data set: seed 2 as reported, seed 1 the same numbers with lbo@k added, no SFT at seed 2
+    for (arm, s), ev in reported.items():
+        now = st.evals[(arm, s)]["temps"]["1"]
+        assert all(now[k] == v for k, v in ev["temps"]["1"].items()), (arm, s)
+        assert ("lbo@8" in now) == (s == 1)
+    assert st.evals[("sft", 2)] is None and st.have["sft"] == []
+    other = tmp_path / "science-runs" / science_report.LEARNED_DIR
+    assert sorted(os.listdir(other)) == sorted(f"{a}-seed2.npz" for a in arms)
+    # the learned group's data set: seed 1 from the study's copies, seed 2 whole from learned/
+    lst = science_report.Study(str(second), arms, [1, 2], _meta(arms[1:]), data_dir, learned=True)
+    assert lst.have == {a: [1, 2] if a != "sft" else [2] for a in arms}
+    assert all(os.path.dirname(lst.paths[(a, 2)]) == str(other) for a in arms)
+    assert all(os.path.dirname(lst.paths[(a, 1)]) == data_dir for a in arms if a != "sft")
+    with open(second / "rl-seed2" / "eval.json") as f:
+        rerun = json.load(f)
+    assert lst.evals[("rl", 2)]["temps"]["1"]["pass@8"] == rerun["temps"]["1"]["pass@8"]
+    assert st.evals[("rl", 2)]["temps"]["1"]["pass@8"] != rerun["temps"]["1"]["pass@8"]
+    assert science_report.learned_data(lst, data_dir) == {"1": "study", "2": "rerun"}
+    # a clean clone reads both data sets back the same; reading again changes nothing and says nothing
+    for learned, study in ((False, st), (True, lst)):
+        again = science_report.Study(str(tmp_path / "no-runs"), arms, [1, 2], _meta(arms[1:]), data_dir, learned)
+        assert again.evals == study.evals
+    science_report.Study(str(second), arms, [1, 2], _meta(arms[1:]), data_dir, learned=True)
+    assert capsys.readouterr().err == ""
+    # a third realization of a learned run is not taken either: its copy stays, a warning names it
+    _fake_eval(second / "rl-seed2", 0.25, 999, lbo=(0.5, 7))
+    later = os.path.getmtime(other / "rl-seed2.npz") + 1
+    os.utime(second / "rl-seed2" / "eval.json", (later, later))
+    science_report.load(str(second), data_dir, "rl", 2, science.KS, learned=True)
+    err = capsys.readouterr().err
+    assert "warning: " in err and "is another run than its copy" in err and "rl-seed2.npz" in err
+    assert science_report.load(str(second), data_dir, "rl", 2, science.KS, learned=True)[0] == lst.evals[("rl", 2)]
