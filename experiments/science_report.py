@@ -337,7 +337,8 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, 
     gameable = gameable_section(st, R, lines)
     if gameable:
         data["gameable"] = gameable
-    data["reversal"] = reversal_section(st, lst, data["verdicts"], data["learned_verdicts"], lines)
+    data["reversal"] = reversal_section(st, lst, data["verdicts"], data["learned_verdicts"], lines,
+                                        read_within(os.path.join(os.path.dirname(out) or ".", WITHIN_FILE)))
     absolute_sections(st, R, lines)
     data["meta_strategy"] = meta_strategy_section(st, lines)
     data["coscaling"], data["T_star_by_difficulty_base"] = coscaling_section(st, R, lines)
@@ -547,7 +548,20 @@ def reversal_reading(noisy: dict | None, learned: dict | None, biased: dict | No
                          f"verifier) ({noisy_text})")
 
 
-def reversal_section(st: Study, lst: Study, V: dict, LV: dict, lines: list[str]) -> dict:
+# experiments/learned_selection.py's measurement of the learned verifiers' ranking within one prompt, beside the report
+WITHIN_FILE = "learned-selection.json"
+
+
+def read_within(path: str) -> list[dict]:
+    """The seeds measured by experiments/learned_selection.py (those not left out), or [] without its file."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [r for r in json.load(f) if "left_out" not in r]
+
+
+def reversal_section(st: Study, lst: Study, V: dict, LV: dict, lines: list[str],
+                     within: list[dict] | None = None) -> dict:
     """The Bo8 reversal (BoN-RLB(P) − RL, SFT − base) against the verifier's kind (oracle, hash noise, length bias,
     learned), the reading of each pair, the same comparison under every selector on the learned group's own runs
     (`lst`: the policies its claims read, descriptive), the learned verifiers' held-out calibration per seed and the
@@ -581,7 +595,8 @@ def reversal_section(st: Study, lst: Study, V: dict, LV: dict, lines: list[str])
     lines += ["Reading: " + "; ".join(f"{st.labels.get(p['arm'], p['arm'])} − {st.labels.get(p['minus'], p['minus'])}"
                                       f": {p['text']}" for p in out["pairs"].values()) + ".", ""]
     lines += same_policies_table(out["pairs"], st.labels, n)
-    out["selection_reading"] = selection_reading(out["selection"], st.labels, n)
+    out["within_prompt"] = within or []
+    out["selection_reading"] = selection_reading(out["selection"], st.labels, n, out["within_prompt"])
     lines += calibration_table(out["calibration"]) + selection_table(out["selection"], st.labels, n)
     lines += [out["selection_reading"], ""] if out["selection_reading"] else []
     return out
@@ -592,9 +607,10 @@ def worse_than_random(sel: dict) -> list[str]:
     return [m for m, v in sel.items() if v["mean"]["pick_correct"] < v["mean"]["random_pick"]]
 
 
-def selection_reading(sel: dict, labels: dict, n: int) -> str:
+def selection_reading(sel: dict, labels: dict, n: int, within: list[dict] | None = None) -> str:
     """What the selection table says of the learned verifier as a selector: whether its pick of n beats a random
-    sample (pass@1) on each policy (means over seeds; descriptive)."""
+    sample (pass@1) on each policy (means over seeds; descriptive), and, where experiments/learned_selection.py
+    measured it (`within`), how it ranks the answers to one prompt."""
     if not sel:
         return ""
     worse = worse_than_random(sel)
@@ -603,11 +619,18 @@ def selection_reading(sel: dict, labels: dict, n: int) -> str:
     if not worse:
         return (f"As a selector the learned verifier beats a random pick on every policy (its pick of {n} correct vs "
                 f"a random sample, %, mean over seeds: {cells}).")
-    return (f"As a selector the learned verifier is worse than a random pick on {len(worse)} of {len(sel)} policies "
+    text = (f"As a selector the learned verifier is worse than a random pick on {len(worse)} of {len(sel)} policies "
             f"(its pick of {n} correct vs a random sample, %, mean over seeds: {cells}), although it classifies "
-            "single responses well (accuracy and AUC above, pooled over prompts): what separates correct from wrong "
-            "answers across prompts does not rank the answers to one prompt. Bo@k under it reads how a policy fares "
-            "with such a reward model, not with a good selector.")
+            "single responses well (accuracy and AUC above, pooled over prompts).")
+    if within:
+        pooled, inside = (sum(r[k] for r in within) / len(within) for k in ("auc", "auc_within"))
+        seeds = ", ".join(str(r["seed"]) for r in within)
+        text += (f" Measured on the base policy's held-out samples (experiments/learned_selection.py, seeds "
+                 f"{seeds}): pooled AUC {pooled:.3f}, but within one prompt {inside:.3f} ("
+                 + ", ".join(f"{r['auc_within']:.2f}" for r in within) + " per seed; 0.5 is a coin): it tells "
+                 "easy prompts from hard ones far better than a right answer from a wrong one to the same prompt, "
+                 "and its top score within a prompt goes to a wrong answer more often than a random pick would.")
+    return text + (" Bo@k under it reads how a policy fares with such a reward model, not with a good selector.")
 
 
 def same_policies(lst: Study, m: str, minus: str, sign: int) -> dict:

@@ -121,11 +121,54 @@ def test_calibration_report_fields(trained):
     for t in ("0.5", "1"):
         m = held[t]
         assert {"n", "positives", "base_rate", "threshold", "accuracy", "auc", "fpr", "fnr", "brier", "mean_score",
-                "bo@4", "pass@4", "pass@1"} <= set(m)
+                "bo@4", "pass@4", "pass@1", "auc_within", "mixed_prompts"} <= set(m)
         assert m["n"] == SMALL["heldout_prompts"] * SMALL["samples"] and m["threshold"] == 0.5
         assert 0 <= m["accuracy"] <= 1 and 0 <= m["brier"] <= 1 and m["pass@1"] <= m["pass@4"] + 1e-12
         assert m["fpr"] is None or 0 <= m["fpr"] <= 1
     assert "| T | samples |" in learned.format_calibration(report)
+
+
+def test_heldout_calibration_recomputes_the_report(trained, monkeypatch):
+    """The report's held-out numbers, recomputed from the file alone (same prompts, same samples; the warm start
+    from the cache); a temperature subset gives that temperature's numbers."""
+    path, _, cache = trained
+    monkeypatch.setenv("BONFAST_CACHE", str(cache))
+    with open(learned.report_path(path)) as f:
+        report = json.load(f)
+    again = learned.heldout_calibration(path, temperatures=(1.0,))
+    assert set(again) == {"prompts", "samples", "1"}
+    old, new = report["heldout"]["1"], again["1"]
+    assert {k: new[k] for k in old} == old
+    assert new["auc_within"] is None or 0 <= new["auc_within"] <= 1
+    with pytest.raises(ValueError, match="not found"):
+        learned.heldout_calibration(path + ".missing")
+
+
+def test_learned_selection_script_reports_only_the_same_realization(trained, monkeypatch, tmp_path):
+    """experiments/learned_selection.py: a seed whose committed report the cache reproduces gets its within-prompt
+    AUC; one whose numbers differ (another realization), or whose verifier is not cached, is left out, saying why."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "experiments"))
+    import learned_selection
+    path, _, cache = trained
+    monkeypatch.setenv("BONFAST_CACHE", str(cache))
+    with open(learned.report_path(path)) as f:
+        report = json.load(f)
+    data = tmp_path / "data"
+    data.mkdir()
+    for seed, shift in ((1, 0.0), (2, 0.01)):
+        held = {**report["heldout"], "1": {**report["heldout"]["1"], "auc": report["heldout"]["1"]["auc"] + shift}}
+        with open(data / f"verifier-seed{seed}.json", "w") as f:
+            json.dump({**report, "path": os.path.basename(path), "heldout": held}, f)
+    with open(data / "verifier-seed3.json", "w") as f:
+        json.dump({**report, "path": "learned-verifier-elsewhere.safetensors"}, f)
+    rows = learned_selection.main(["--seeds", "1,2,3,4", "--data", str(data), "--out", str(tmp_path / "sel")])
+    assert rows[0]["seed"] == 1 and "left_out" not in rows[0] and rows[0]["auc"] == report["heldout"]["1"]["auc"]
+    assert rows[0]["mixed_prompts"] >= 0 and "auc_within" in rows[0]
+    assert "another realization" in rows[1]["left_out"] and "auc" in rows[1]["left_out"]
+    assert "not in this machine's cache" in rows[2]["left_out"] and "no committed report" in rows[3]["left_out"]
+    md = open(tmp_path / "sel.md").read()
+    assert "Left out: seed 2: another realization" in md
 
 
 def test_calibration_metrics_exact():
@@ -142,6 +185,32 @@ def test_calibration_metrics_exact():
     assert learned.calibration_metrics([0.3, 0.6], [0, 0])["auc"] is None  # one class: no AUC
     with pytest.raises(ValueError, match="same non-zero number"):
         learned.calibration_metrics([0.1, 0.2], [1])
+
+
+def test_within_prompt_auc_exact_and_blind_to_prompt_difficulty():
+    # per prompt: every (correct, wrong) pair enumerated, ties one half; prompts without both classes left out
+    r = torch.tensor([[0.9, 0.4, 0.4, 0.7], [0.2, 0.2, 0.1, 0.3], [0.5, 0.6, 0.7, 0.8]])
+    y = torch.tensor([[1, 0, 1, 0], [1, 0, 0, 1], [1, 1, 1, 1]])
+
+    def brute(rs, ys):
+        pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a, ya in zip(rs, ys) for b, yb in zip(rs, ys)
+                 if ya == 1 and yb == 0]
+        return sum(pairs) / len(pairs)
+    got = learned.within_prompt_auc(r, y)
+    assert got["mixed_prompts"] == 2
+    assert got["auc_within"] == pytest.approx((brute(r[0], y[0]) + brute(r[1], y[1])) / 2, abs=1e-15)
+    # a verifier that scores only how easy the prompt is: pooled AUC near 1, within-prompt AUC exactly 1/2
+    gen = torch.Generator().manual_seed(0)
+    easy = torch.linspace(0.05, 0.95, 64)
+    labels = (torch.rand(64, 8, generator=gen) < easy[:, None]).double()
+    scores = easy[:, None].expand(64, 8)
+    assert learned.calibration_metrics(scores, labels)["auc"] > 0.75
+    assert learned.within_prompt_auc(scores, labels)["auc_within"] == 0.5
+    # anti-ranking within every prompt: 0, whatever the pooled AUC
+    assert learned.within_prompt_auc(-labels + easy[:, None], labels)["auc_within"] == 0.0
+    assert learned.within_prompt_auc(r[2:], y[2:]) == {"auc_within": None, "mixed_prompts": 0}
+    with pytest.raises(ValueError, match=r"same \[G, n\] shape"):
+        learned.within_prompt_auc(r[0], y[0])
 
 
 def test_scores_shape_range_and_import_paths(trained, task):

@@ -459,3 +459,31 @@ def test_a_rerun_on_another_machine_is_another_realization_kept_apart(tmp_path, 
     err = capsys.readouterr().err
     assert "warning: " in err and "is another run than its copy" in err and "rl-seed2.npz" in err
     assert science_report.load(str(second), data_dir, "rl", 2, science.KS, learned=True)[0] == lst.evals[("rl", 2)]
+
+
+def test_selection_reading_says_when_the_learned_verifier_is_worse_than_a_random_pick(tmp_path):
+    """The reading of the selection table: worse than a random pick on which policies, and, with
+    experiments/learned_selection.py's file beside the report, the within-prompt AUC against the pooled one."""
+    def sel(pick, random):
+        return {"seeds": [1], "mean": {"pick_correct": pick, "random_pick": random, "oracle_pick": 0.5,
+                                       "accuracy": 0.8, "auc": 0.9, "fpr": 0.1, "fnr": 0.1}}
+    labels = science.LABELS
+    good = {"base": sel(0.3, 0.2), "rl": sel(0.4, 0.3)}
+    assert science_report.worse_than_random(good) == []
+    assert "beats a random pick on every policy" in science_report.selection_reading(good, labels, 8)
+    bad = {"base": sel(0.14, 0.2), "rl": sel(0.4, 0.3)}
+    assert science_report.worse_than_random(bad) == ["base"]
+    text = science_report.selection_reading(bad, labels, 8)
+    assert "worse than a random pick on 1 of 2 policies" in text and "base (warm start) 14.0 vs 20.0" in text
+    rows = [{"seed": 2, "auc": 0.8, "auc_within": 0.5}, {"seed": 3, "auc": 0.9, "auc_within": 0.6},
+            {"seed": 1, "left_out": "not cached"}]
+    path = tmp_path / science_report.WITHIN_FILE
+    path.write_text(json.dumps(rows))
+    within = science_report.read_within(str(path))
+    assert [r["seed"] for r in within] == [2, 3] and science_report.read_within(str(tmp_path / "none")) == []
+    text = science_report.selection_reading(bad, labels, 8, within)
+    assert "seeds 2, 3): pooled AUC 0.850, but within one prompt 0.550 (0.50, 0.60 per seed" in text
+    assert science_report.selection_reading({}, labels, 8) == ""
+    rev = {"pairs": {}, "selection": bad, "selection_reading": text, "calibration": {}}
+    assert "picks worse than a random sample on 1 of 2 policies" in "\n".join(
+        results_doc.reversal_section({"reversal": rev, "meta": {}}, labels, 8))

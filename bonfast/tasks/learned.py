@@ -351,14 +351,45 @@ def _train(vcfg: LearnedVerifierConfig, device) -> tuple[RewardModel, list[str],
     model.eval().requires_grad_(False)
     # held out: test-split prompts (never trained on; the distribution the verifier selects on). Training-split
     # prompts minus the training ones would under-represent level 1, whose few problems the training set covers.
-    held = task.examples("test", n=vcfg.heldout_prompts, seed=_seed(vcfg, "heldout"))
-    scorer = _Scorer(model, tokenizer, task, cfg.max_new_tokens, device)
     report = {"train": {"sequences": len(seqs), "positive_rate": float(y.mean()), "final_loss": loss.item(),
                         "warning": warning},
-              "heldout": calibration(scorer, policy, tokenizer, task, held, n=vcfg.samples, temperatures=temps,
-                                     seed=_seed(vcfg, "heldout-samples"), max_new_tokens=cfg.max_new_tokens,
-                                     threshold=vcfg.threshold)}
+              "heldout": _heldout(vcfg, cfg, model, policy, tokenizer, task, temps, device)}
     return model, [ex.prompt for ex in examples], report
+
+
+def _heldout(vcfg, cfg, model, policy, tokenizer, task, temperatures, device) -> dict:
+    """`calibration` on the held-out prompts and samples of `vcfg` (the same for any temperature subset)."""
+    held = task.examples("test", n=vcfg.heldout_prompts, seed=_seed(vcfg, "heldout"))
+    scorer = _Scorer(model, tokenizer, task, cfg.max_new_tokens, device)
+    return calibration(scorer, policy, tokenizer, task, held, n=vcfg.samples, temperatures=temperatures,
+                       seed=_seed(vcfg, "heldout-samples"), max_new_tokens=cfg.max_new_tokens,
+                       threshold=vcfg.threshold)
+
+
+def heldout_calibration(path: str, temperatures: tuple[float, ...] | None = None, device: str = "cpu") -> dict:
+    """The held-out calibration of the learned verifier at `path`, recomputed: the same prompts and samples as the
+    report `ensure` wrote (its base policy from the warm-start cache), with every metric `calibration` has now (a
+    report written before a metric existed lacks it). On the machine that trained the verifier the numbers the
+    report has are reproduced bitwise; elsewhere a warm start missing from the cache is retrained, and a different
+    CPU may make it another policy: compare with the report before reading the new metrics."""
+    from safetensors import safe_open
+
+    from bonfast.build import build, warm_start
+    if not os.path.isfile(path):
+        raise ValueError(f"learned verifier {path}: expected a learned-verifier .safetensors file, not found")
+    with safe_open(path, framework="pt", device="cpu") as f:
+        fields = json.loads((f.metadata() or {}).get("config", "null"))
+    if not isinstance(fields, dict):
+        raise ValueError(f"learned verifier {path}: expected a file written by bonfast.tasks.learned.ensure")
+    fields.pop("recipe", None)
+    vcfg = LearnedVerifierConfig(**{**fields, "temperatures": tuple(fields["temperatures"])})
+    dev = torch.device(device)
+    cfg = _policy_config(vcfg, dev)
+    policy, tokenizer, task, _ = build(cfg, dev)
+    warm_start(cfg, policy, tokenizer, task, dev, log=lambda record: None)
+    policy.eval()
+    model, _ = load(path, task, dev)
+    return _heldout(vcfg, cfg, model, policy, tokenizer, task, temperatures or vcfg.temperatures, dev)
 
 
 class _Scorer:
@@ -405,11 +436,36 @@ def calibration_metrics(scores, labels, threshold: float = 0.5) -> dict:
             "brier": float(((r - y) ** 2).mean()), "mean_score": float(r.mean())}
 
 
+def within_prompt_auc(scores, labels) -> dict:
+    """How well scores rank the responses to one prompt: the AUC computed per prompt (Mann-Whitney, ties count 1/2),
+    averaged over the prompts that have both a correct and a wrong response. Best-of-N selection depends on this,
+    not on the pooled AUC of `calibration_metrics`, which a verifier can earn by scoring how hard a prompt is.
+
+        auc_within = mean over mixed prompts g of  P(r_gi > r_gj | y_gi = 1, y_gj = 0) + P(r_gi = r_gj | ...) / 2
+
+    Shapes: scores, labels: [G, n] (labels in {0, 1}). Returns {"auc_within": float or None, "mixed_prompts": int}.
+    """
+    r = torch.as_tensor(scores, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.float64) > 0.5
+    if r.dim() != 2 or r.shape != y.shape:
+        raise ValueError(f"scores and labels: expected the same [G, n] shape, got {tuple(r.shape)} and "
+                         f"{tuple(y.shape)}")
+    pos, neg = y.unsqueeze(2), (~y).unsqueeze(1)                      # [G, n, 1], [G, 1, n]
+    diff = r.unsqueeze(2) - r.unsqueeze(1)                            # [G, n, n]: r_i - r_j
+    wins = ((diff > 0).double() + 0.5 * (diff == 0).double()) * (pos & neg)
+    pairs = (pos & neg).sum((1, 2))
+    mixed = pairs > 0
+    if not bool(mixed.any()):
+        return {"auc_within": None, "mixed_prompts": 0}
+    per_prompt = wins.sum((1, 2))[mixed] / pairs[mixed]
+    return {"auc_within": float(per_prompt.mean()), "mixed_prompts": int(mixed.sum())}
+
+
 def calibration(verifier, policy, tokenizer, task, examples, *, n: int = 8, temperatures=(0.5, 1.0, 1.5),
                 seed: int = 0, max_new_tokens: int = 8, threshold: float = 0.5) -> dict:
     """The verifier on samples of any `policy` (a model): per temperature, `calibration_metrics` of its scores
-    against the task's labels, and selection among the n samples: BoK (k = n, the verifier picks), pass@n (the
-    oracle picks) and pass@1 (a random pick), as means over prompts."""
+    against the task's labels, `within_prompt_auc`, and selection among the n samples: BoK (k = n, the verifier
+    picks), pass@n (the oracle picks) and pass@1 (a random pick), as means over prompts."""
     from bonfast import metrics
     out = {"prompts": len(examples), "samples": n}
     for temp in temperatures:
@@ -417,7 +473,7 @@ def calibration(verifier, policy, tokenizer, task, examples, *, n: int = 8, temp
         r = torch.tensor(verifier.score_many(examples, texts), dtype=torch.float64)   # (G, n)
         correct = (R >= 0.5).double()
         count = torch.full((len(examples),), n)
-        out[f"{temp:g}"] = {**calibration_metrics(r, correct, threshold),
+        out[f"{temp:g}"] = {**calibration_metrics(r, correct, threshold), **within_prompt_auc(r, correct),
                             f"bo@{n}": float(metrics.bo_k(r, correct, n).mean()),
                             f"pass@{n}": float(metrics.pass_at_k(count, correct.sum(1), n).mean()),
                             "pass@1": float(correct.mean())}
