@@ -44,7 +44,11 @@ runs are reused and an interrupted one resumes from its last checkpoint (every 2
 up where the last call stopped, across sessions. Commit docs/results/ and docs/RESULTS.md as runs land
 (`--report-only` rewrites them). The report keeps a compact copy of every run's per-prompt data in
 docs/results/science-runs/ (science_data.py, ~80 kB a run) and reads only that, so a clean clone without runs/
-regenerates every table and verdict.
+regenerates every table and verdict. Runs are bitwise reproducible on one machine only: on another CPU a rerun is
+another realization of its seed (its own warm start, so every run of that seed differs). The report never replaces a
+reported run by such a rerun, nor compares runs of two realizations within a seed; a rerun evaluated under the
+learned verifier goes whole to the learned group's data set, docs/results/science-runs/learned/
+(science_report.refresh). The learned group's seeds 2-8 are such reruns; its seed 1 is the study's own runs.
 """
 from __future__ import annotations
 
