@@ -427,9 +427,8 @@ def _learned_data_text(sources: dict) -> str:
                  "CPU with other vector units rounds differently, the samples diverge, and a rerun is another "
                  "realization of the seed (its own warm start, verifier and every arm), as random as the first; its "
                  "runs are kept apart (docs/results/science-runs/learned/) and compared only with each other, and "
-                 "the study's verdicts above keep the runs they were read on. ")
-    if rerun:
-        text += ("The hash-noise and length-bias rows above are the study's runs; the table below reads the learned "
+                 "the study's verdicts above keep the runs they were read on. "
+                 "The hash-noise and length-bias rows above are the study's runs; the table below reads the learned "
                  "group's runs under every selector, so one set of policies is compared under each kind of verifier.")
     return text
 

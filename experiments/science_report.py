@@ -256,10 +256,7 @@ class Study:
             raise SystemExit(f"no evaluated base policy under {runs}; run experiments/science.py first")
         self.have = {m: [s for s in seeds if self.evals[(m, s)] is not None and self.evals[("base", s)] is not None]
                      for m in arms}
-        done = [ev for ev in self.evals.values() if ev is not None]  # one thread each: wall time = CPU time
-        train_min, eval_min = (sum(ev[key] for ev in done) / 60 for key in ("train_seconds", "seconds"))
-        self.meta = {**meta, "cpu_minutes": {"runs": len(done), "train": train_min, "eval": eval_min,
-                                             "total": train_min + eval_min}}
+        self.meta = meta
         self.verifiers = {s: load_verifier(runs, data_dir, s) for s in seeds}  # the seeds' learned verifiers
         self.missing = [m for m in arms if not self.have[m]]
         self.arms = [m for m in arms if self.have[m]]
@@ -314,13 +311,14 @@ def _report(runs: str, arms: list[str], seeds: list[int], out: str, meta: dict, 
     # the study's data set (every group but the learned one) and the learned group's (`load`)
     st = Study(runs, [m for m in arms if groups.get(m) != "learned"], seeds, meta, data_dir)
     lst = Study(runs, [m for m in arms if m in LEARNED_ARMS], seeds, meta, data_dir, learned=True)
-    runs_in = {path: ev for study in (st, lst) for key, path in study.paths.items() for ev in [study.evals[key]]}
+    # every run in either data set once (seed 1 of the learned group is the study's): one thread each, so wall
+    # time = CPU time
+    runs_in = {path: study.evals[key] for study in (st, lst) for key, path in study.paths.items()}
     train_min, eval_min = (sum(ev[key] for ev in runs_in.values()) / 60 for key in ("train_seconds", "seconds"))
-    st.meta["cpu_minutes"] = {"runs": len(runs_in), "train": train_min, "eval": eval_min,
-                              "total": train_min + eval_min}
+    cpu = {"runs": len(runs_in), "train": train_min, "eval": eval_min, "total": train_min + eval_min}
     have = {m: sorted(set(st.have.get(m, [])) | set(lst.have.get(m, []))) for m in arms}
-    data = {"meta": {**st.meta, "seeds": seeds, "arms": [m for m in arms if have[m]], "seeds_per_arm":
-                     {m: v for m, v in have.items() if v}, "missing": [m for m in arms if not have[m]],
+    data = {"meta": {**st.meta, "cpu_minutes": cpu, "seeds": seeds, "arms": [m for m in arms if have[m]],
+                     "seeds_per_arm": {m: v for m, v in have.items() if v}, "missing": [m for m in arms if not have[m]],
                      "learned_data": learned_data(lst, data_dir),
                      "statistics": f"hierarchical bootstrap over seeds and prompts, {N_BOOT} resamples",
                      "identical_runs": st.identical()},
@@ -366,9 +364,8 @@ def learned_data(lst: Study, data_dir: str) -> dict:
     """Where each seed's learned-group runs come from: "study" (the study's own runs, re-evaluated under the learned
     verifier) or "rerun" (data_dir/learned/: the learned group's runs are another realization of the seed, e.g. run
     on another machine, whose warm start and so every run differ from the study's)."""
-    other = os.path.join(data_dir, LEARNED_DIR)
-    return {str(s): "rerun" if os.path.exists(science_data.path_of(other, "base", s)) else "study"
-            for s in lst.seeds if any(key[1] == s for key in lst.paths)}
+    return {str(s): "study" if source_of(data_dir, "base", s, True) == science_data.path_of(data_dir, "base", s)
+            else "rerun" for s in lst.seeds if any(key[1] == s for key in lst.paths)}
 
 
 def results(st: Study) -> dict:

@@ -235,19 +235,24 @@ def check_train_only(prompts: list[str], split: str, task: Task, origin: str) ->
                          f"{leaked[0]!r}); refused")
 
 
-def load(path: str, task: Task, device="cpu") -> tuple[RewardModel, LearnedVerifierConfig]:
-    """(model, config) of a learned-verifier file, after `check_train_only`."""
+def _read(path: str, weights: bool = True) -> tuple[dict, LearnedVerifierConfig, dict]:
+    """(metadata, config, tensors or {}) of a learned-verifier file written by `ensure`."""
     from safetensors import safe_open
     if not os.path.isfile(path):
         raise ValueError(f"learned verifier {path}: expected a learned-verifier .safetensors file, not found")
     with safe_open(path, framework="pt", device="cpu") as f:
         meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()} if weights else {}
     if meta.get("format") != "bonfast-learned-verifier":
         raise ValueError(f"learned verifier {path}: expected a file written by bonfast.tasks.learned.ensure")
     fields = json.loads(meta["config"])
     fields.pop("recipe", None)
-    vcfg = LearnedVerifierConfig(**{**fields, "temperatures": tuple(fields["temperatures"])})
+    return meta, LearnedVerifierConfig(**{**fields, "temperatures": tuple(fields["temperatures"])}), tensors
+
+
+def load(path: str, task: Task, device="cpu") -> tuple[RewardModel, LearnedVerifierConfig]:
+    """(model, config) of a learned-verifier file, after `check_train_only`."""
+    meta, vcfg, tensors = _read(path)
     if vcfg.policy.get("task") != getattr(task, "name", None):
         raise ValueError(f"learned verifier {path}: expected task {vcfg.policy.get('task')!r} (the one it was trained "
                          f"on), got {getattr(task, 'name', task)!r}")
@@ -372,17 +377,8 @@ def heldout_calibration(path: str, temperatures: tuple[float, ...] | None = None
     report written before a metric existed lacks it). On the machine that trained the verifier the numbers the
     report has are reproduced bitwise; elsewhere a warm start missing from the cache is retrained, and a different
     CPU may make it another policy: compare with the report before reading the new metrics."""
-    from safetensors import safe_open
-
     from bonfast.build import build, warm_start
-    if not os.path.isfile(path):
-        raise ValueError(f"learned verifier {path}: expected a learned-verifier .safetensors file, not found")
-    with safe_open(path, framework="pt", device="cpu") as f:
-        fields = json.loads((f.metadata() or {}).get("config", "null"))
-    if not isinstance(fields, dict):
-        raise ValueError(f"learned verifier {path}: expected a file written by bonfast.tasks.learned.ensure")
-    fields.pop("recipe", None)
-    vcfg = LearnedVerifierConfig(**{**fields, "temperatures": tuple(fields["temperatures"])})
+    _, vcfg, _ = _read(path, weights=False)
     dev = torch.device(device)
     cfg = _policy_config(vcfg, dev)
     policy, tokenizer, task, _ = build(cfg, dev)
